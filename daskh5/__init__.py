@@ -1,0 +1,37 @@
+"""daskh5: compute on larger-than-RAM PyTables/HDF5 data with dask and xarray.
+
+>>> import daskh5
+>>> sorted(daskh5.__all__)[:2]
+['ChunkDecodeError', 'Daskh5Error']
+"""
+
+from __future__ import annotations
+
+from daskh5._files import close_files
+from daskh5.array import from_pytables
+from daskh5.errors import (
+    ChunkDecodeError,
+    Daskh5Error,
+    FileNotFound,
+    NodeKindError,
+    NodeNotFound,
+    NotHDF5Error,
+    UnsupportedDtypeError,
+    UnsupportedFilterError,
+)
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "ChunkDecodeError",
+    "Daskh5Error",
+    "FileNotFound",
+    "NodeKindError",
+    "NodeNotFound",
+    "NotHDF5Error",
+    "UnsupportedDtypeError",
+    "UnsupportedFilterError",
+    "__version__",
+    "close_files",
+    "from_pytables",
+]

@@ -1,0 +1,74 @@
+"""Turn a memory budget into dask chunks aligned to a node's HDF5 chunks."""
+
+from __future__ import annotations
+
+import math
+
+import dask
+import numpy as np
+from dask.array.core import normalize_chunks
+from dask.utils import parse_bytes
+
+__all__ = ["budget_chunks", "resolve_chunks"]
+
+
+def budget_chunks(
+    shape: tuple[int, ...], chunkshape: tuple[int, ...] | None, itemsize: int, budget: int
+) -> tuple[tuple[int, ...], ...]:
+    """Blocks of whole HDF5 chunks whose bytes stay within ``budget``.
+
+    Blocks grow along the last axes first (to their full extent), then along
+    earlier ones, so each block is as close to one contiguous run of rows as
+    possible.  One HDF5 chunk bigger than the budget makes a block of its own.
+    Contiguous nodes (no chunkshape) are aligned to single rows.
+
+    >>> budget_chunks((1000, 2), (100, 2), 8, 3200)
+    ((200, 200, 200, 200, 200), (2,))
+    >>> budget_chunks((1000, 2), (300, 2), 8, 100)   # one chunk is over budget
+    ((300, 300, 300, 100), (2,))
+    """
+    if not shape:
+        return ()
+    unit = tuple(chunkshape) if chunkshape else (1,) + tuple(shape[1:])
+    unit = tuple(max(1, min(u, s)) if s else max(1, u) for u, s in zip(unit, shape))
+    block = list(unit)
+    nbytes = math.prod(unit) * itemsize
+    for axis in reversed(range(len(shape))):
+        whole = max(1, -(-shape[axis] // unit[axis]))  # chunks along this axis
+        fit = max(1, budget // nbytes) if nbytes else whole
+        k = min(whole, fit)
+        block[axis] = unit[axis] * k
+        nbytes *= k
+        if k < whole:
+            break
+    return tuple(_split(s, b) for s, b in zip(shape, block))
+
+
+def _split(n: int, b: int) -> tuple[int, ...]:
+    if n == 0:
+        return (0,)
+    full, rest = divmod(n, b)
+    return (b,) * full + ((rest,) if rest else ())
+
+
+def resolve_chunks(chunks, shape, chunkshape, dtype: np.dtype):
+    """Normalise the ``chunks`` argument of :func:`daskh5.from_pytables`.
+
+    ``"auto"`` uses dask's ``array.chunk-size``; a string or an int is a byte
+    budget; a tuple or dict is passed to dask as explicit chunks (``"auto"``
+    or ``None`` entries inside it follow the budget, -1 means the whole axis).
+    """
+    if chunks is None or chunks == "auto":
+        chunks = dask.config.get("array.chunk-size")
+    if isinstance(chunks, (str, int, np.integer)) and not isinstance(chunks, bool):
+        budget = parse_bytes(chunks) if isinstance(chunks, str) else int(chunks)
+        if budget <= 0:
+            raise ValueError(f"chunks: a memory budget must be positive, got {chunks!r}")
+        return budget_chunks(shape, chunkshape, dtype.itemsize, budget)
+    if isinstance(chunks, dict):
+        chunks = tuple(chunks.get(i, chunks.get(i - len(shape), "auto")) for i in range(len(shape)))
+    if isinstance(chunks, (tuple, list)) and len(chunks) != len(shape):
+        raise ValueError(f"chunks: got {len(chunks)} entries for an array of {len(shape)} dimensions")
+    auto = budget_chunks(shape, chunkshape, dtype.itemsize, parse_bytes(dask.config.get("array.chunk-size")))
+    chunks = tuple(a if c in ("auto", None) else c for c, a in zip(chunks, auto))
+    return normalize_chunks(chunks, shape, dtype=dtype)

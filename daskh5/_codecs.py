@@ -1,0 +1,166 @@
+"""Decoders for HDF5 chunk filters, keyed by HDF5 filter id.
+
+A chunk's filter pipeline is applied in order when writing, so it is undone in
+reverse order when reading.  Every decoder validates what it is given against
+the size it must produce *before* handing bytes to a C decompressor: a header
+that claims more data than the chunk holds is a :class:`ChunkDecodeError`, not
+a buffer overrun.
+
+Decoders are plain functions ``decode(data, cd_values, nbytes, itemsize, out)``
+returning a buffer of exactly ``nbytes`` bytes (``out`` when it was used).
+Filters without an entry in :data:`DECODERS` are read through h5py instead
+(see :mod:`daskh5._reader`).
+"""
+
+from __future__ import annotations
+
+import struct
+import zlib
+from collections.abc import Callable, Sequence
+
+import numpy as np
+
+from daskh5.errors import ChunkDecodeError
+
+__all__ = ["BLOSC2_ID", "DECODERS", "decode_pipeline", "pipeline_supported"]
+
+ZLIB_ID = 1
+SHUFFLE_ID = 2
+FLETCHER32_ID = 3
+BLOSC_ID = 32001
+BLOSC2_ID = 32026
+
+Buffer = "bytes | bytearray | memoryview | np.ndarray"
+Decoder = Callable[..., object]
+
+_BLOSC_HEADER = struct.Struct("<BBBBIII")
+
+
+def _decode_blosc(data, cd_values: Sequence[int], nbytes: int, itemsize: int, out):
+    """Decode one blosc1 buffer (any codec, byte- or bit-shuffle)."""
+    from numcodecs import blosc
+
+    view = memoryview(data).cast("B")
+    if len(view) < _BLOSC_HEADER.size:
+        raise ChunkDecodeError(f"blosc chunk is {len(view)} bytes, shorter than its 16-byte header")
+    version, _vlz, _flags, _typesize, hdr_nbytes, blocksize, cbytes = _BLOSC_HEADER.unpack_from(view)
+    if version == 0 or version > 4:
+        raise ChunkDecodeError(f"blosc header has unknown format version {version}")
+    if hdr_nbytes != nbytes:
+        raise ChunkDecodeError(
+            f"blosc header says the chunk holds {hdr_nbytes} bytes, the chunk shape needs {nbytes}"
+        )
+    if cbytes > len(view) or cbytes < _BLOSC_HEADER.size:
+        raise ChunkDecodeError(
+            f"blosc header says the chunk is {cbytes} bytes compressed, {len(view)} are stored"
+        )
+    if nbytes and blocksize == 0:
+        raise ChunkDecodeError("blosc header has a zero block size")
+    if out is None:
+        out = bytearray(nbytes)
+    try:
+        blosc.decompress(view[:cbytes], out)
+    except Exception as exc:  # numcodecs raises RuntimeError on bad payloads
+        raise ChunkDecodeError(f"blosc could not decode the chunk: {exc}") from exc
+    return out
+
+
+def _decode_zlib(data, cd_values: Sequence[int], nbytes: int, itemsize: int, out):
+    """Inflate a deflate stream, refusing to produce more than the chunk size."""
+    d = zlib.decompressobj()
+    try:
+        result = d.decompress(data, nbytes)
+    except zlib.error as exc:
+        raise ChunkDecodeError(f"zlib could not inflate the chunk: {exc}") from exc
+    if len(result) != nbytes or d.unconsumed_tail:
+        raise ChunkDecodeError(f"zlib produced {len(result)}+ bytes, the chunk needs {nbytes}")
+    return _into(result, out)
+
+
+def _decode_shuffle(data, cd_values: Sequence[int], nbytes: int, itemsize: int, out):
+    """Undo HDF5's byte shuffle (trailing bytes that do not fill an element stay as they are)."""
+    size = cd_values[0] if cd_values else itemsize
+    raw = np.frombuffer(data, dtype=np.uint8)
+    if raw.size != nbytes:
+        raise ChunkDecodeError(f"shuffled chunk is {raw.size} bytes, expected {nbytes}")
+    target = np.frombuffer(out, dtype=np.uint8) if out is not None else np.empty(nbytes, np.uint8)
+    if size <= 1:
+        target[:] = raw
+        return out if out is not None else target
+    n = nbytes // size
+    body = n * size
+    target[:body].reshape(n, size)[...] = raw[:body].reshape(size, n).T
+    target[body:] = raw[body:]
+    return out if out is not None else target
+
+
+def _into(result, out):
+    if out is None:
+        return result
+    np.frombuffer(out, dtype=np.uint8)[:] = np.frombuffer(result, dtype=np.uint8)
+    return out
+
+
+DECODERS: dict[int, Decoder] = {
+    BLOSC_ID: _decode_blosc,
+    ZLIB_ID: _decode_zlib,
+    SHUFFLE_ID: _decode_shuffle,
+}
+"""Filter id -> decoder.  Blosc2 is handled by region (see :func:`decode_blosc2_region`)."""
+
+
+def pipeline_supported(filters: Sequence[tuple[int, tuple[int, ...]]]) -> bool:
+    """Whether every filter of a pipeline can be decoded without HDF5.
+
+    >>> pipeline_supported([(32001, (2, 2, 8, 65536, 5, 1, 1))])
+    True
+    >>> pipeline_supported([(32001, ()), (3, ())])  # fletcher32 goes through h5py
+    False
+    """
+    if len(filters) == 1 and filters[0][0] == BLOSC2_ID:
+        return True
+    return all(fid in DECODERS for fid, _ in filters)
+
+
+def decode_pipeline(raw, filters, filter_mask: int, nbytes: int, itemsize: int, out=None):
+    """Undo a chunk's filter pipeline, returning exactly ``nbytes`` bytes.
+
+    ``filter_mask`` bit *i* set means filter *i* was skipped for this chunk
+    (e.g. blosc stores incompressible chunks as they are).  When ``out`` (a
+    writable buffer of ``nbytes``) is given, the last step decodes straight
+    into it.
+    """
+    active = [(i, f) for i, f in enumerate(filters) if not filter_mask & (1 << i)]
+    data = raw
+    for step, (_i, (fid, cd)) in enumerate(reversed(active)):
+        last = step == len(active) - 1
+        data = DECODERS[fid](data, cd, nbytes, itemsize, out if last else None)
+    if not active:
+        if len(raw) != nbytes:
+            raise ChunkDecodeError(f"stored chunk is {len(raw)} bytes, the chunk shape needs {nbytes}")
+        data = _into(raw, out)
+    return data
+
+
+def decode_blosc2_region(raw, chunkshape: tuple[int, ...], dtype: np.dtype, region: tuple[slice, ...]):
+    """Decode only ``region`` of a PyTables blosc2 chunk (a b2nd cframe).
+
+    PyTables gives blosc2 nodes very large chunks split in small internal
+    blocks; slicing the frame decodes just the blocks that are needed.
+    """
+    import blosc2
+
+    try:
+        arr = blosc2.ndarray_from_cframe(bytes(raw))
+    except Exception as exc:
+        raise ChunkDecodeError(f"blosc2 could not read the chunk frame: {exc}") from exc
+    if tuple(arr.shape) != tuple(chunkshape) or arr.dtype.itemsize != dtype.itemsize:
+        raise ChunkDecodeError(
+            f"blosc2 frame holds shape {tuple(arr.shape)} of {arr.dtype.itemsize}-byte items, "
+            f"the node's chunks are {tuple(chunkshape)} of {dtype.itemsize}-byte items"
+        )
+    try:
+        part = np.ascontiguousarray(arr[region])
+    except Exception as exc:
+        raise ChunkDecodeError(f"blosc2 could not decode the chunk: {exc}") from exc
+    return part.view(dtype)

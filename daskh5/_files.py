@@ -1,0 +1,82 @@
+"""Per-process cache of open files, and exact positional reads.
+
+Tasks carry paths, never handles; each worker process opens a file once and
+keeps the descriptor.  ``os.pread`` needs no seek and no lock, so threads of
+one process read the same descriptor in parallel.  A file that was replaced
+(new inode) is reopened.  :func:`close_files` closes everything on purpose;
+it also runs at interpreter exit.
+"""
+
+from __future__ import annotations
+
+import atexit
+import os
+import threading
+
+from daskh5.errors import ChunkDecodeError, FileNotFound
+
+__all__ = ["close_files", "file_image", "pread_exact"]
+
+_lock = threading.Lock()
+_fds: dict[str, tuple[int, int, int]] = {}  # path -> (fd, dev, ino)
+_images: dict[tuple[str, int], bytes] = {}  # (path, mtime_ns) -> whole file, for driver="H5FD_CORE"
+
+
+def _fd(path: str) -> int:
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        raise FileNotFound(f"{path}: the file disappeared after the dask array was created") from None
+    with _lock:
+        cached = _fds.get(path)
+        if cached and cached[1:] == (st.st_dev, st.st_ino):
+            return cached[0]
+        if cached:
+            os.close(cached[0])
+        fd = os.open(path, os.O_RDONLY)
+        _fds[path] = (fd, st.st_dev, st.st_ino)
+        return fd
+
+
+def file_image(path: str, mtime_ns: int) -> bytes:
+    """The whole file, read once per process (the ``H5FD_CORE`` in-memory driver)."""
+    key = (path, mtime_ns)
+    with _lock:
+        image = _images.get(key)
+    if image is None:
+        with open(path, "rb") as fh:
+            image = fh.read()
+        with _lock:
+            for old in [k for k in _images if k[0] == path]:
+                del _images[old]
+            _images[key] = image
+    return image
+
+
+def pread_exact(path: str, offset: int, size: int, image: bytes | None = None) -> memoryview:
+    """Read exactly ``size`` bytes at ``offset`` or raise :class:`ChunkDecodeError`."""
+    if image is not None:
+        data = memoryview(image)[offset : offset + size]
+    else:
+        data = memoryview(os.pread(_fd(path), size, offset))
+    if len(data) != size:
+        raise ChunkDecodeError(
+            f"{path} ends before byte {offset + size} (wanted {size} bytes at offset {offset}): "
+            "the file is truncated"
+        )
+    return data
+
+
+def close_files() -> None:
+    """Close every file descriptor and drop every in-memory image this process holds."""
+    with _lock:
+        for fd, _dev, _ino in _fds.values():
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+        _fds.clear()
+        _images.clear()
+
+
+atexit.register(close_files)

@@ -1,0 +1,226 @@
+"""Find and describe nodes of an HDF5 file without trusting it.
+
+Everything here goes through h5py, which never unpickles: PyTables would
+unpickle string attributes ending in ``b"."`` as soon as a file or node is
+opened, so a crafted file could run code.  The result of
+:func:`describe_array` is a :class:`NodeInfo`, plain picklable data that the
+readers and dask graphs carry instead of open handles.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import difflib
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import numpy as np
+
+from daskh5.errors import (
+    FileNotFound,
+    NodeKindError,
+    NodeNotFound,
+    NotHDF5Error,
+    UnsupportedDtypeError,
+)
+
+__all__ = ["NodeInfo", "describe_array", "lookup", "node_kind", "open_file", "open_h5"]
+
+#: PyTables' ``CLASS`` attribute -> the name users know.
+_PYTABLES_CLASSES = {
+    "ARRAY": "Array",
+    "CARRAY": "CArray",
+    "EARRAY": "EArray",
+    "TABLE": "Table",
+    "VLARRAY": "VLArray",
+    "GROUP": "Group",
+    "UNIMPLEMENTED": "Unimplemented",
+}
+
+#: Where to go for node kinds :func:`daskh5.from_pytables` does not read.
+_ELSEWHERE = {
+    "Table": 'xr.open_dataset(path, engine="daskh5", group=...) (one variable per column)',
+    "VLArray": "daskh5.read_ragged(path, node) (a dask bag of samples)",
+    "Group": "daskh5.from_pytables(path, '<group>/<leaf>') on one of its leaves",
+}
+
+_LAYOUTS = {0: "compact", 1: "contiguous", 2: "chunked", 3: "virtual"}
+
+
+@dataclass(frozen=True)
+class NodeInfo:
+    """Everything a reader needs to know about one array node, as plain data."""
+
+    path: str
+    node: str
+    kind: str
+    shape: tuple[int, ...]
+    dtype: np.dtype  # what daskh5 returns (native byte order)
+    disk_dtype: np.dtype  # how elements are laid out in the file
+    layout: str
+    chunkshape: tuple[int, ...] | None
+    filters: tuple[tuple[int, tuple[int, ...]], ...]
+    fillvalue: bytes
+    offset: int | None  # contiguous layout only
+    extdim: int | None
+    mtime_ns: int
+    file_size: int
+
+    @property
+    def itemsize(self) -> int:
+        return self.disk_dtype.itemsize
+
+
+def _absolute(path: str | os.PathLike) -> str:
+    return os.path.abspath(os.fspath(path))
+
+
+def open_file(path: str | os.PathLike, driver: str | None = None):
+    """Open ``path`` read-only with h5py, turning failures into daskh5 errors."""
+    import h5py
+
+    path = _absolute(path)
+    if not os.path.exists(path):
+        raise FileNotFound(f"{path}: no such file")
+    if os.path.isdir(path):
+        raise NotHDF5Error(f"{path} is a directory, not an HDF5 file")
+    kwargs = {"driver": driver} if driver else {}
+    try:
+        return h5py.File(path, "r", locking=False, **kwargs)
+    except OSError as exc:
+        msg = str(exc)
+        if "signature" in msg:
+            why = "is not an HDF5 file (no HDF5 signature)"
+        elif "truncated" in msg.lower() or "eof" in msg.lower():
+            why = "is a truncated HDF5 file (it ends before its metadata says it should)"
+        else:
+            why = f"could not be opened as HDF5 ({msg})"
+        raise NotHDF5Error(f"{path} {why}; check the path, or re-copy the file if it was cut short") from exc
+
+
+@contextlib.contextmanager
+def open_h5(path: str | os.PathLike, driver: str | None = None) -> Iterator:
+    """:func:`open_file` as a context manager that closes the file."""
+    f = open_file(path, driver)
+    try:
+        yield f
+    finally:
+        f.close()
+
+
+def node_kind(obj) -> str:
+    """The PyTables kind of an h5py object, or ``"Dataset"``/``"Group"`` for plain HDF5."""
+    import h5py
+
+    cls = obj.attrs.get("CLASS") if "CLASS" in obj.attrs else None
+    if isinstance(cls, (bytes, np.bytes_)):
+        cls = cls.decode("ascii", "replace")
+    if isinstance(cls, str) and cls in _PYTABLES_CLASSES:
+        return _PYTABLES_CLASSES[cls]
+    return "Group" if isinstance(obj, h5py.Group) else "Dataset"
+
+
+def _nearest(f, node: str, n: int = 5) -> list[str]:
+    names: list[str] = []
+
+    def visit(name: str) -> None:
+        names.append("/" + name)
+        return None if len(names) < 100_000 else True
+
+    f.visit(visit)
+    close = difflib.get_close_matches(node, names, n=n, cutoff=0.3)
+    return close or sorted(names)[:n]
+
+
+def lookup(f, node: str):
+    """The h5py object at ``node`` or a :class:`NodeNotFound` naming the nearest nodes."""
+    if not isinstance(node, str) or not node:
+        raise NodeNotFound(f"{f.filename}: node must be a path like '/data', got {node!r}")
+    key = node if node.startswith("/") else "/" + node
+    try:
+        return f[key]
+    except KeyError:
+        near = _nearest(f, key)
+        hint = f"; nearest existing nodes: {', '.join(near)}" if near else "; the file has no nodes"
+        raise NodeNotFound(f"{f.filename}: no node {key!r}{hint}") from None
+    except Exception as exc:  # damaged metadata surfaces here
+        raise NotHDF5Error(f"{f.filename}: could not read node {key!r}: {exc}") from exc
+
+
+def _dtypes(ds, where: str) -> tuple[np.dtype, np.dtype]:
+    """(returned dtype, on-disk dtype) of an h5py dataset."""
+    import h5py
+
+    tid = ds.id.get_type()
+    cls = tid.get_class()
+    disk = ds.dtype
+    if cls == h5py.h5t.BITFIELD and disk.itemsize == 1:
+        # PyTables stores BoolAtom as an 8-bit bitfield; h5py reports uint8.
+        return np.dtype(bool), np.dtype(bool)
+    if disk.kind in "biufcS" and disk.subdtype is None and disk.fields is None:
+        return disk.newbyteorder("="), disk
+    if disk.fields is not None:
+        raise UnsupportedDtypeError(
+            f"{where} has a compound dtype {disk}; read record data as a Table with "
+            f'xr.open_dataset(path, engine="daskh5")'
+        )
+    raise UnsupportedDtypeError(
+        f"{where} has dtype {disk} (HDF5 class {cls}), which daskh5 does not read as an array; "
+        "variable-length data is read with daskh5.read_ragged"
+    )
+
+
+def describe_array(path: str | os.PathLike, node: str, driver: str | None = None) -> NodeInfo:
+    """Describe the array node ``node`` of ``path`` (metadata only, never data).
+
+    Raises a daskh5 error naming the file and node when the file is missing or
+    not HDF5, the node does not exist, or it is not an array node.
+    """
+    import h5py
+
+    path = _absolute(path)
+    st = os.stat(path) if os.path.exists(path) else None
+    with open_h5(path) as f:
+        obj = lookup(f, node)
+        name = obj.name
+        where = f"{path}:{name}"
+        kind = node_kind(obj)
+        if kind in _ELSEWHERE or not isinstance(obj, h5py.Dataset):
+            raise NodeKindError(
+                f"{where} is a {kind}; daskh5.from_pytables reads Array, CArray and EArray nodes. "
+                f"Use {_ELSEWHERE.get(kind, 'a node that holds an array')}."
+            )
+        if kind == "Unimplemented":
+            raise NodeKindError(f"{where} is a node PyTables cannot map to an array")
+        dtype, disk = _dtypes(obj, where)
+        try:
+            dcpl = obj.id.get_create_plist()
+            layout = _LAYOUTS.get(dcpl.get_layout(), "unknown")
+            filters = tuple(
+                (int(fid), tuple(int(c) for c in cd))
+                for fid, _flags, cd, _name in (dcpl.get_filter(i) for i in range(dcpl.get_nfilters()))
+            )
+            offset = obj.id.get_offset() if layout == "contiguous" else None
+            fill = np.zeros((), dtype=disk)
+            if obj.fillvalue is not None:
+                fill[()] = obj.fillvalue
+        except Exception as exc:
+            raise NotHDF5Error(f"{where}: could not read the node's storage metadata: {exc}") from exc
+        extdim = obj.attrs.get("EXTDIM") if kind == "EArray" else None
+        return NodeInfo(
+            path=path,
+            node=name,
+            kind=kind,
+            shape=tuple(int(s) for s in obj.shape),
+            dtype=dtype,
+            disk_dtype=disk,
+            layout=layout,
+            chunkshape=tuple(int(c) for c in obj.chunks) if obj.chunks else None,
+            filters=filters,
+            fillvalue=fill.tobytes(),
+            offset=None if offset is None else int(offset),
+            extdim=None if extdim is None else int(extdim),
+            mtime_ns=st.st_mtime_ns,
+            file_size=st.st_size,
+        )

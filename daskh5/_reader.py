@@ -1,0 +1,404 @@
+"""Read any selection of an array node without PyTables and without HDF5 locks.
+
+:class:`NodeReader` is a small picklable array-like (``shape``, ``dtype``,
+``__getitem__``) holding plain data: a :class:`~daskh5._nodes.NodeInfo` and, for
+chunked nodes, the :class:`~daskh5._storage.ChunkIndex`.  Reading a selection:
+
+* chunked nodes whose filters all have a decoder in :mod:`daskh5._codecs`:
+  the needed chunks' bytes are read with ``os.pread`` (neighbouring chunks in
+  one call) and decoded by GIL-releasing decoders, straight into the output
+  where the chunk maps onto a contiguous part of it;
+* contiguous nodes: a read-only memory map of the data block;
+* anything else (fletcher32, LZ4/zstd HDF5 plugins, compact or virtual
+  layouts): h5py (with hdf5plugin when installed), which is correct but
+  serialised behind h5py's global lock.
+
+Selections follow outer-indexing rules (one integer array per axis is applied
+independently), like PyTables and h5py.
+"""
+
+from __future__ import annotations
+
+import itertools
+import operator
+import os
+import threading
+
+import numpy as np
+
+from daskh5._codecs import BLOSC2_ID, decode_blosc2_region, decode_pipeline, pipeline_supported
+from daskh5._files import file_image, pread_exact
+from daskh5._nodes import NodeInfo, describe_array, lookup, open_file
+from daskh5._storage import ChunkIndex, current_index, read_chunk_index
+from daskh5.errors import ChunkDecodeError, Daskh5Error, NotHDF5Error
+
+__all__ = ["NodeReader"]
+
+_SPAN_GAP = 64 * 1024  # read neighbouring chunks in one pread if at most this many bytes apart
+_SPAN_MAX = 16 * 1024 * 1024  # ... and the span stays below this size
+
+
+def _normalize(key, shape: tuple[int, ...]):
+    """Per-axis selection: ``(start, stop)`` for unit-step slices, else an index array.
+
+    Returns the per-axis list and the axes an integer index drops.
+    """
+    if not isinstance(key, tuple):
+        key = (key,)
+    if any(k is Ellipsis for k in key):
+        i = next(i for i, k in enumerate(key) if k is Ellipsis)
+        key = key[:i] + (slice(None),) * (len(shape) - len(key) + 1) + key[i + 1 :]
+    if len(key) > len(shape):
+        raise IndexError(f"too many indices: {len(key)} for an array of {len(shape)} dimensions")
+    key = key + (slice(None),) * (len(shape) - len(key))
+    sel, drop = [], []
+    for axis, (k, n) in enumerate(zip(key, shape)):
+        if isinstance(k, slice):
+            start, stop, step = k.indices(n)
+            if step == 1:
+                sel.append((start, max(start, stop)))
+            else:
+                sel.append(np.arange(start, stop, step, dtype=np.int64))
+        elif k is None:
+            raise IndexError("daskh5 readers do not take np.newaxis; index the dask array instead")
+        elif isinstance(k, (int, np.integer)):
+            i = operator.index(k)
+            if not -n <= i < n:
+                raise IndexError(f"index {i} is out of bounds for axis {axis} with size {n}")
+            sel.append(np.array([i % n], dtype=np.int64))
+            drop.append(axis)
+        else:
+            arr = np.asarray(k)
+            if arr.dtype == bool:
+                if arr.shape != (n,):
+                    raise IndexError(
+                        f"boolean index of shape {arr.shape} does not match axis {axis} of size {n}"
+                    )
+                arr = np.flatnonzero(arr)
+            if arr.ndim != 1 or (arr.size and arr.dtype.kind not in "iu"):
+                raise IndexError(
+                    f"axis {axis}: index arrays must be 1-d integers, got {arr.dtype} {arr.shape}"
+                )
+            arr = arr.astype(np.int64)
+            if arr.size and (arr.min() < -n or arr.max() >= n):
+                raise IndexError(f"index out of bounds for axis {axis} with size {n}")
+            sel.append(np.where(arr < 0, arr + n, arr))
+    return sel, tuple(drop)
+
+
+def _positions(s) -> np.ndarray:
+    return np.arange(s[0], s[1], dtype=np.int64) if isinstance(s, tuple) else s
+
+
+def _finish(out: np.ndarray, info: NodeInfo, drop: tuple[int, ...]) -> np.ndarray:
+    out = out.astype(info.dtype, copy=False)  # native byte order; PyTables' bitfield bools as bool
+    if drop:
+        out = out.reshape([n for i, n in enumerate(out.shape) if i not in drop])
+    return out
+
+
+class NodeReader:
+    """A picklable, lazily reading array-like over one array node.
+
+    Parameters
+    ----------
+    info : NodeInfo
+        The node's description (from :func:`daskh5._nodes.describe_array`).
+    index : ChunkIndex, optional
+        The chunk index; read on first use when not given.
+    driver : str, optional
+        ``"H5FD_CORE"`` keeps a copy of the whole file in each process's memory.
+    """
+
+    def __init__(self, info: NodeInfo, index: ChunkIndex | None = None, driver: str | None = None):
+        self.info = info
+        self.index = index
+        self.driver = driver
+        self.shape = info.shape
+        self.dtype = info.dtype
+        self.ndim = len(info.shape)
+        self.fast = info.layout == "contiguous" or (
+            info.layout == "chunked" and pipeline_supported(info.filters)
+        )
+        if info.layout == "chunked" and self.fast and index is None:
+            self.index = read_chunk_index(info)
+
+    # -- dask / numpy protocol ------------------------------------------------------
+    @property
+    def chunks(self) -> tuple[int, ...] | None:
+        return self.info.chunkshape
+
+    def __dask_tokenize__(self):
+        i = self.info
+        return (
+            "daskh5.NodeReader",
+            i.path,
+            i.node,
+            i.mtime_ns,
+            i.file_size,
+            i.shape,
+            str(i.dtype),
+            self.driver,
+        )
+
+    def __repr__(self) -> str:
+        return f"NodeReader({self.info.path!r}, {self.info.node!r}, shape={self.shape}, dtype={self.dtype})"
+
+    def __len__(self) -> int:
+        return self.shape[0] if self.shape else 0
+
+    def __array__(self, dtype=None, copy=None):
+        out = self[...]
+        return out if dtype is None else out.astype(dtype)
+
+    def __getitem__(self, key) -> np.ndarray:
+        sel, drop = _normalize(key, self.shape)
+        info = self.info
+        if any(len(_positions(s)) == 0 for s in sel) or (info.offset is None and info.layout == "contiguous"):
+            out = np.empty([len(_positions(s)) for s in sel], dtype=info.disk_dtype)
+            out[...] = np.frombuffer(info.fillvalue, dtype=info.disk_dtype)[0] if out.size else 0
+            return _finish(out, info, drop)
+        try:
+            if not self.fast:
+                out = self._read_library(sel)
+            elif info.layout == "contiguous":
+                out = self._read_contiguous(sel)
+            else:
+                out = self._read_chunked(sel)
+        except Daskh5Error:
+            raise
+        except OSError as exc:
+            raise ChunkDecodeError(f"{info.path}:{info.node}: reading failed: {exc}") from exc
+        return _finish(out, info, drop)
+
+    # -- the file as it is now -------------------------------------------------------
+    def _mtime(self) -> int:
+        try:
+            return os.stat(self.info.path).st_mtime_ns
+        except FileNotFoundError:
+            from daskh5.errors import FileNotFound
+
+            raise FileNotFound(
+                f"{self.info.path}: the file disappeared after the dask array was created"
+            ) from None
+
+    def _image(self, mtime: int) -> bytes | None:
+        return file_image(self.info.path, mtime) if self.driver == "H5FD_CORE" else None
+
+    # -- contiguous nodes ------------------------------------------------------------
+    def _read_contiguous(self, sel) -> np.ndarray:
+        info = self.info
+        mtime = self._mtime()
+        if mtime != info.mtime_ns:
+            now = describe_array(info.path, info.node)
+            if now.shape != info.shape or now.offset is None:
+                raise NotHDF5Error(f"{info.path}:{info.node} changed shape after the dask array was created")
+            info = now
+        nbytes = int(np.prod(info.shape, dtype=np.int64)) * info.itemsize
+        image = self._image(mtime)
+        if image is not None:
+            data = np.frombuffer(
+                image, dtype=info.disk_dtype, count=nbytes // info.itemsize, offset=info.offset
+            )
+        else:
+            size = os.stat(info.path).st_size
+            if info.offset + nbytes > size:
+                raise ChunkDecodeError(
+                    f"{info.path}:{info.node}: the data block ends at byte {info.offset + nbytes} "
+                    f"but the file has {size} bytes: the file is truncated"
+                )
+            data = _memmap(info.path, info.offset, nbytes, info.disk_dtype)
+        view = data.reshape(info.shape)
+        boxes = tuple(slice(*s) if isinstance(s, tuple) else slice(None) for s in sel)
+        view = view[boxes]
+        out = None
+        for axis, s in enumerate(sel):
+            if not isinstance(s, tuple):
+                view = out = np.take(view, s, axis=axis)
+        return np.array(view) if out is None else out
+
+    # -- chunked nodes ---------------------------------------------------------------
+    def _raw_chunks(self, index: ChunkIndex, coords: list[tuple[int, ...]], image):
+        """Yield ``(coords, raw bytes or None, filter mask)``, reading neighbours in one call."""
+        info = self.info
+        stored, missing = [], []
+        for c in coords:
+            off = int(index.offsets[c])
+            (stored if off >= 0 else missing).append((off, int(index.sizes[c]), int(index.masks[c]), c))
+        for _o, _s, _m, c in missing:
+            yield c, None, 0
+        stored.sort()
+        i = 0
+        while i < len(stored):
+            j = i + 1
+            start = stored[i][0]
+            end = start + stored[i][1]
+            while j < len(stored):
+                off, size = stored[j][0], stored[j][1]
+                if off - end > _SPAN_GAP or off + size - start > _SPAN_MAX or off < end:
+                    break
+                end = off + size
+                j += 1
+            try:
+                span = pread_exact(info.path, start, end - start, image)
+            except ChunkDecodeError as exc:
+                raise ChunkDecodeError(
+                    f"{info.path}:{info.node} chunk {stored[i][3]}: {exc}; re-copy the file"
+                ) from None
+            for off, size, mask, c in stored[i:j]:
+                yield c, span[off - start : off - start + size], mask
+            i = j
+
+    def _decode(self, raw, mask: int, coords, region=None) -> np.ndarray:
+        """Decode one chunk (or, for blosc2, only ``region`` of it)."""
+        info = self.info
+        cs = info.chunkshape
+        try:
+            if len(info.filters) == 1 and info.filters[0][0] == BLOSC2_ID and not mask & 1:
+                return decode_blosc2_region(
+                    raw, cs, info.disk_dtype, region or tuple(slice(0, c) for c in cs)
+                )
+            nbytes = int(np.prod(cs, dtype=np.int64)) * info.itemsize
+            buf = decode_pipeline(raw, info.filters, mask, nbytes, info.itemsize)
+            chunk = np.frombuffer(buf, dtype=info.disk_dtype).reshape(cs)
+            return chunk if region is None else chunk[region]
+        except ChunkDecodeError as exc:
+            raise self._chunk_error(coords, exc) from None
+
+    def _chunk_error(self, coords, exc) -> ChunkDecodeError:
+        info = self.info
+        origin = tuple(c * s for c, s in zip(coords, info.chunkshape))
+        return ChunkDecodeError(
+            f"{info.path}:{info.node}: chunk {coords} (starting at element {origin}) is corrupt: {exc}. "
+            "The file is damaged; re-copy it or write the node again"
+        )
+
+    def _read_chunked(self, sel) -> np.ndarray:
+        info = self.info
+        mtime = self._mtime()
+        index = current_index(info, self.index, mtime)
+        image = self._image(mtime)
+        if all(isinstance(s, tuple) for s in sel):
+            return self._read_box(sel, index, image)
+        return self._read_points(sel, index, image)
+
+    def _read_box(self, sel, index, image) -> np.ndarray:
+        info = self.info
+        cs = info.chunkshape
+        starts = [s[0] for s in sel]
+        stops = [s[1] for s in sel]
+        out = np.empty([b - a for a, b in sel], dtype=info.disk_dtype)
+        fill = np.frombuffer(info.fillvalue, dtype=info.disk_dtype)[0]
+        ranges = [range(a // c, -(-b // c)) for a, b, c in zip(starts, stops, cs)]
+        blosc2 = len(info.filters) == 1 and info.filters[0][0] == BLOSC2_ID
+        nbytes = int(np.prod(cs, dtype=np.int64)) * info.itemsize
+        for coords, raw, mask in self._raw_chunks(index, list(itertools.product(*ranges)), image):
+            lo = [c * n for c, n in zip(coords, cs)]
+            a = [max(s, o) for s, o in zip(starts, lo)]
+            b = [min(e, o + n) for e, o, n in zip(stops, lo, cs)]
+            dst = tuple(slice(x - s, y - s) for x, y, s in zip(a, b, starts))
+            src = tuple(slice(x - o, y - o) for x, y, o in zip(a, b, lo))
+            if raw is None:
+                out[dst] = fill
+                continue
+            whole = all(y - x == n for x, y, n in zip(a, b, cs))
+            target = out[dst]
+            if whole and not blosc2 and target.flags.c_contiguous:
+                try:
+                    decode_pipeline(
+                        raw, info.filters, mask, nbytes, info.itemsize, target.reshape(-1).view(np.uint8)
+                    )
+                except ChunkDecodeError as exc:
+                    raise self._chunk_error(coords, exc) from None
+            else:
+                out[dst] = self._decode(raw, mask, coords, src)
+        return out
+
+    def _read_points(self, sel, index, image) -> np.ndarray:
+        info = self.info
+        cs = info.chunkshape
+        pos = [_positions(s) for s in sel]
+        out = np.empty([len(p) for p in pos], dtype=info.disk_dtype)
+        fill = np.frombuffer(info.fillvalue, dtype=info.disk_dtype)[0]
+        cids = [p // c for p, c in zip(pos, cs)]
+        uniq = [np.unique(c) for c in cids]
+        for coords, raw, mask in self._raw_chunks(index, list(itertools.product(*uniq)), image):
+            coords = tuple(int(c) for c in coords)
+            hits = [np.flatnonzero(c == u) for c, u in zip(cids, coords)]
+            dst = np.ix_(*hits)
+            if raw is None:
+                out[dst] = fill
+                continue
+            local = [p[h] - u * n for p, h, u, n in zip(pos, hits, coords, cs)]
+            region = tuple(slice(int(x.min()), int(x.max()) + 1) for x in local)
+            part = self._decode(raw, mask, coords, region)
+            out[dst] = part[np.ix_(*[x - r.start for x, r in zip(local, region)])]
+        return out
+
+    # -- everything else: h5py ---------------------------------------------------------
+    def _read_library(self, sel) -> np.ndarray:
+        info = self.info
+        h5sel, after = [], []
+        for s in sel:
+            if isinstance(s, tuple):
+                h5sel.append(slice(*s))
+                after.append(slice(None))
+                continue
+            lo, hi = int(s.min()), int(s.max()) + 1
+            steps = np.diff(s)
+            if s.size > 1 and steps[0] > 0 and (steps == steps[0]).all():
+                h5sel.append(slice(lo, hi, int(steps[0])))
+                after.append(slice(None))
+            else:
+                h5sel.append(slice(lo, hi))
+                after.append(s - lo)
+        with _h5_lock:
+            try:
+                ds = _h5_dataset(info, self.driver)
+                out = np.asarray(ds[tuple(h5sel)])
+            except OSError as exc:
+                raise ChunkDecodeError(
+                    f"{info.path}:{info.node}: HDF5 could not read {tuple(h5sel)}: {exc}. If a filter "
+                    "is missing, `pip install hdf5plugin`; otherwise the file is damaged"
+                ) from exc
+        for axis, a in enumerate(after):
+            if not isinstance(a, slice):
+                out = np.take(out, a, axis=axis)
+        if info.dtype == bool:
+            out = out != 0
+        return out
+
+
+_h5_lock = threading.Lock()
+_h5_files: dict[tuple[str, int, str | None], object] = {}
+_maps: dict[tuple[str, int, int], np.memmap] = {}
+
+
+def _h5_dataset(info: NodeInfo, driver: str | None):
+    """The h5py dataset for ``info`` from a per-process cache (call under ``_h5_lock``)."""
+    try:
+        import hdf5plugin  # noqa: F401  registers LZ4, zstd, bzip2, blosc2... with h5py
+    except ImportError:
+        pass
+    mtime = os.stat(info.path).st_mtime_ns
+    key = (info.path, mtime, driver)
+    f = _h5_files.get(key)
+    if f is None:
+        for old in [k for k in _h5_files if k[0] == info.path]:
+            _h5_files.pop(old).close()
+        f = open_file(info.path, driver={"H5FD_CORE": "core"}.get(driver or ""))
+        _h5_files[key] = f
+    return lookup(f, info.node)
+
+
+def _memmap(path: str, offset: int, nbytes: int, dtype: np.dtype) -> np.ndarray:
+    st = os.stat(path)
+    key = (path, st.st_mtime_ns, offset)
+    with _h5_lock:
+        m = _maps.get(key)
+        if m is None:
+            for old in [k for k in _maps if k[0] == path]:
+                del _maps[old]
+            m = np.memmap(path, dtype=dtype, mode="r", offset=offset, shape=(nbytes // dtype.itemsize,))
+            _maps[key] = m
+    return m

@@ -1,0 +1,138 @@
+"""Lazy dask arrays over PyTables Array, CArray and EArray nodes."""
+
+from __future__ import annotations
+
+import os
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from daskh5._chunking import resolve_chunks
+from daskh5._nodes import describe_array
+from daskh5._reader import NodeReader
+from daskh5.errors import Daskh5Error
+
+if TYPE_CHECKING:
+    import dask.array as da
+
+__all__ = ["from_pytables"]
+
+_DRIVERS = {None: None, "H5FD_SEC2": None, "H5FD_STDIO": None, "H5FD_CORE": "H5FD_CORE"}
+
+
+def _normalize_driver(driver: str | None) -> str | None:
+    key = driver.upper() if isinstance(driver, str) else driver
+    if isinstance(key, str) and not key.startswith("H5FD_"):
+        key = "H5FD_" + key
+    if key not in _DRIVERS:
+        raise ValueError(
+            f"driver={driver!r}: daskh5 reads files with H5FD_SEC2 (default), H5FD_STDIO or "
+            "H5FD_CORE (keep the whole file in each process's memory)"
+        )
+    return _DRIVERS[key]
+
+
+def _from_leaf(leaf) -> tuple[str, str, str | None]:
+    """(path, node, driver) of an open ``tables.Leaf``, flushing pending writes."""
+    f = leaf._v_file
+    if f.mode != "r":
+        f.flush()
+    driver = f.driver if f.driver == "H5FD_CORE" else None
+    if driver and not f.params.get("DRIVER_CORE_BACKING_STORE", 1) and f.mode != "r":
+        raise Daskh5Error(
+            f"{f.filename}:{leaf._v_pathname} lives in an in-memory file with no backing store; "
+            "workers cannot see it. Write the file to disk first"
+        )
+    return f.filename, leaf._v_pathname, driver
+
+
+def from_pytables(
+    source: str | os.PathLike | Any,
+    node: str | None = None,
+    *,
+    chunks: str | int | tuple | dict = "auto",
+    driver: str | None = None,
+    name: str | None = None,
+    inline_array: bool = False,
+) -> da.Array:
+    """A lazy dask array over an Array, CArray or EArray node of an HDF5 file.
+
+    Creating the array reads metadata only (node description and chunk index),
+    never data.  Each task reads its block with ``os.pread`` and decodes it
+    without PyTables or an HDF5 lock, so blocks decode in parallel on threads,
+    processes or a ``dask.distributed`` cluster.  The file is never opened
+    with PyTables, so nothing stored in it is unpickled.
+
+    Parameters
+    ----------
+    source : path or tables.Leaf
+        The file, or an open PyTables leaf (then ``node`` is taken from it and
+        pending writes are flushed first).
+    node : str
+        Path of the node inside the file, e.g. ``"/data"``.
+    chunks : "auto", str, int, tuple or dict
+        ``"auto"`` (dask's ``array.chunk-size``), or a memory budget per block
+        as a string (``"64MiB"``, ``"1 GB"``) or an **int number of bytes**:
+        blocks are then whole multiples of the node's HDF5 chunkshape, each
+        within the budget (a single HDF5 chunk bigger than the budget makes one
+        block).  A tuple or dict gives explicit chunks, as in dask, honoured as
+        given.
+    driver : str, optional
+        ``"H5FD_CORE"`` loads the whole file into each process's memory once
+        and reads from there; ``"H5FD_SEC2"`` / ``"H5FD_STDIO"`` (default)
+        read from disk.
+    name : str, optional
+        Dask name; by default a deterministic token of the file path, node,
+        file mtime and size, shape, dtype and chunks.
+    inline_array : bool
+        Passed to :func:`dask.array.from_array`.
+
+    Returns
+    -------
+    dask.array.Array
+        In native byte order; PyTables booleans come back as ``bool``.
+
+    Raises
+    ------
+    FileNotFoundError, KeyError, TypeError, OSError
+        As daskh5 subclasses (:mod:`daskh5.errors`) naming the file and node.
+
+    Examples
+    --------
+    >>> import numpy as np, tables, tempfile, os, daskh5
+    >>> path = os.path.join(tempfile.mkdtemp(), "data.h5")
+    >>> with tables.open_file(path, "w") as f:
+    ...     _ = f.create_carray("/", "data", obj=np.arange(10_000.0).reshape(-1, 2),
+    ...                         filters=tables.Filters(5, "blosc:lz4"), chunkshape=(1000, 2))
+    >>> x = daskh5.from_pytables(path, "/data", chunks="32KiB")
+    >>> x.chunks
+    ((2000, 2000, 1000), (2,))
+    >>> float(x.sum().compute())
+    49995000.0
+    """
+    import dask.array as da
+    from dask.base import tokenize
+
+    if not isinstance(source, (str, os.PathLike)) and hasattr(source, "_v_pathname"):
+        path, node, leaf_driver = _from_leaf(source)
+        driver = driver or leaf_driver
+    else:
+        path = os.fspath(source)
+        if node is None:
+            raise TypeError("from_pytables(path, node): give the node path, e.g. '/data'")
+    driver = _normalize_driver(driver)
+    info = describe_array(path, node)
+    reader = NodeReader(info, driver=driver)
+    chunks = resolve_chunks(chunks, info.shape, info.chunkshape, info.dtype)
+    name = name or "from-pytables-" + tokenize(reader, chunks)
+    meta = np.empty((0,) * len(info.shape), dtype=info.dtype)
+    return da.from_array(
+        reader,
+        chunks=chunks,
+        name=name,
+        lock=False,
+        asarray=False,
+        fancy=True,
+        meta=meta,
+        inline_array=inline_array,
+    )

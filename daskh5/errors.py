@@ -1,0 +1,55 @@
+"""Exceptions raised by daskh5.
+
+Every error daskh5 raises derives from :class:`Daskh5Error`.  The specific
+classes also derive from the builtin a caller would naturally catch
+(``KeyError`` for a missing node, ``FileNotFoundError`` for a missing file,
+...), so ``except KeyError`` keeps working.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "ChunkDecodeError",
+    "Daskh5Error",
+    "FileNotFound",
+    "NodeKindError",
+    "NodeNotFound",
+    "NotHDF5Error",
+    "UnsupportedDtypeError",
+    "UnsupportedFilterError",
+]
+
+
+class Daskh5Error(Exception):
+    """Root of every exception daskh5 raises on purpose."""
+
+
+class FileNotFound(Daskh5Error, FileNotFoundError):
+    """The file does not exist (or is a directory)."""
+
+
+class NotHDF5Error(Daskh5Error, OSError):
+    """The path exists but is not a readable HDF5 file (wrong format or truncated)."""
+
+
+class NodeNotFound(Daskh5Error, KeyError):
+    """No node at the requested path."""
+
+    def __str__(self) -> str:  # KeyError would repr() the message
+        return str(self.args[0]) if self.args else ""
+
+
+class NodeKindError(Daskh5Error, TypeError):
+    """The node exists but is of a kind this function does not read."""
+
+
+class UnsupportedDtypeError(Daskh5Error, TypeError):
+    """The node's HDF5 type has no numpy equivalent daskh5 can return."""
+
+
+class UnsupportedFilterError(Daskh5Error, OSError):
+    """No decoder is available for one of the node's HDF5 filters."""
+
+
+class ChunkDecodeError(Daskh5Error, OSError):
+    """A chunk's bytes are missing, truncated or corrupt."""

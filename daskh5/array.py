@@ -37,7 +37,7 @@ def _from_leaf(leaf) -> tuple[str, str, str | None]:
     f = leaf._v_file
     if f.mode != "r":
         f.flush()
-    driver = f.driver if f.driver == "H5FD_CORE" else None
+    driver = "H5FD_CORE" if f.params.get("DRIVER") == "H5FD_CORE" else None
     if driver and not f.params.get("DRIVER_CORE_BACKING_STORE", 1) and f.mode != "r":
         raise Daskh5Error(
             f"{f.filename}:{leaf._v_pathname} lives in an in-memory file with no backing store; "

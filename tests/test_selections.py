@@ -1,0 +1,109 @@
+"""Selections against numpy as the reference, on every read path."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+
+import numpy as np
+import pytest
+import tables
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+import daskh5
+from daskh5._nodes import describe_array
+from daskh5._reader import NodeReader
+
+SHAPE = (97, 13, 5)
+
+
+@pytest.fixture(scope="module")
+def files():
+    """One node per read path: blosc, blosc2, zlib (chunked), contiguous, and h5py fallback."""
+    data = np.arange(np.prod(SHAPE), dtype="int32").reshape(SHAPE) * 3 - 1000
+    tmp = tempfile.mkdtemp()
+    path = os.path.join(tmp, "sel.h5")
+    with tables.open_file(path, "w") as f:
+        f.create_carray("/", "blosc", obj=data, filters=tables.Filters(5, "blosc:lz4"), chunkshape=(10, 4, 3))
+        f.create_carray("/", "blosc2", obj=data, filters=tables.Filters(5, "blosc2:zstd"))
+        f.create_carray("/", "zlib", obj=data, filters=tables.Filters(5, "zlib"), chunkshape=(7, 13, 2))
+        f.create_array("/", "contig", obj=data)
+        f.create_carray("/", "fletcher", obj=data, filters=tables.Filters(fletcher32=True), chunkshape=(9, 9, 9))
+    return path, data
+
+
+NODES = ["/blosc", "/blosc2", "/zlib", "/contig", "/fletcher"]
+
+
+def axis_index(n):
+    """One axis of a selection: int (negative too), slice with any step, or an integer array."""
+    return st.one_of(
+        st.integers(-n, n - 1),
+        st.builds(
+            slice,
+            st.one_of(st.none(), st.integers(-n - 3, n + 3)),
+            st.one_of(st.none(), st.integers(-n - 3, n + 3)),
+            st.one_of(st.none(), st.integers(-5, 5).filter(bool)),
+        ),
+        st.lists(st.integers(-n, n - 1), min_size=0, max_size=6).map(lambda v: np.array(v, dtype=np.int64)),
+    )
+
+
+selections = st.tuples(*(axis_index(n) for n in SHAPE)).flatmap(
+    lambda t: st.integers(1, len(t)).map(lambda k: t[:k])
+)
+
+
+def outer(data, key):
+    """numpy outer indexing: each axis applied independently (the PyTables/h5py rule)."""
+    out = data
+    axis = 0
+    for k in key:
+        if isinstance(k, (int, np.integer)):
+            out = np.take(out, k, axis=axis)
+            continue
+        out = out[(slice(None),) * axis + (k,)]
+        axis += 1
+    return out
+
+
+@pytest.mark.parametrize("node", NODES)
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(key=selections)
+def test_reader_selections_match_numpy(files, node, key):
+    path, data = files
+    reader = NodeReader(describe_array(path, node))
+    np.testing.assert_array_equal(reader[key], outer(data, key))
+
+
+@pytest.mark.parametrize("node", NODES)
+@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    key=selections,
+    chunks=st.sampled_from(["1KiB", "4KiB", (13, 5, 2), (50, -1, 1)]),
+)
+def test_dask_selections_match_numpy(files, node, key, chunks):
+    path, data = files
+    x = daskh5.from_pytables(path, node, chunks=chunks)
+    # dask takes one integer array per indexing call, applied as an outer index
+    arrays = [i for i, k in enumerate(key) if isinstance(k, np.ndarray)]
+    if len(arrays) > 1:
+        key = tuple(k if i == arrays[0] or not isinstance(k, np.ndarray) else slice(None) for i, k in enumerate(key))
+    np.testing.assert_array_equal(x[key].compute(scheduler="sync"), outer(data, key))
+
+
+@pytest.mark.parametrize("node", NODES)
+def test_ellipsis_bool_and_errors(files, node):
+    path, data = files
+    reader = NodeReader(describe_array(path, node))
+    np.testing.assert_array_equal(reader[..., 1], data[..., 1])
+    mask = np.arange(SHAPE[0]) % 3 == 0
+    np.testing.assert_array_equal(reader[mask], data[mask])
+    np.testing.assert_array_equal(np.asarray(reader), data)
+    with pytest.raises(IndexError):
+        reader[SHAPE[0]]
+    with pytest.raises(IndexError):
+        reader[0, 0, 0, 0]
+    with pytest.raises(IndexError):
+        reader[np.array([0.5])]

@@ -298,7 +298,10 @@ def make_cases(bf: BenchFile, node, ds, x, hx, reference: np.ndarray) -> list[Ca
         ),
     }
     return [
-        Case(bf.label, op, m, fns[m], check) for op in OPERATIONS for check, fns in [table[op]] for m in METHODS
+        Case(bf.label, op, m, fns[m], check)
+        for op in OPERATIONS
+        for check, fns in [table[op]]
+        for m in METHODS
     ]
 
 
@@ -339,7 +342,9 @@ def bench_file(bf: BenchFile, repeat: int, chunks, log: Callable[[str], None]) -
                 else:
                     case.times.append(seconds)
                 del out
-            log(f"    {'warm-up round (untimed, results checked)' if rep == 0 else f'repetition {rep}/{repeat}'} done")
+            log(
+                f"    {'warm-up round (untimed, results checked)' if rep == 0 else f'repetition {rep}/{repeat}'} done"
+            )
         del reference
     return cases
 
@@ -509,7 +514,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--keep", action="store_true", help="keep the written files")
     p.add_argument("--budget", default="64MiB", help="chunks= memory budget for the .sum() memory test")
     p.add_argument(
-        "--chunks", default="auto", help="chunks= for daskh5 in the timed cases (default 'auto': dask's chunk-size)"
+        "--chunks",
+        default="auto",
+        help="chunks= for daskh5 in the timed cases (default 'auto': dask's chunk-size)",
     )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--memory-child", metavar="PATH", help=argparse.SUPPRESS)
@@ -541,7 +548,9 @@ def main(argv=None) -> int:
         log("== machine")
         log(machine_report())
         log("")
-        log(f"== writing a float64 random walk of shape ({rows:,}, 2) = {rows * ROW_BYTES / 1e6:,.0f} MB to {directory}")
+        log(
+            f"== writing a float64 random walk of shape ({rows:,}, 2) = {rows * ROW_BYTES / 1e6:,.0f} MB to {directory}"
+        )
         t_write, files = timed(lambda: write_files(directory, rows, args.seed))
         log(f"written in {t_write:.1f} s")
         log(
@@ -577,7 +586,9 @@ def main(argv=None) -> int:
         )
         log(results_table(cases, nbytes))
         log("")
-        log("== speed ratios (median time of the other library / median time of daskh5; > 1 means daskh5 is faster)")
+        log(
+            "== speed ratios (median time of the other library / median time of daskh5; > 1 means daskh5 is faster)"
+        )
         log(ratio_table(cases))
         log("")
         log("== speed bars")

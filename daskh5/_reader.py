@@ -30,7 +30,7 @@ from daskh5._codecs import BLOSC2_ID, decode_blosc2_region, decode_pipeline, pip
 from daskh5._files import file_image, pread_exact
 from daskh5._nodes import NodeInfo, describe_array, lookup, open_file
 from daskh5._storage import ChunkIndex, current_index, read_chunk_index
-from daskh5.errors import ChunkDecodeError, Daskh5Error, NotHDF5Error
+from daskh5.errors import ChunkDecodeError, Daskh5Error, NotHDF5Error, UnsupportedFilterError
 
 __all__ = ["NodeReader"]
 
@@ -122,6 +122,8 @@ class NodeReader:
         )
         if info.layout == "chunked" and self.fast and index is None:
             self.index = read_chunk_index(info)
+        if not self.fast:
+            _check_filters_available(info)
 
     # -- dask / numpy protocol ------------------------------------------------------
     @property
@@ -374,12 +376,30 @@ _h5_files: dict[tuple[str, int, str | None], object] = {}
 _maps: dict[tuple[str, int, int], np.memmap] = {}
 
 
-def _h5_dataset(info: NodeInfo, driver: str | None):
-    """The h5py dataset for ``info`` from a per-process cache (call under ``_h5_lock``)."""
+def _load_plugins() -> None:
     try:
         import hdf5plugin  # noqa: F401  registers LZ4, zstd, bzip2, blosc2... with h5py
     except ImportError:
         pass
+
+
+def _check_filters_available(info: NodeInfo) -> None:
+    """Fail when the array is created, not when it is computed, if no one can decode a filter."""
+    import h5py
+
+    _load_plugins()
+    missing = [fid for fid, _cd in info.filters if not h5py.h5z.filter_avail(fid)]
+    if missing:
+        raise UnsupportedFilterError(
+            f"{info.path}:{info.node} is compressed with HDF5 filter id(s) {missing}, which neither daskh5 nor "
+            "h5py can decode in this environment; `pip install hdf5plugin` adds LZ4, zstd, bzip2, bitshuffle, "
+            "blosc2 and more (LZO, filter 305, is only readable where PyTables was built with it)"
+        )
+
+
+def _h5_dataset(info: NodeInfo, driver: str | None):
+    """The h5py dataset for ``info`` from a per-process cache (call under ``_h5_lock``)."""
+    _load_plugins()
     mtime = os.stat(info.path).st_mtime_ns
     key = (info.path, mtime, driver)
     f = _h5_files.get(key)

@@ -13,7 +13,9 @@ def h5path(tmp_path):
     return str(tmp_path / "data.h5")
 
 
-def write_node(path, kind, data, filters=None, chunkshape=None, extdim=0, byteorder=None, mode="w", name="data"):
+def write_node(
+    path, kind, data, filters=None, chunkshape=None, extdim=0, byteorder=None, mode="w", name="data"
+):
     """Write ``data`` as a PyTables node of ``kind`` ("array", "carray", "earray")."""
     with tables.open_file(path, mode) as f:
         if kind == "array":

@@ -20,9 +20,15 @@ def sample_file(h5path):
     rng = np.random.default_rng(1)
     with tables.open_file(h5path, "w") as f:
         f.create_carray(
-            "/", "data", obj=rng.normal(size=(20_000, 2)), filters=tables.Filters(5, "blosc:lz4"), chunkshape=(1000, 2)
+            "/",
+            "data",
+            obj=rng.normal(size=(20_000, 2)),
+            filters=tables.Filters(5, "blosc:lz4"),
+            chunkshape=(1000, 2),
         )
-        f.create_carray("/", "zdata", obj=np.arange(20_000.0), filters=tables.Filters(5, "zlib"), chunkshape=(1000,))
+        f.create_carray(
+            "/", "zdata", obj=np.arange(20_000.0), filters=tables.Filters(5, "zlib"), chunkshape=(1000,)
+        )
         f.create_array("/", "contig", obj=np.arange(20_000.0))
         f.create_table("/", "table", obj=np.zeros(3, dtype=[("x", "f8")]))
         f.create_vlarray("/", "vl", atom=tables.Int32Atom())
@@ -61,7 +67,11 @@ def test_missing_node_lists_nearest(sample_file):
 
 @pytest.mark.parametrize(
     ("node", "kind", "hint"),
-    [("/table", "Table", "engine=\"daskh5\""), ("/vl", "VLArray", "read_ragged"), ("/group", "Group", "leaves")],
+    [
+        ("/table", "Table", 'engine="daskh5"'),
+        ("/vl", "VLArray", "read_ragged"),
+        ("/group", "Group", "leaves"),
+    ],
 )
 def test_wrong_kind_names_the_right_function(sample_file, node, kind, hint):
     with pytest.raises(TypeError) as info:
@@ -171,9 +181,33 @@ def test_missing_node_argument(sample_file):
 def test_array_not_written_yet_reads_fill(h5path):
     with h5py.File(h5path, "w") as f:
         f.create_dataset("empty", shape=(10, 3), dtype="f4", fillvalue=2.5)  # contiguous, never allocated
-    np.testing.assert_array_equal(daskh5.from_pytables(h5path, "/empty").compute(), np.full((10, 3), 2.5, "f4"))
+    np.testing.assert_array_equal(
+        daskh5.from_pytables(h5path, "/empty").compute(), np.full((10, 3), 2.5, "f4")
+    )
 
 
 def test_write_node_helper_rejects_unknown_kind(h5path):
     with pytest.raises(ValueError):
         write_node(h5path, "table", np.zeros(3))
+
+
+def test_filter_nobody_can_decode_fails_at_creation(h5path):
+    """An HDF5 plugin filter with hdf5plugin unavailable: a clear error before any compute."""
+    hdf5plugin = pytest.importorskip("hdf5plugin")
+    with h5py.File(h5path, "w") as f:
+        f.create_dataset("lz4", data=np.arange(1000), chunks=(100,), **hdf5plugin.LZ4())
+    code = f"""
+import sys
+sys.modules["hdf5plugin"] = None  # as if it were not installed
+import daskh5
+try:
+    daskh5.from_pytables({h5path!r}, "/lz4")
+except daskh5.UnsupportedFilterError as exc:
+    assert "32004" in str(exc) and "hdf5plugin" in str(exc) and "/lz4" in str(exc), exc
+    print("refused")
+"""
+    import subprocess
+    import sys
+
+    out = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True).stdout
+    assert out.strip() == "refused"

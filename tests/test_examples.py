@@ -13,12 +13,21 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 def test_quickstart(tmp_path):
     out = subprocess.run(
-        [sys.executable, str(ROOT / "examples" / "quickstart.py"), "--points", "300000", "--out", str(tmp_path)],
+        [
+            sys.executable,
+            str(ROOT / "examples" / "quickstart.py"),
+            "--points",
+            "300000",
+            "--out",
+            str(tmp_path),
+        ],
         check=True,
         capture_output=True,
         text=True,
     ).stdout
-    rows = [line.split() for line in out.splitlines() if line.strip()[:1].isdigit() and len(line.split()) == 6]
+    rows = [
+        line.split() for line in out.splitlines() if line.strip()[:1].isdigit() and len(line.split()) == 6
+    ]
     assert [int(r[0]) for r in rows] == [0, 1, 2, 3]
     assert sum(int(r[1]) for r in rows) == 300_000
     means = np.array([[float(r[2]), float(r[3])] for r in rows])

@@ -62,7 +62,9 @@ def test_a_block_reads_only_its_chunks(seed_file, monkeypatch):
     path, data = seed_file
     x = daskh5.from_pytables(path, "/data", chunks="64KiB")
     counter = ReadCounter(monkeypatch)
-    np.testing.assert_array_equal(x.blocks[3].compute(scheduler="sync"), data[x.chunks[0][0] * 3 :][: x.chunks[0][3]])
+    np.testing.assert_array_equal(
+        x.blocks[3].compute(scheduler="sync"), data[x.chunks[0][0] * 3 :][: x.chunks[0][3]]
+    )
     assert 1 <= counter.calls <= 2  # neighbouring chunks come in one pread
 
 

@@ -54,9 +54,14 @@ def test_no_entry_point_unpickles(hostile):
     np.testing.assert_array_equal(daskh5.from_pytables(path, "/data").compute(), np.arange(1000.0))
     np.testing.assert_array_equal(daskh5.from_pytables(path, "/group/contig").compute(), np.arange(10))
     np.testing.assert_array_equal(
-        daskh5.from_pytables(path, "/data", driver="H5FD_CORE").compute(scheduler="processes"), np.arange(1000.0)
+        daskh5.from_pytables(path, "/data", driver="H5FD_CORE").compute(scheduler="processes"),
+        np.arange(1000.0),
     )
-    for node, error in [("/objs", daskh5.NodeKindError), ("/group", daskh5.NodeKindError), ("/dat", KeyError)]:
+    for node, error in [
+        ("/objs", daskh5.NodeKindError),
+        ("/group", daskh5.NodeKindError),
+        ("/dat", KeyError),
+    ]:
         with pytest.raises(error):
             daskh5.from_pytables(path, node)
     assert not marker.exists()

@@ -29,7 +29,9 @@ def files():
         f.create_carray("/", "blosc2", obj=data, filters=tables.Filters(5, "blosc2:zstd"))
         f.create_carray("/", "zlib", obj=data, filters=tables.Filters(5, "zlib"), chunkshape=(7, 13, 2))
         f.create_array("/", "contig", obj=data)
-        f.create_carray("/", "fletcher", obj=data, filters=tables.Filters(fletcher32=True), chunkshape=(9, 9, 9))
+        f.create_carray(
+            "/", "fletcher", obj=data, filters=tables.Filters(fletcher32=True), chunkshape=(9, 9, 9)
+        )
     return path, data
 
 
@@ -89,7 +91,9 @@ def test_dask_selections_match_numpy(files, node, key, chunks):
     # dask takes one integer array per indexing call, applied as an outer index
     arrays = [i for i, k in enumerate(key) if isinstance(k, np.ndarray)]
     if len(arrays) > 1:
-        key = tuple(k if i == arrays[0] or not isinstance(k, np.ndarray) else slice(None) for i, k in enumerate(key))
+        key = tuple(
+            k if i == arrays[0] or not isinstance(k, np.ndarray) else slice(None) for i, k in enumerate(key)
+        )
     np.testing.assert_array_equal(x[key].compute(scheduler="sync"), outer(data, key))
 
 

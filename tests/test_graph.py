@@ -9,7 +9,6 @@ import dask.array as da
 import numpy as np
 import pytest
 import tables
-from conftest import write_node
 
 import daskh5
 from daskh5 import _reader

@@ -42,7 +42,7 @@ FILTERS = {
 def sample(dtype, shape, rng):
     dtype = np.dtype(dtype)
     n = int(np.prod(shape))
-    if dtype == bool:
+    if dtype.kind == "b":
         return rng.random(shape) < 0.3
     if dtype.kind == "S":
         return np.array([b"w%d" % (i % 997) for i in range(n)], dtype=dtype).reshape(shape)

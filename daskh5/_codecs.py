@@ -143,24 +143,39 @@ def decode_pipeline(raw, filters, filter_mask: int, nbytes: int, itemsize: int, 
 
 
 def decode_blosc2_region(raw, chunkshape: tuple[int, ...], dtype: np.dtype, region: tuple[slice, ...]):
-    """Decode only ``region`` of a PyTables blosc2 chunk (a b2nd cframe).
+    """Decode only ``region`` of a PyTables blosc2 chunk.
 
     PyTables gives blosc2 nodes very large chunks split in small internal
-    blocks; slicing the frame decodes just the blocks that are needed.
+    blocks, stored as a b2nd frame (n-d nodes) or a plain super-chunk frame
+    (1-d nodes); slicing either decodes just the blocks that are needed.
     """
     import blosc2
 
+    data = bytes(raw)
+    nbytes = int(np.prod(chunkshape, dtype=np.int64)) * dtype.itemsize
     try:
-        arr = blosc2.ndarray_from_cframe(bytes(raw))
-    except Exception as exc:
-        raise ChunkDecodeError(f"blosc2 could not read the chunk frame: {exc}") from exc
-    if tuple(arr.shape) != tuple(chunkshape) or arr.dtype.itemsize != dtype.itemsize:
-        raise ChunkDecodeError(
-            f"blosc2 frame holds shape {tuple(arr.shape)} of {arr.dtype.itemsize}-byte items, "
-            f"the node's chunks are {tuple(chunkshape)} of {dtype.itemsize}-byte items"
-        )
+        arr = blosc2.ndarray_from_cframe(data)
+    except Exception:
+        arr = None
     try:
-        part = np.ascontiguousarray(arr[region])
+        if arr is not None:
+            if tuple(arr.shape) != tuple(chunkshape) or arr.dtype.itemsize != dtype.itemsize:
+                raise ChunkDecodeError(
+                    f"blosc2 frame holds shape {tuple(arr.shape)} of {arr.dtype.itemsize}-byte items, "
+                    f"the node's chunks are {tuple(chunkshape)} of {dtype.itemsize}-byte items"
+                )
+            return np.ascontiguousarray(arr[region]).view(dtype)
+        if len(chunkshape) != 1:
+            raise ChunkDecodeError("blosc2 chunk is neither a b2nd frame nor a 1-d super-chunk")
+        schunk = blosc2.schunk_from_cframe(data)
+        if schunk.typesize != dtype.itemsize or schunk.nbytes != nbytes:
+            raise ChunkDecodeError(
+                f"blosc2 super-chunk holds {schunk.nbytes} bytes of {schunk.typesize}-byte items, "
+                f"the node's chunks are {nbytes} bytes of {dtype.itemsize}-byte items"
+            )
+        (r,) = region
+        return np.frombuffer(schunk.get_slice(r.start, r.stop), dtype=dtype).copy()
+    except ChunkDecodeError:
+        raise
     except Exception as exc:
         raise ChunkDecodeError(f"blosc2 could not decode the chunk: {exc}") from exc
-    return part.view(dtype)

@@ -154,7 +154,10 @@ def _dtypes(ds, where: str) -> tuple[np.dtype, np.dtype]:
 
     tid = ds.id.get_type()
     cls = tid.get_class()
-    disk = ds.dtype
+    try:
+        disk = ds.dtype
+    except (TypeError, ValueError) as exc:  # e.g. PyTables Time32/Time64 atoms
+        raise UnsupportedDtypeError(f"{where} has an HDF5 type numpy cannot represent: {exc}") from exc
     if cls == h5py.h5t.BITFIELD and disk.itemsize == 1:
         # PyTables stores BoolAtom as an 8-bit bitfield; h5py reports uint8.
         return np.dtype(bool), np.dtype(bool)

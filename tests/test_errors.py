@@ -211,3 +211,10 @@ except daskh5.UnsupportedFilterError as exc:
 
     out = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True).stdout
     assert out.strip() == "refused"
+
+
+def test_time_atoms_are_refused_clearly(h5path):
+    with tables.open_file(h5path, "w") as f:
+        f.create_carray("/", "t", atom=tables.Time64Atom(), shape=(10,))
+    with pytest.raises(daskh5.UnsupportedDtypeError, match="/t"):
+        daskh5.from_pytables(h5path, "/t")

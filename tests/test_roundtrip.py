@@ -218,3 +218,13 @@ def test_h5py_written_dataset(h5path, rng):
     for node in ["/gz", "/lz4", "/plain"]:
         x = daskh5.from_pytables(h5path, node, chunks="20KiB")
         np.testing.assert_array_equal(x.compute(), data)
+
+
+@pytest.mark.parametrize("shape", [(100_000,), (300, 7), (10, 20, 30)])
+@pytest.mark.parametrize("codec", ["blosc2:zstd", "blosc2:lz4"])
+def test_blosc2_every_rank(h5path, shape, codec, rng):
+    """PyTables stores 1-d blosc2 chunks as super-chunk frames and n-d ones as b2nd frames."""
+    data = sample("float64", shape, rng)
+    write_node(h5path, "carray", data, filters=tables.Filters(5, codec))
+    x = check(h5path, chunks="64KiB")
+    np.testing.assert_array_equal(x[1::7].compute(), data[1::7])

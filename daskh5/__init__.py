@@ -8,6 +8,7 @@
 from __future__ import annotations
 
 from daskh5._files import close_files
+from daskh5._ragged_write import write_ragged
 from daskh5.array import from_pytables
 from daskh5.errors import (
     ChunkDecodeError,
@@ -16,9 +17,11 @@ from daskh5.errors import (
     NodeKindError,
     NodeNotFound,
     NotHDF5Error,
+    RaggedLayoutError,
     UnsupportedDtypeError,
     UnsupportedFilterError,
 )
+from daskh5.ragged import RaggedArray, open_ragged, read_ragged
 
 __version__ = "0.1.0"
 
@@ -29,9 +32,14 @@ __all__ = [
     "NodeKindError",
     "NodeNotFound",
     "NotHDF5Error",
+    "RaggedArray",
+    "RaggedLayoutError",
     "UnsupportedDtypeError",
     "UnsupportedFilterError",
     "__version__",
     "close_files",
     "from_pytables",
+    "open_ragged",
+    "read_ragged",
+    "write_ragged",
 ]

@@ -72,3 +72,13 @@ def resolve_chunks(chunks, shape, chunkshape, dtype: np.dtype):
     auto = budget_chunks(shape, chunkshape, dtype.itemsize, parse_bytes(dask.config.get("array.chunk-size")))
     chunks = tuple(a if c in ("auto", None) else c for c, a in zip(chunks, auto))
     return normalize_chunks(chunks, shape, dtype=dtype)
+
+
+def resolve_budget(size) -> int:
+    """A byte budget from ``None`` (dask's ``array.chunk-size``), a string or an int."""
+    if size is None or size == "auto":
+        size = dask.config.get("array.chunk-size")
+    budget = parse_bytes(size) if isinstance(size, str) else int(size)
+    if budget <= 0:
+        raise ValueError(f"a memory budget must be positive, got {size!r}")
+    return budget

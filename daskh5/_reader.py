@@ -123,7 +123,7 @@ class NodeReader:
         if info.layout == "chunked" and self.fast and index is None:
             self.index = read_chunk_index(info)
         if not self.fast:
-            _check_filters_available(info)
+            check_filters_available(info.path, info.node, info.filters)
 
     # -- dask / numpy protocol ------------------------------------------------------
     @property
@@ -323,10 +323,11 @@ class NodeReader:
         out = np.empty([len(p) for p in pos], dtype=info.disk_dtype)
         fill = np.frombuffer(info.fillvalue, dtype=info.disk_dtype)[0]
         cids = [p // c for p, c in zip(pos, cs)]
-        uniq = [np.unique(c) for c in cids]
+        groups = [_group(c) for c in cids]  # per axis: chunk id -> positions in the output
+        uniq = [list(g) for g in groups]
         for coords, raw, mask in self._raw_chunks(index, list(itertools.product(*uniq)), image):
             coords = tuple(int(c) for c in coords)
-            hits = [np.flatnonzero(c == u) for c, u in zip(cids, coords)]
+            hits = [g[u] for g, u in zip(groups, coords)]
             dst = np.ix_(*hits)
             if raw is None:
                 out[dst] = fill
@@ -371,27 +372,34 @@ class NodeReader:
         return out
 
 
+def _group(ids: np.ndarray) -> dict[int, np.ndarray]:
+    """Positions of each distinct value of ``ids`` (sorting once instead of one scan per value)."""
+    order = np.argsort(ids, kind="stable")
+    values, first = np.unique(ids[order], return_index=True)
+    return {int(v): part for v, part in zip(values, np.split(order, first[1:]))}
+
+
 _h5_lock = threading.Lock()
 _h5_files: dict[tuple[str, int, str | None], object] = {}
 _maps: dict[tuple[str, int, int], np.memmap] = {}
 
 
-def _load_plugins() -> None:
+def load_plugins() -> None:
     try:
         import hdf5plugin  # noqa: F401  registers LZ4, zstd, bzip2, blosc2... with h5py
     except ImportError:
         pass
 
 
-def _check_filters_available(info: NodeInfo) -> None:
+def check_filters_available(path: str, node: str, filters) -> None:
     """Fail when the array is created, not when it is computed, if no one can decode a filter."""
     import h5py
 
-    _load_plugins()
-    missing = [fid for fid, _cd in info.filters if not h5py.h5z.filter_avail(fid)]
+    load_plugins()
+    missing = [fid for fid, _cd in filters if not h5py.h5z.filter_avail(fid)]
     if missing:
         raise UnsupportedFilterError(
-            f"{info.path}:{info.node} is compressed with HDF5 filter id(s) {missing}, which neither daskh5 nor "
+            f"{path}:{node} is compressed with HDF5 filter id(s) {missing}, which neither daskh5 nor "
             "h5py can decode in this environment; `pip install hdf5plugin` adds LZ4, zstd, bzip2, bitshuffle, "
             "blosc2 and more (LZO, filter 305, is only readable where PyTables was built with it)"
         )
@@ -399,7 +407,7 @@ def _check_filters_available(info: NodeInfo) -> None:
 
 def _h5_dataset(info: NodeInfo, driver: str | None):
     """The h5py dataset for ``info`` from a per-process cache (call under ``_h5_lock``)."""
-    _load_plugins()
+    load_plugins()
     mtime = os.stat(info.path).st_mtime_ns
     key = (info.path, mtime, driver)
     f = _h5_files.get(key)

@@ -15,6 +15,7 @@ __all__ = [
     "NodeKindError",
     "NodeNotFound",
     "NotHDF5Error",
+    "RaggedLayoutError",
     "UnsupportedDtypeError",
     "UnsupportedFilterError",
 ]
@@ -53,3 +54,7 @@ class UnsupportedFilterError(Daskh5Error, OSError):
 
 class ChunkDecodeError(Daskh5Error, OSError):
     """A chunk's bytes are missing, truncated or corrupt."""
+
+
+class RaggedLayoutError(Daskh5Error, ValueError):
+    """A ragged layout's side columns disagree with each other or with the data."""

@@ -1,0 +1,216 @@
+"""Find and validate the ragged layouts users keep in PyTables files.
+
+1. ``flat``: a 1-d array node of every sample's values, concatenated, with an
+   ``(N, 2)`` ``<name>_start_and_stop`` column of ``[start, stop)`` offsets and
+   an optional ``(N, k)`` ``<name>_shape`` column;
+2. ``vlarray`` with a ``<name>_shape`` column: rows are flattened samples;
+3. ``vlarray`` alone: 1-d rows as they are.
+
+Everything is read through h5py and :class:`~daskh5._reader.NodeReader`, so
+nothing is unpickled; an ObjectAtom VLArray is refused outright.  Side
+columns are validated when the layout is opened (they are small): the first
+bad row is named in the error.
+"""
+
+from __future__ import annotations
+
+import posixpath
+from dataclasses import dataclass
+
+import numpy as np
+
+from daskh5._nodes import describe_array, lookup, node_kind, open_h5
+from daskh5._reader import NodeReader, check_filters_available
+from daskh5.errors import NodeKindError, NodeNotFound, RaggedLayoutError
+
+__all__ = ["ATTR_KIND", "ATTR_NSAMPLES", "ATTR_SHAPE", "ATTR_START_STOP", "RaggedLayout", "find_layout"]
+
+# Attributes daskh5's writer puts on the data node, so readers need no guessing.
+ATTR_KIND = "DASKH5_RAGGED"
+ATTR_START_STOP = "DASKH5_START_STOP"
+ATTR_SHAPE = "DASKH5_SHAPE"
+ATTR_NSAMPLES = "DASKH5_NSAMPLES"  # samples committed; rows past it are an interrupted append
+ATTR_NDIM = "DASKH5_NDIM"  # sample rank when there is no shape column (0-d samples)
+
+
+@dataclass(frozen=True)
+class RaggedLayout:
+    """A validated ragged layout: where the samples are and what shape each has."""
+
+    path: str
+    node: str
+    kind: str  # "flat" or "vlarray"
+    dtype: np.dtype
+    starts: np.ndarray | None  # flat only
+    stops: np.ndarray | None
+    shapes: np.ndarray | None  # (N, k), or None for 1-d samples (or 0-d, see ndim)
+    ndim: int
+    atom_shape: tuple[int, ...]  # trailing shape of a VLArray atom, e.g. (3,) for Float32Atom(shape=3)
+    nsamples: int
+    start_stop_node: str | None
+    shape_node: str | None
+
+
+def _text(value) -> str | None:
+    if value is None:
+        return None
+    if isinstance(value, (bytes, np.bytes_)):
+        return value.decode("utf-8", "replace")
+    return str(value)
+
+
+def _sibling(node: str, suffix: str) -> str:
+    return posixpath.join(posixpath.dirname(node) or "/", posixpath.basename(node) + suffix)
+
+
+def _read_column(path: str, node: str, role: str) -> np.ndarray:
+    info = describe_array(path, node)
+    if info.dtype.kind not in "iu":
+        raise RaggedLayoutError(f"{path}:{node}: the {role} column holds {info.dtype}, not integers")
+    return NodeReader(info)[...]
+
+
+def _first_bad(mask: np.ndarray) -> int:
+    return int(np.flatnonzero(mask)[0])
+
+
+def _check_shapes(path: str, node: str, shapes: np.ndarray, n: int) -> None:
+    if shapes.ndim != 2:
+        raise RaggedLayoutError(f"{path}:{node}: the shape column must be (N, k), it is {shapes.shape}")
+    if len(shapes) != n:
+        raise RaggedLayoutError(
+            f"{path}:{node}: the shape column has {len(shapes)} rows but there are {n} samples; "
+            "the columns must have one row per sample"
+        )
+    if (shapes < 0).any():
+        row = _first_bad((shapes < 0).any(axis=1))
+        raise RaggedLayoutError(f"{path}:{node}: row {row} has a negative shape {shapes[row].tolist()}")
+
+
+def _validate_flat(path, node, ss_node, shape_node, starts, stops, shapes, flat_len) -> None:
+    where = f"{path}:{ss_node}"
+    if (stops < starts).any():
+        row = _first_bad(stops < starts)
+        raise RaggedLayoutError(f"{where}: row {row} has stop {stops[row]} < start {starts[row]}")
+    if (starts < 0).any():
+        row = _first_bad(starts < 0)
+        raise RaggedLayoutError(f"{where}: row {row} has a negative start {starts[row]}")
+    if (stops > flat_len).any():
+        row = _first_bad(stops > flat_len)
+        raise RaggedLayoutError(
+            f"{where}: row {row} stops at {stops[row]}, beyond the {flat_len} values of {node}; "
+            "the offsets and the data do not belong together"
+        )
+    if shapes is not None:
+        sizes = np.prod(shapes, axis=1, dtype=np.int64) if shapes.shape[1] else np.ones(len(shapes), np.int64)
+        bad = sizes != stops - starts
+        if bad.any():
+            row = _first_bad(bad)
+            raise RaggedLayoutError(
+                f"{path}:{shape_node}: row {row} has shape {shapes[row].tolist()} ({sizes[row]} values) "
+                f"but {ss_node} gives it {stops[row] - starts[row]} values"
+            )
+
+
+def find_layout(
+    path: str, node: str, start_stop: str | None = None, shape: str | None = None
+) -> RaggedLayout:
+    """Detect, read and validate the ragged layout whose data node is ``node``."""
+    import h5py
+
+    with open_h5(path) as f:
+        obj = lookup(f, node)
+        node = obj.name
+        path = f.filename
+        kind = node_kind(obj)
+        attrs = obj.attrs
+        n_committed = int(attrs[ATTR_NSAMPLES]) if ATTR_NSAMPLES in attrs else None
+        ndim_attr = int(attrs[ATTR_NDIM]) if ATTR_NDIM in attrs else None
+        start_stop = start_stop or _text(attrs.get(ATTR_START_STOP))
+        shape = shape or _text(attrs.get(ATTR_SHAPE))
+        if kind == "VLArray":
+            pseudo = _text(attrs.get("PSEUDOATOM"))
+            if pseudo == "object":
+                raise NodeKindError(
+                    f"{path}:{node} is an ObjectAtom VLArray: its rows are pickles, which daskh5 never "
+                    "loads (unpickling runs code from the file). Store samples as numeric arrays instead"
+                )
+            if pseudo in ("vlstring", "vlunicode"):
+                raise NodeKindError(f"{path}:{node} is a VLArray of strings, not of numeric samples")
+            base = h5py.check_vlen_dtype(obj.dtype)
+            if base is None:
+                raise NodeKindError(f"{path}:{node}: a VLArray whose rows are not variable-length arrays")
+            tid = obj.id.get_type().get_super()
+            atom_shape = ()
+            if base.subdtype is not None:
+                base, atom_shape = base.subdtype
+                tid = tid.get_super()
+            if tid.get_class() == h5py.h5t.BITFIELD and base.itemsize == 1:
+                base = np.dtype(bool)
+            n = int(obj.shape[0])
+            layout_kind = "vlarray"
+            dcpl = obj.id.get_create_plist()
+            filters = [dcpl.get_filter(i)[::2] for i in range(dcpl.get_nfilters())]
+            check_filters_available(path, node, filters)
+            if start_stop:
+                raise RaggedLayoutError(f"{path}:{node} is a VLArray; start_stop= applies to flat layouts")
+        elif isinstance(obj, h5py.Dataset) and kind in ("Array", "CArray", "EArray", "Dataset"):
+            if len(obj.shape) != 1:
+                raise NodeKindError(
+                    f"{path}:{node} is a {len(obj.shape)}-d {kind}; the flat ragged layout needs a 1-d data "
+                    "node (use daskh5.from_pytables for regular arrays)"
+                )
+            start_stop = start_stop or _sibling(node, "_start_and_stop")
+            if start_stop not in f:
+                raise NodeNotFound(
+                    f"{path}: {node} is a {kind} without a start/stop column: no node {start_stop!r}. "
+                    "Pass start_stop='/path/to/offsets' if it has another name"
+                )
+            base, atom_shape, layout_kind, n = None, (), "flat", None
+        else:
+            raise NodeKindError(
+                f"{path}:{node} is a {kind}; ragged data is a VLArray or a 1-d array with side columns"
+            )
+        shape_default = _sibling(node, "_shape")
+        if shape is None and shape_default in f:
+            shape = shape_default
+        if shape is not None and shape not in f:
+            raise NodeNotFound(f"{path}: no shape column {shape!r} for {node}")
+
+    if layout_kind == "flat":
+        info = describe_array(path, node)
+        base = info.dtype
+        ss = _read_column(path, start_stop, "start/stop")
+        if ss.ndim != 2 or ss.shape[1] != 2:
+            raise RaggedLayoutError(
+                f"{path}:{start_stop}: a start/stop column is (N, 2), this one is {ss.shape}"
+            )
+        n = len(ss)
+    shapes = _read_column(path, shape, "shape") if shape else None
+    if n_committed is not None:
+        if n_committed > n:
+            raise RaggedLayoutError(f"{path}:{node} says {n_committed} samples were written but has only {n}")
+        n = n_committed
+    if shapes is not None:
+        shapes = shapes[:n] if n_committed is not None else shapes
+        _check_shapes(path, shape, shapes, n)
+    starts = stops = None
+    if layout_kind == "flat":
+        ss = ss[:n].astype(np.int64)
+        starts, stops = ss[:, 0].copy(), ss[:, 1].copy()
+        _validate_flat(path, node, start_stop, shape, starts, stops, shapes, info.shape[0])
+    ndim = shapes.shape[1] if shapes is not None else (ndim_attr if ndim_attr is not None else 1)
+    return RaggedLayout(
+        path=path,
+        node=node,
+        kind=layout_kind,
+        dtype=np.dtype(base).newbyteorder("="),
+        starts=starts,
+        stops=stops,
+        shapes=None if shapes is None else shapes.astype(np.int64),
+        ndim=ndim + len(atom_shape),
+        atom_shape=tuple(int(a) for a in atom_shape),
+        nsamples=int(n),
+        start_stop_node=start_stop if layout_kind == "flat" else None,
+        shape_node=shape,
+    )

@@ -1,0 +1,314 @@
+"""Write ragged samples as the flat layout, in bulk, never leaving a half-written file.
+
+A new file is written under a temporary name next to the target and renamed
+into place when complete.  Appending to an existing file truncates the
+arrays back and removes nodes it created if anything fails; the number of
+committed samples is stored last (``DASKH5_NSAMPLES``), so rows of an
+append that was killed midway are ignored by readers.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Iterable, Iterator
+
+import numpy as np
+
+from daskh5._chunking import resolve_budget
+from daskh5._layout import ATTR_KIND, ATTR_NDIM, ATTR_NSAMPLES, ATTR_SHAPE, ATTR_START_STOP
+from daskh5._safe_tables import open_tables
+from daskh5.errors import NodeKindError, RaggedLayoutError
+
+__all__ = ["write_ragged"]
+
+
+def _default_filters():
+    import tables
+
+    return tables.Filters(complevel=5, complib="blosc:lz4", shuffle=True)
+
+
+def _iter_samples(samples) -> Iterator:
+    """Samples one by one; a dask bag is computed a few partitions at a time, in order."""
+    import dask.bag as db
+
+    if isinstance(samples, db.Bag):
+        import dask
+
+        parts = samples.to_delayed()
+        window = max(2, 2 * (os.cpu_count() or 1))
+        for i in range(0, len(parts), window):
+            for part in dask.compute(*parts[i : i + window]):
+                yield from part
+        return
+    yield from samples
+
+
+class _Writer:
+    """Appends batches of samples to the three EArrays of one flat layout."""
+
+    def __init__(self, f, node: str, dtype: np.dtype, ndim: int, filters, expectedrows: int):
+        import tables
+
+        self.f = f
+        self.node = node
+        parent, name = node.rsplit("/", 1)
+        parent = parent or "/"
+        self.created: list[str] = []
+        if node in f:
+            self._open_existing(dtype, ndim)
+        else:
+            if dtype.kind not in "biufcS":
+                raise TypeError(
+                    f"write_ragged: samples of dtype {dtype} cannot be stored (numbers, bool, bytes only)"
+                )
+            atom = tables.Atom.from_dtype(np.dtype(dtype).newbyteorder("="))
+            self.flat = f.create_earray(
+                parent,
+                name,
+                atom=atom,
+                shape=(0,),
+                filters=filters,
+                expectedrows=expectedrows,
+                createparents=True,
+            )
+            self.created.append(node)
+            self.ss = f.create_earray(
+                parent, name + "_start_and_stop", atom=tables.Int64Atom(), shape=(0, 2), filters=filters
+            )
+            self.created.append(self.ss._v_pathname)
+            self.shape = None
+            if ndim >= 2:
+                self.shape = f.create_earray(
+                    parent, name + "_shape", atom=tables.Int64Atom(), shape=(0, ndim), filters=filters
+                )
+                self.created.append(self.shape._v_pathname)
+            attrs = self.flat.attrs
+            attrs[ATTR_KIND] = "flat"
+            attrs[ATTR_START_STOP] = self.ss._v_pathname
+            if self.shape is not None:
+                attrs[ATTR_SHAPE] = self.shape._v_pathname
+            attrs[ATTR_NDIM] = ndim
+            attrs[ATTR_NSAMPLES] = 0
+            self.dtype, self.ndim = dtype, ndim
+        self.before = (self.flat.nrows, self.ss.nrows, None if self.shape is None else self.shape.nrows)
+        self.offset = int(self.ss[-1, 1]) if self.ss.nrows else 0
+        self.count = self.ss.nrows
+
+    def _open_existing(self, dtype: np.dtype, ndim: int) -> None:
+        import tables
+
+        f, node = self.f, self.node
+        flat = f.get_node(node)
+        ss_path = flat.attrs[ATTR_START_STOP] if ATTR_START_STOP in flat.attrs else node + "_start_and_stop"
+        shape_path = flat.attrs[ATTR_SHAPE] if ATTR_SHAPE in flat.attrs else node + "_shape"
+        if not isinstance(flat, tables.EArray) or flat.ndim != 1 or ss_path not in f:
+            raise NodeKindError(
+                f"{f.filename}:{node} exists but is not a flat ragged layout (a 1-d EArray with "
+                f"{ss_path}); choose another node or mode='w' for a new file"
+            )
+        self.flat, self.ss = flat, f.get_node(ss_path)
+        self.shape = f.get_node(shape_path) if shape_path in f else None
+        stored_ndim = (
+            self.shape.shape[1]
+            if self.shape is not None
+            else int(flat.attrs[ATTR_NDIM])
+            if ATTR_NDIM in flat.attrs
+            else 1
+        )
+        stored = flat.atom.dtype
+        if np.dtype(dtype) != stored or ndim != stored_ndim:
+            raise RaggedLayoutError(
+                f"{f.filename}:{node} holds {stored_ndim}-d samples of {stored}; cannot append {ndim}-d "
+                f"samples of {dtype}"
+            )
+        n = int(flat.attrs[ATTR_NSAMPLES]) if ATTR_NSAMPLES in flat.attrs else self.ss.nrows
+        if n != self.ss.nrows:  # rows of an append that was killed midway: drop them first
+            self.ss.truncate(n)
+            if self.shape is not None:
+                self.shape.truncate(n)
+            self.flat.truncate(int(self.ss[-1, 1]) if n else 0)
+        self.dtype, self.ndim = stored, stored_ndim
+
+    def append(self, batch: list[np.ndarray]) -> None:
+        sizes = np.fromiter((a.size for a in batch), dtype=np.int64, count=len(batch))
+        ends = self.offset + np.cumsum(sizes)
+        ss = np.stack([ends - sizes, ends], axis=1)
+        if sizes.sum():
+            self.flat.append(np.concatenate([a.reshape(-1) for a in batch]))
+        self.ss.append(ss)
+        if self.shape is not None:
+            self.shape.append(
+                np.array([a.shape for a in batch], dtype=np.int64).reshape(len(batch), self.ndim)
+            )
+        self.offset = int(ends[-1])
+        self.count += len(batch)
+
+    def commit(self) -> None:
+        self.flat.attrs[ATTR_NSAMPLES] = self.count
+        self.f.flush()
+
+    def rollback(self) -> None:
+        for path in reversed(self.created):
+            if path in self.f:
+                self.f.remove_node(path)
+        if not self.created:
+            flat_rows, ss_rows, shape_rows = self.before
+            self.flat.truncate(flat_rows)
+            self.ss.truncate(ss_rows)
+            if self.shape is not None:
+                self.shape.truncate(shape_rows)
+        self.f.flush()
+
+
+def _check(sample, dtype: np.dtype, ndim: int, index: int) -> np.ndarray:
+    a = np.asarray(sample)
+    if a.dtype != dtype or a.ndim != ndim:
+        raise RaggedLayoutError(
+            f"write_ragged: sample {index} is {a.ndim}-d {a.dtype}; every sample must be {ndim}-d {dtype} "
+            "(convert with .astype first)"
+        )
+    return a
+
+
+def write_ragged(
+    samples: Iterable | object,
+    path: str | os.PathLike,
+    node: str,
+    *,
+    filters=None,
+    mode: str = "a",
+    dtype=None,
+    batch_size: int | str = "16MiB",
+    progress: bool = True,
+    expectedrows: int = 1_000_000,
+) -> None:
+    """Write samples of varying shape as the flat ragged layout.
+
+    Parameters
+    ----------
+    samples : list, iterable, generator or dask.bag.Bag
+        numpy arrays (or array-likes) of one dtype and rank.  Iterables are
+        streamed with bounded memory; a bag is computed a few partitions at a
+        time and written in order by this one writer.
+    path : str or path-like
+    node : str
+        The data node, e.g. ``"/data"``; side columns are written next to it as
+        ``<node>_start_and_stop`` and, for samples that are not 1-d,
+        ``<node>_shape``.
+    filters : tables.Filters, optional
+        Default blosc:lz4 with shuffle, complevel 5.
+    mode : {"a", "w"}
+        ``"w"`` writes a new file (replacing any file at ``path`` only once
+        the new one is complete).  ``"a"`` creates the file if needed and,
+        when the layout exists, appends to it (offsets continue; dtype and
+        sample rank must match).
+    dtype : numpy dtype, optional
+        Needed only to create an empty layout from zero samples.
+    batch_size : int or str
+        Samples are appended in bulk, this many bytes (str) or samples (int)
+        at a time.
+    progress : bool
+        Show a progress bar (tqdm) while writing.
+    expectedrows : int
+        Passed to PyTables to size the flat array's chunks.
+
+    Examples
+    --------
+    >>> import numpy as np, os, tempfile, daskh5
+    >>> path = os.path.join(tempfile.mkdtemp(), "ragged.h5")
+    >>> daskh5.write_ragged([np.zeros((2, 2)), np.ones((3, 1))], path, "/img", progress=False)
+    >>> daskh5.write_ragged([np.ones((1, 5))], path, "/img", progress=False)  # appends
+    >>> [a.shape for a in daskh5.open_ragged(path, "/img")]
+    [(2, 2), (3, 1), (1, 5)]
+    """
+    if mode not in ("a", "w"):
+        raise ValueError(f"write_ragged: mode must be 'a' or 'w', got {mode!r}")
+    if not isinstance(node, str) or not node.startswith("/") or node == "/":
+        raise ValueError(f"write_ragged: node must be an absolute node path like '/data', got {node!r}")
+    path = os.path.abspath(os.fspath(path))
+    filters = _default_filters() if filters is None else filters
+    total = len(samples) if hasattr(samples, "__len__") and not hasattr(samples, "to_delayed") else None
+    stream = _iter_samples(samples)
+    first = next(stream, None)
+    if first is None:
+        if dtype is None:
+            raise ValueError(
+                "write_ragged: no samples; pass dtype= (and they will be 1-d) to create an empty layout"
+            )
+        first_arr = None
+        dtype, ndim = np.dtype(dtype), 1
+    else:
+        first_arr = np.asarray(first)
+        dtype, ndim = first_arr.dtype, first_arr.ndim
+        if first_arr.dtype.kind == "O":
+            raise TypeError("write_ragged: samples must be numeric, bool or bytes arrays, not objects")
+    fresh = mode == "w" or not os.path.exists(path)
+    target = path
+    if fresh:
+        fd, target = tempfile.mkstemp(
+            prefix=f".{os.path.basename(path)}.", suffix=".tmp", dir=os.path.dirname(path)
+        )
+        os.close(fd)
+    try:
+        with open_tables(target, "w" if fresh else "a") as f:
+            writer = _Writer(f, node, dtype, ndim, filters, expectedrows)
+            try:
+                _stream_into(writer, first_arr, stream, resolve_budget_or_count(batch_size), progress, total)
+                writer.commit()
+            except BaseException:
+                if not fresh:
+                    writer.rollback()
+                raise
+        if fresh:
+            os.replace(target, path)
+    except BaseException:
+        if fresh and os.path.exists(target):
+            os.remove(target)
+        raise
+
+
+def resolve_budget_or_count(batch_size) -> tuple[str, int]:
+    if isinstance(batch_size, (int, np.integer)) and not isinstance(batch_size, bool):
+        if batch_size <= 0:
+            raise ValueError(f"batch_size must be positive, got {batch_size}")
+        return ("count", int(batch_size))
+    return ("bytes", resolve_budget(batch_size))
+
+
+def _stream_into(writer: _Writer, first, stream, limit, progress: bool, total: int | None) -> None:
+    bar = None
+    if progress:
+        try:
+            from tqdm.auto import tqdm
+
+            bar = tqdm(total=total, unit="sample", unit_scale=True, desc=f"writing {writer.node}")
+        except ImportError:  # progress is a nicety; tqdm is a dependency, but do not fail without it
+            bar = None
+    kind, size = limit
+    batch: list[np.ndarray] = []
+    nbytes = 0
+    index = writer.count
+    try:
+        if first is not None:
+            batch.append(_check(first, writer.dtype, writer.ndim, index))
+            nbytes = batch[0].nbytes
+            index += 1
+        for sample in stream:
+            a = _check(sample, writer.dtype, writer.ndim, index)
+            index += 1
+            batch.append(a)
+            nbytes += a.nbytes
+            if (kind == "count" and len(batch) >= size) or (kind == "bytes" and nbytes >= size):
+                writer.append(batch)
+                if bar is not None:
+                    bar.update(len(batch))
+                batch, nbytes = [], 0
+        if batch:
+            writer.append(batch)
+            if bar is not None:
+                bar.update(len(batch))
+    finally:
+        if bar is not None:
+            bar.close()

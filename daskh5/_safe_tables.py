@@ -1,0 +1,104 @@
+"""Open files with PyTables (for writing) without letting them run code.
+
+PyTables unpickles string attributes ending in ``b"."`` when a file or node
+is opened.  daskh5 writes with PyTables, and writing into an existing file
+means opening it, so for the duration of daskh5's own PyTables session the
+``pickle`` module PyTables' attribute code uses is replaced by one whose
+``loads`` admits only plain builtins; anything else stays the raw bytes
+PyTables falls back to.  Other threads using PyTables during such a session
+see the same restriction.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import pickle
+import threading
+from collections.abc import Iterator
+
+__all__ = ["open_tables", "restricted_loads"]
+
+_SAFE = {
+    ("builtins", name)
+    for name in [
+        "list",
+        "dict",
+        "tuple",
+        "set",
+        "frozenset",
+        "int",
+        "float",
+        "complex",
+        "str",
+        "bytes",
+        "bool",
+    ]
+}
+
+
+class _RestrictedUnpickler(pickle.Unpickler):
+    def find_class(self, module: str, name: str):
+        if (module, name) in _SAFE:
+            return super().find_class(module, name)
+        raise pickle.UnpicklingError(f"daskh5 does not load {module}.{name} from a file")
+
+
+def restricted_loads(data: bytes, *, encoding: str = "ASCII", errors: str = "strict", **_ignored):
+    """``pickle.loads`` that builds only plain builtins (lists, dicts, numbers, strings).
+
+    >>> restricted_loads(pickle.dumps({"a": [1, 2.5]}))
+    {'a': [1, 2.5]}
+    >>> restricted_loads(pickle.dumps(io.BytesIO()))
+    Traceback (most recent call last):
+    ...
+    _pickle.UnpicklingError: daskh5 does not load _io.BytesIO from a file
+    """
+    return _RestrictedUnpickler(io.BytesIO(data), encoding=encoding, errors=errors).load()
+
+
+class _SafePickle:
+    """Stands in for the ``pickle`` module inside ``tables.attributeset``."""
+
+    UnpicklingError = pickle.UnpicklingError
+    PicklingError = pickle.PicklingError
+    HIGHEST_PROTOCOL = pickle.HIGHEST_PROTOCOL
+    DEFAULT_PROTOCOL = pickle.DEFAULT_PROTOCOL
+    dumps = staticmethod(pickle.dumps)
+    dump = staticmethod(pickle.dump)
+    loads = staticmethod(restricted_loads)
+
+
+_lock = threading.Lock()
+_depth = 0
+
+
+@contextlib.contextmanager
+def _no_unpickling() -> Iterator[None]:
+    global _depth
+    import tables.attributeset as attributeset
+
+    with _lock:
+        if _depth == 0:
+            attributeset.pickle = _SafePickle
+        _depth += 1
+    try:
+        yield
+    finally:
+        with _lock:
+            _depth -= 1
+            if _depth == 0:
+                attributeset.pickle = pickle
+
+
+@contextlib.contextmanager
+def open_tables(path: str, mode: str, **kwargs) -> Iterator:
+    """``tables.open_file`` with unpickling restricted to plain builtins while it is open."""
+    import tables
+
+    with _no_unpickling():
+        f = tables.open_file(path, mode, **kwargs)
+        try:
+            yield f
+        finally:
+            f.close()

@@ -1,0 +1,416 @@
+"""Ragged collections: samples of different shapes as a dask bag or by random access.
+
+See :mod:`daskh5._layout` for the three layouts.  Reads are bulk: a
+partition, a slice or a list of samples is one read of the flat data (or of
+the VLArray rows), split into reshaped samples in memory.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections.abc import Iterator, Sequence
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from daskh5._chunking import resolve_budget
+from daskh5._layout import RaggedLayout, find_layout
+from daskh5._nodes import describe_array, lookup, open_file
+from daskh5._reader import NodeReader, load_plugins
+from daskh5.errors import RaggedLayoutError
+
+if TYPE_CHECKING:
+    import dask.bag as db
+
+__all__ = ["RaggedArray", "open_ragged", "read_ragged"]
+
+
+# -- reading runs of samples (plain functions of plain data: they run in dask tasks) --------------
+def _split_flat(flat: NodeReader, starts, stops, shapes, ndim: int) -> list[np.ndarray]:
+    """Samples ``[starts[i], stops[i])`` of the flat data, from one read of their span."""
+    if len(starts) == 0:
+        return []
+    lo, hi = int(starts.min()), int(stops.max())
+    span = flat[lo:hi]
+    out = []
+    for i, (s, e) in enumerate(zip(starts - lo, stops - lo, strict=True)):
+        v = span[s:e]
+        if shapes is not None:
+            v = v.reshape(shapes[i])
+        elif ndim == 0:
+            v = v.reshape(())
+        out.append(v)
+    return out
+
+
+_vl_lock = threading.Lock()
+_vl_files: dict[tuple[str, int], object] = {}
+
+
+def _vl_rows(path: str, node: str, rows) -> list[np.ndarray]:
+    """VLArray rows ``rows`` (a slice or sorted index array) in one h5py read."""
+    load_plugins()
+    mtime = os.stat(path).st_mtime_ns
+    with _vl_lock:
+        f = _vl_files.get((path, mtime))
+        if f is None:
+            for key in [k for k in _vl_files if k[0] == path]:
+                _vl_files.pop(key).close()
+            f = _vl_files[(path, mtime)] = open_file(path)
+        try:
+            return list(lookup(f, node)[rows])
+        except OSError as exc:
+            raise RaggedLayoutError(f"{path}:{node}: could not read rows {rows}: {exc}") from exc
+
+
+def _fix_vl(rows, layout_dtype: np.dtype, shapes, atom_shape, first: int, path: str, node: str):
+    out = []
+    for i, r in enumerate(rows):
+        r = np.asarray(r)
+        if layout_dtype.kind == "b":
+            r = r != 0
+        elif r.dtype != layout_dtype:
+            r = r.astype(layout_dtype)
+        if shapes is not None:
+            want = tuple(shapes[i]) + tuple(atom_shape)
+            if int(np.prod(want)) != r.size:
+                raise RaggedLayoutError(
+                    f"{path}:{node}: row {first + i} holds {r.size} values but its shape column says "
+                    f"{list(shapes[i])}"
+                )
+            r = r.reshape(want)
+        out.append(r)
+    return out
+
+
+def _read_vl_run(path, node, dtype, i0: int, i1: int, shapes, atom_shape) -> list[np.ndarray]:
+    return _fix_vl(_vl_rows(path, node, slice(i0, i1)), dtype, shapes, atom_shape, i0, path, node)
+
+
+class RaggedArray(Sequence):
+    """Random access to a ragged collection: ``r[i]``, ``r[a:b]``, ``r[[i, j]]``.
+
+    Obtained from :func:`open_ragged`.  Holds plain data only (paths, the side
+    columns), so it pickles; reading goes through the same lock-free chunk
+    reader as :func:`daskh5.from_pytables` (flat layout) or one h5py read per
+    request (VLArray layouts).
+
+    Attributes
+    ----------
+    shapes : numpy.ndarray
+        ``(N, k)`` shape of every sample (``(N, 1)`` lengths for 1-d samples).
+    lengths : numpy.ndarray
+        Number of values of every sample.
+    dtype : numpy.dtype
+    """
+
+    def __init__(self, layout: RaggedLayout):
+        self.layout = layout
+        self.dtype = layout.dtype
+        self._flat = NodeReader(describe_array(layout.path, layout.node)) if layout.kind == "flat" else None
+        self._lengths = None if layout.kind == "vlarray" and layout.shapes is None else self._known_lengths()
+
+    # -- context manager: nothing is held open, but users write `with` ------------------------
+    def __enter__(self) -> RaggedArray:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Drop cached file handles of this process (reading again reopens them)."""
+        with _vl_lock:
+            for key in [k for k in _vl_files if k[0] == self.layout.path]:
+                _vl_files.pop(key).close()
+
+    def __repr__(self) -> str:
+        lay = self.layout
+        return (
+            f"<RaggedArray {lay.path}:{lay.node} {lay.kind} n={len(self)} ndim={lay.ndim} dtype={self.dtype}>"
+        )
+
+    def __len__(self) -> int:
+        return self.layout.nsamples
+
+    @property
+    def ndim(self) -> int:
+        """Rank of every sample."""
+        return self.layout.ndim
+
+    def _known_lengths(self) -> np.ndarray:
+        lay = self.layout
+        if lay.kind == "flat":
+            return lay.stops - lay.starts
+        per_atom = int(np.prod(lay.atom_shape)) if lay.atom_shape else 1
+        return np.prod(lay.shapes, axis=1, dtype=np.int64) * per_atom
+
+    @property
+    def lengths(self) -> np.ndarray:
+        """Number of values in every sample (a plain VLArray is read once, in bulk, to learn them)."""
+        if self._lengths is None:
+            sizes = []
+            for batch in self.iter_batches(65536):
+                sizes.extend(v.size for v in batch)
+            self._lengths = np.asarray(sizes, dtype=np.int64)
+        return self._lengths
+
+    @property
+    def shapes(self) -> np.ndarray:
+        """``(N, k)`` array of sample shapes."""
+        lay = self.layout
+        if lay.shapes is not None:
+            base = lay.shapes
+        elif lay.ndim - len(lay.atom_shape) == 0:
+            base = np.zeros((len(self), 0), dtype=np.int64)
+        else:
+            per_atom = int(np.prod(lay.atom_shape)) if lay.atom_shape else 1
+            base = (self.lengths // per_atom)[:, None]
+        if lay.atom_shape:
+            base = np.hstack([base, np.tile(np.asarray(lay.atom_shape, np.int64), (len(base), 1))])
+        return base
+
+    # -- reading ---------------------------------------------------------------------------------
+    def _run(self, i0: int, i1: int) -> list[np.ndarray]:
+        lay = self.layout
+        shapes = None if lay.shapes is None else lay.shapes[i0:i1]
+        if lay.kind == "flat":
+            return _split_flat(self._flat, lay.starts[i0:i1], lay.stops[i0:i1], shapes, lay.ndim)
+        return _read_vl_run(lay.path, lay.node, lay.dtype, i0, i1, shapes, lay.atom_shape)
+
+    def _take(self, idx: np.ndarray) -> list[np.ndarray]:
+        """Samples at ``idx`` (any order, repeats allowed) in one bulk read."""
+        lay = self.layout
+        if idx.size == 0:
+            return []
+        if lay.kind == "flat":
+            starts, stops = lay.starts[idx], lay.stops[idx]
+            lengths = stops - starts
+            positions = np.repeat(starts - np.cumsum(lengths) + lengths, lengths) + np.arange(lengths.sum())
+            values = self._flat[positions] if positions.size else np.empty(0, self.dtype)
+            offsets = np.concatenate([[0], np.cumsum(lengths)])
+            shapes = None if lay.shapes is None else lay.shapes[idx]
+            return _split_flat_values(values, offsets, shapes, lay.ndim)
+        order = np.unique(idx)
+        rows = _vl_rows(lay.path, lay.node, order)
+        shapes = None if lay.shapes is None else lay.shapes[order]
+        fixed = _fix_vl(rows, lay.dtype, shapes, lay.atom_shape, 0, lay.path, lay.node)
+        where = np.searchsorted(order, idx)
+        return [fixed[w] for w in where]
+
+    def __getitem__(self, key):
+        n = len(self)
+        if isinstance(key, (int, np.integer)):
+            i = int(key)
+            if not -n <= i < n:
+                raise IndexError(f"sample {i} is out of range for {n} samples")
+            i %= n
+            return self._run(i, i + 1)[0]
+        if isinstance(key, slice):
+            start, stop, step = key.indices(n)
+            if step == 1:
+                return self._run(start, max(start, stop))
+            return self._take(np.arange(start, stop, step))
+        idx = np.asarray(key)
+        if idx.dtype == bool:
+            if idx.shape != (n,):
+                raise IndexError(f"boolean index of shape {idx.shape} for {n} samples")
+            idx = np.flatnonzero(idx)
+        if idx.ndim != 1 or (idx.size and idx.dtype.kind not in "iu"):
+            raise IndexError("index with an int, a slice, or a 1-d list of ints")
+        idx = idx.astype(np.int64)
+        if idx.size and (idx.min() < -n or idx.max() >= n):
+            raise IndexError(f"sample index out of range for {n} samples")
+        return self._take(np.where(idx < 0, idx + n, idx))
+
+    def __iter__(self) -> Iterator[np.ndarray]:
+        for batch in self.iter_batches():
+            yield from batch
+
+    def iter_batches(self, batch_size: int | str = "16MiB") -> Iterator[list[np.ndarray]]:
+        """Yield lists of consecutive samples, one bulk read each.
+
+        ``batch_size`` is a number of samples (int) or a byte budget (str).
+        """
+        for i0, i1 in self._runs(batch_size):
+            yield self._run(i0, i1)
+
+    def _runs(self, size: int | str | None) -> list[tuple[int, int]]:
+        n = len(self)
+        if isinstance(size, (int, np.integer)) and not isinstance(size, bool):
+            if size <= 0:
+                raise ValueError(f"batch size must be positive, got {size}")
+            return [(i, min(n, i + int(size))) for i in range(0, n, int(size))]
+        budget = resolve_budget(size)
+        if self._lengths is None:  # a plain VLArray: estimate from the first rows
+            head = self._run(0, min(n, 1000))
+            avg = max(1, int(np.mean([v.nbytes for v in head])) if head else 1)
+            step = max(1, budget // avg)
+            return [(i, min(n, i + step)) for i in range(0, n, step)]
+        return _runs_by_bytes(self._lengths * self.dtype.itemsize, budget)
+
+    # -- conversions -----------------------------------------------------------------------------
+    def to_bag(self, partition_size: int | str | None = None) -> db.Bag:
+        """A dask bag of the samples, partitions of consecutive samples within ``partition_size``.
+
+        ``partition_size`` is a byte budget (``"64MiB"``, default dask's
+        ``array.chunk-size``) or, as an int, a number of samples.
+        """
+        import dask.bag as db
+        from dask.base import tokenize
+        from dask.highlevelgraph import HighLevelGraph
+
+        lay = self.layout
+        runs = self._runs(partition_size)
+        name = "read-ragged-" + tokenize(lay.path, lay.node, os.stat(lay.path).st_mtime_ns, runs)
+        layer = {}
+        for p, (i0, i1) in enumerate(runs):
+            shapes = None if lay.shapes is None else lay.shapes[i0:i1]
+            if lay.kind == "flat":
+                layer[(name, p)] = (
+                    _split_flat,
+                    self._flat,
+                    lay.starts[i0:i1],
+                    lay.stops[i0:i1],
+                    shapes,
+                    lay.ndim,
+                )
+            else:
+                layer[(name, p)] = (
+                    _read_vl_run,
+                    lay.path,
+                    lay.node,
+                    lay.dtype,
+                    i0,
+                    i1,
+                    shapes,
+                    lay.atom_shape,
+                )
+        if not runs:
+            layer[(name, 0)] = (list, ())
+        graph = HighLevelGraph.from_collections(name, layer, dependencies=[])
+        return db.Bag(graph, name, max(1, len(runs)))
+
+    def pad(self, fill_value=0, shape: tuple[int, ...] | None = None) -> np.ndarray:
+        """Every sample in one dense ``(N, *shape)`` array, padded with ``fill_value``.
+
+        ``shape`` defaults to the largest extent along each axis; samples larger
+        than a given ``shape`` raise ``ValueError``.
+        """
+        shapes = self.shapes
+        target = tuple(shapes.max(axis=0)) if shape is None and len(shapes) else tuple(shape or ())
+        if len(shapes) and (shapes > np.asarray(target)).any():
+            row = int(np.flatnonzero((shapes > np.asarray(target)).any(axis=1))[0])
+            raise ValueError(f"sample {row} has shape {tuple(shapes[row])}, larger than {target}")
+        out = np.full(
+            (len(self), *target), fill_value, dtype=np.result_type(self.dtype, np.min_scalar_type(fill_value))
+        )
+        i = 0
+        for batch in self.iter_batches():
+            for v in batch:
+                out[(i, *(slice(0, s) for s in v.shape))] = v
+                i += 1
+        return out
+
+    def to_awkward(self):
+        """An awkward array of the samples (nested lists over one flat buffer).
+
+        When the samples are stored back to back (the layout daskh5 writes),
+        the flat data is read once and wrapped without per-sample copies.
+        """
+        try:
+            import awkward as ak
+        except ImportError as exc:
+            raise ImportError("to_awkward needs awkward: pip install awkward") from exc
+        lay = self.layout
+        n = len(self)
+        contiguous = lay.kind == "flat" and (n == 0 or (np.array_equal(lay.starts[1:], lay.stops[:-1])))
+        if contiguous:
+            lo = int(lay.starts[0]) if n else 0
+            values = self._flat[lo : int(lay.stops[-1])] if n else np.empty(0, self.dtype)
+        else:
+            parts = [v.reshape(-1) for batch in self.iter_batches() for v in batch]
+            values = np.concatenate(parts) if parts else np.empty(0, self.dtype)
+        layout = ak.contents.NumpyArray(values)
+        shapes = self.shapes
+        for level in reversed(range(shapes.shape[1])):
+            counts = np.repeat(shapes[:, level], np.prod(shapes[:, :level], axis=1, dtype=np.int64))
+            offsets = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
+            layout = ak.contents.ListOffsetArray(ak.index.Index64(offsets), layout)
+        return ak.Array(layout)
+
+
+def _split_flat_values(values, offsets, shapes, ndim) -> list[np.ndarray]:
+    out = []
+    for i in range(len(offsets) - 1):
+        v = values[offsets[i] : offsets[i + 1]]
+        if shapes is not None:
+            v = v.reshape(shapes[i])
+        elif ndim == 0:
+            v = v.reshape(())
+        out.append(v)
+    return out
+
+
+def _runs_by_bytes(nbytes: np.ndarray, budget: int) -> list[tuple[int, int]]:
+    """Consecutive runs of samples whose bytes add up to at most ``budget`` (at least one each)."""
+    n = len(nbytes)
+    cum = np.concatenate([[0], np.cumsum(nbytes, dtype=np.int64)])
+    runs, i = [], 0
+    while i < n:
+        j = int(np.searchsorted(cum, cum[i] + budget, side="right")) - 1
+        j = max(j, i + 1)
+        runs.append((i, min(j, n)))
+        i = j
+    return runs
+
+
+def open_ragged(
+    path: str | os.PathLike, node: str, *, start_stop: str | None = None, shape: str | None = None
+) -> RaggedArray:
+    """Open a ragged collection for random access.
+
+    Parameters
+    ----------
+    path : str or path-like
+    node : str
+        The data node: a 1-d array (flat layout) or a VLArray.
+    start_stop, shape : str, optional
+        Side columns, when they are not ``<node>_start_and_stop`` / ``<node>_shape``.
+
+    Examples
+    --------
+    >>> import numpy as np, os, tempfile, daskh5
+    >>> path = os.path.join(tempfile.mkdtemp(), "ragged.h5")
+    >>> samples = [np.arange(6).reshape(2, 3), np.arange(4).reshape(1, 4)]
+    >>> daskh5.write_ragged(samples, path, "/data", progress=False)
+    >>> with daskh5.open_ragged(path, "/data") as r:
+    ...     print(len(r), r[-1].shape, r.shapes.tolist())
+    2 (1, 4) [[2, 3], [1, 4]]
+    """
+    return RaggedArray(find_layout(os.path.abspath(os.fspath(path)), node, start_stop, shape))
+
+
+def read_ragged(
+    path: str | os.PathLike,
+    node: str,
+    *,
+    partition_size: int | str | None = None,
+    start_stop: str | None = None,
+    shape: str | None = None,
+) -> db.Bag:
+    """A dask bag of the samples of a ragged collection, reshaped to their true shapes.
+
+    Each partition is a run of consecutive samples within ``partition_size``
+    bytes (default: dask's ``array.chunk-size``; an int is a number of
+    samples) and is read in one bulk read, then split in memory.
+
+    Examples
+    --------
+    >>> import numpy as np, os, tempfile, daskh5
+    >>> path = os.path.join(tempfile.mkdtemp(), "ragged.h5")
+    >>> daskh5.write_ragged([np.ones(n) for n in range(1, 6)], path, "/tokens", progress=False)
+    >>> daskh5.read_ragged(path, "/tokens").map(len).compute()
+    [1, 2, 3, 4, 5]
+    """
+    return open_ragged(path, node, start_stop=start_stop, shape=shape).to_bag(partition_size)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gc
+import itertools
 import os
 import weakref
 
@@ -144,7 +145,7 @@ def test_partitions_respect_the_budget(h5path, rng):
     for i0, i1 in runs:
         assert sizes[i0:i1].sum() <= budget or i1 - i0 == 1
     assert runs[0][0] == 0 and runs[-1][1] == len(samples)
-    assert all(a[1] == b[0] for a, b in zip(runs, runs[1:], strict=False))
+    assert all(a[1] == b[0] for a, b in itertools.pairwise(runs))
 
 
 @pytest.mark.parametrize("scheduler", ["sync", "threads", "processes"])

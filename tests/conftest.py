@@ -49,7 +49,8 @@ def read_reference(path, node="/data"):
 @pytest.fixture(scope="session")
 def cluster_client():
     """A real ``distributed.LocalCluster`` with two worker processes."""
-    distributed = pytest.importorskip("distributed")
+    import distributed
+
     with (
         distributed.LocalCluster(
             n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None, silence_logs=50

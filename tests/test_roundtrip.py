@@ -208,8 +208,9 @@ def test_unknown_driver_is_refused(h5path, rng):
 
 def test_h5py_written_dataset(h5path, rng):
     """Plain HDF5 (no PyTables CLASS attribute) reads too, with hdf5plugin filters."""
-    h5py = pytest.importorskip("h5py")
-    hdf5plugin = pytest.importorskip("hdf5plugin")
+    import h5py
+    import hdf5plugin
+
     data = sample("float32", (5000, 3), rng)
     with h5py.File(h5path, "w") as f:
         f.create_dataset("gz", data=data, chunks=(500, 3), compression="gzip", shuffle=True)

@@ -32,16 +32,20 @@ def _split_flat(flat: NodeReader, starts, stops, shapes, ndim: int) -> list[np.n
     if len(starts) == 0:
         return []
     lo, hi = int(starts.min()), int(stops.max())
-    span = flat[lo:hi]
-    out = []
-    for i, (s, e) in enumerate(zip(starts - lo, stops - lo, strict=True)):
-        v = span[s:e]
-        if shapes is not None:
-            v = v.reshape(shapes[i])
-        elif ndim == 0:
-            v = v.reshape(())
-        out.append(v)
-    return out
+    return _split(flat[lo:hi], starts - lo, stops - lo, shapes, ndim)
+
+
+def _split(values: np.ndarray, starts, stops, shapes, ndim: int) -> list[np.ndarray]:
+    """Views of ``values[starts[i]:stops[i]]`` reshaped to ``shapes[i]`` (the hot loop: plain ints)."""
+    bounds = zip(starts.tolist(), stops.tolist())
+    if shapes is not None:
+        dims = zip(*(shapes[:, j].tolist() for j in range(shapes.shape[1]))) if shapes.shape[1] else None
+        if dims is None:
+            return [values[a:b].reshape(()) for a, b in bounds]
+        return [values[a:b].reshape(s) for (a, b), s in zip(bounds, dims)]
+    if ndim == 0:
+        return [values[a:b].reshape(()) for a, b in bounds]
+    return [values[a:b] for a, b in bounds]
 
 
 _vl_lock = threading.Lock()
@@ -188,9 +192,9 @@ class RaggedArray(Sequence):
             lengths = stops - starts
             positions = np.repeat(starts - np.cumsum(lengths) + lengths, lengths) + np.arange(lengths.sum())
             values = self._flat[positions] if positions.size else np.empty(0, self.dtype)
-            offsets = np.concatenate([[0], np.cumsum(lengths)])
+            ends = np.cumsum(lengths)
             shapes = None if lay.shapes is None else lay.shapes[idx]
-            return _split_flat_values(values, offsets, shapes, lay.ndim)
+            return _split(values, ends - lengths, ends, shapes, lay.ndim)
         order = np.unique(idx)
         rows = _vl_rows(lay.path, lay.node, order)
         shapes = None if lay.shapes is None else lay.shapes[order]
@@ -338,18 +342,6 @@ class RaggedArray(Sequence):
             offsets = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
             layout = ak.contents.ListOffsetArray(ak.index.Index64(offsets), layout)
         return ak.Array(layout)
-
-
-def _split_flat_values(values, offsets, shapes, ndim) -> list[np.ndarray]:
-    out = []
-    for i in range(len(offsets) - 1):
-        v = values[offsets[i] : offsets[i + 1]]
-        if shapes is not None:
-            v = v.reshape(shapes[i])
-        elif ndim == 0:
-            v = v.reshape(())
-        out.append(v)
-    return out
 
 
 def _runs_by_bytes(nbytes: np.ndarray, budget: int) -> list[tuple[int, int]]:

@@ -14,12 +14,16 @@ scheduler), PyTables, h5py + hdf5plugin, and ``da.from_array(h5py dataset)``
 using the same dask chunks as daskh5.  Reports the median of ``--repeat``
 repetitions, GB/s and speed ratios against daskh5, checks the speed bars, and
 measures the peak memory of ``daskh5 ... .sum()`` in a fresh subprocess.
+Before each timed call the script touches and frees some memory (``--prefault``),
+because on VMs that hand freed memory back to the host the first touch of
+fresh memory would otherwise dominate the timings (see ``benchmarks/README.md``).
 
 Run from the repository root::
 
     python benchmarks/bench_read.py --quick        # 80 MB, 2 repeats: smoke test
     python benchmarks/bench_read.py                # 800 MB, 5 repeats
     python benchmarks/bench_read.py --mb 2000 --repeat 7 --dir /scratch --keep
+    python benchmarks/bench_read.py --no-prefault  # time fresh-memory page faults too
 
 See ``python benchmarks/bench_read.py --help`` and ``benchmarks/README.md``.
 """
@@ -63,6 +67,30 @@ def timed(fn: Callable[[], object]) -> tuple[float, object]:
     return time.perf_counter() - t0, out
 
 
+def prefault(nbytes: int) -> None:
+    """Touch ``nbytes`` of fresh memory, then free it.
+
+    In a VM whose balloon reports free pages to the host, memory that was freed a
+    second or more ago goes back to the host and the next first touch of it costs
+    ~2 s/GB instead of ~0.2 s/GB.  Freeing a touched buffer right before a timed
+    call lets the call's allocations reuse pages the host still backs, so every
+    library is timed on decoding rather than on the hypervisor.
+    """
+    if nbytes > 0:
+        buf = np.empty(nbytes, dtype=np.uint8)
+        buf[::4096] = 1  # one write per page
+        del buf
+
+
+def prefault_size(mb: float | None, array_nbytes: int) -> int:
+    """Bytes to prefault: ``mb`` MB if given, else 2.5 x the array, within 40% of free memory."""
+    if mb is not None:
+        return int(mb * 1e6)
+    import psutil
+
+    return int(min(2.5 * array_nbytes, 0.4 * psutil.virtual_memory().available))
+
+
 def format_table(headers: list[str], rows: list[list[str]], right: set[int] = frozenset()) -> str:
     """Plain-text table; columns in ``right`` are right-aligned."""
     widths = [max(len(str(r[i])) for r in [headers, *rows]) for i in range(len(headers))]
@@ -96,6 +124,44 @@ def cpu_model() -> str:
     return platform.processor() or "unknown"
 
 
+def free_page_reporting() -> bool:
+    """Whether a virtio balloon with free-page reporting is present (a VM that hands
+    freed memory back to the host, making the next first touch of it slow)."""
+    import glob
+
+    for dev in glob.glob("/sys/bus/virtio/devices/*"):
+        try:
+            with open(os.path.join(dev, "device")) as fh:
+                balloon = fh.read().strip() == "0x0005"
+            with open(os.path.join(dev, "features")) as fh:
+                features = fh.read().strip()
+        except OSError:
+            continue
+        if balloon and len(features) > 5 and features[5] == "1":  # VIRTIO_BALLOON_F_REPORTING
+            return True
+    return False
+
+
+def daskh5_revision() -> str:
+    """Git commit of the daskh5 source being benchmarked, and whether it has local edits."""
+    import daskh5
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(daskh5.__file__)))
+    try:
+        rev = subprocess.run(
+            ["git", "-C", root, "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=True
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "-C", root, "status", "--porcelain", "--", "daskh5"],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return f"{root} (not a git checkout)"
+    return f"{root} at {rev}" + (" + uncommitted changes in daskh5/" if dirty else "")
+
+
 def machine_report() -> str:
     """CPU, memory, platform and library versions, as printable lines."""
     import dask
@@ -116,7 +182,12 @@ def machine_report() -> str:
         f"cpu count        : {os.cpu_count()} (usable by this process: {usable})",
         f"cpu model        : {cpu_model()}",
         f"platform.processor(): {platform.processor() or '(empty)'}",
-        f"memory           : {psutil.virtual_memory().total / 2**30:.1f} GiB",
+        f"memory           : {psutil.virtual_memory().total / 2**30:.1f} GiB"
+        + (
+            "; VM with virtio-balloon free-page reporting (see --no-prefault)"
+            if free_page_reporting()
+            else ""
+        ),
         f"platform         : {platform.platform()}",
         f"python           : {platform.python_version()}",
         "versions         : "
@@ -131,6 +202,7 @@ def machine_report() -> str:
                 f"daskh5 {daskh5.__version__}",
             ]
         ),
+        f"daskh5 source    : {daskh5_revision()}",
         f"HDF5             : h5py built with {h5py.version.hdf5_version}, tables with {tables.hdf5_version}",
         "blosc threads    : "
         f"PyTables MAX_BLOSC_THREADS={tables.parameters.MAX_BLOSC_THREADS}, "
@@ -305,7 +377,9 @@ def make_cases(bf: BenchFile, node, ds, x, hx, reference: np.ndarray) -> list[Ca
     ]
 
 
-def bench_file(bf: BenchFile, repeat: int, chunks, log: Callable[[str], None]) -> list[Case]:
+def bench_file(
+    bf: BenchFile, repeat: int, chunks, log: Callable[[str], None], prefault_bytes: int = 0
+) -> list[Case]:
     """Time every case on one file; repetitions go round-robin over the cases."""
     import dask.array as da
     import h5py
@@ -335,6 +409,7 @@ def bench_file(bf: BenchFile, repeat: int, chunks, log: Callable[[str], None]) -
         for rep in range(repeat + 1):
             for case in cases:
                 gc.collect()
+                prefault(prefault_bytes)
                 seconds, out = timed(case.fn)
                 if rep == 0:
                     if not case.check(out):
@@ -518,6 +593,15 @@ def parse_args(argv=None) -> argparse.Namespace:
         default="auto",
         help="chunks= for daskh5 in the timed cases (default 'auto': dask's chunk-size)",
     )
+    p.add_argument(
+        "--prefault",
+        type=float,
+        default=None,
+        metavar="MB",
+        help="touch and free this much memory before each timed call (default: 2.5 x the array size, "
+        "capped at 40%% of available memory); see benchmarks/README.md",
+    )
+    p.add_argument("--no-prefault", action="store_true", help="same as --prefault 0")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--memory-child", metavar="PATH", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
@@ -525,6 +609,8 @@ def parse_args(argv=None) -> argparse.Namespace:
         args.mb, args.repeat = 80, 2
     if args.repeat < 1 or args.mb <= 0:
         p.error("--repeat must be >= 1 and --mb > 0")
+    if args.no_prefault:
+        args.prefault = 0
     if args.chunks.isdigit():
         args.chunks = int(args.chunks)
     return args
@@ -571,13 +657,18 @@ def main(argv=None) -> int:
             )
         )
         log("")
+        prefault_bytes = prefault_size(args.prefault, files[0].nbytes)
         log(
             f"== timing: {args.repeat} repetitions, median reported; WARM page cache (the OS cache is "
             "not dropped; each file is read once, untimed, first)"
         )
+        log(
+            f"   before each timed call: gc.collect() and prefault {mib(prefault_bytes)} of memory"
+            + (" (disabled)" if not prefault_bytes else "")
+        )
         cases: list[Case] = []
         for f in files:
-            cases += bench_file(f, args.repeat, args.chunks, log)
+            cases += bench_file(f, args.repeat, args.chunks, log, prefault_bytes)
         nbytes = files[0].nbytes
         log("")
         log(

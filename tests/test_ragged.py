@@ -149,10 +149,12 @@ def test_partitions_respect_the_budget(h5path, rng):
 
 
 @pytest.mark.parametrize("scheduler", ["sync", "threads", "processes"])
-def test_schedulers(h5path, scheduler, rng):
-    samples = random_samples(500, rng)
-    daskh5.write_ragged(samples, h5path, "/data", progress=False)
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_schedulers(h5path, scheduler, layout, rng):
+    samples = expected_samples(layout, rng, n=500)
+    write_by_hand(h5path, layout, samples)
     bag = daskh5.read_ragged(h5path, "/data", partition_size="2KiB")
+    assert bag.npartitions > 1
     assert bag.map(lambda a: int(a.sum())).compute(scheduler=scheduler) == [int(s.sum()) for s in samples]
 
 

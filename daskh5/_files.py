@@ -53,13 +53,34 @@ def file_image(path: str, mtime_ns: int) -> bytes:
     return image
 
 
-def pread_exact(path: str, offset: int, size: int, image: bytes | None = None) -> memoryview:
-    """Read exactly ``size`` bytes at ``offset`` or raise :class:`ChunkDecodeError`."""
+_local = threading.local()
+
+
+def _scratch(size: int) -> memoryview:
+    """A per-thread read buffer, reused: fresh memory costs page faults on every read."""
+    buf = getattr(_local, "buf", None)
+    if buf is None or len(buf) < size:
+        buf = _local.buf = bytearray(max(size, 1 << 20))
+    return memoryview(buf)[:size]
+
+
+def pread_exact(path: str, offset: int, size: int, image: bytes | None = None, out=None) -> memoryview:
+    """Read exactly ``size`` bytes at ``offset`` or raise :class:`ChunkDecodeError`.
+
+    Without ``out`` the bytes land in this thread's reusable buffer: the view is
+    valid until the thread's next read.  With ``out`` (a writable buffer of
+    ``size`` bytes) they land there.
+    """
     if image is not None:
         data = memoryview(image)[offset : offset + size]
+        got = len(data)
+        if out is not None and got == size:
+            memoryview(out).cast("B")[:] = data
+            data = memoryview(out).cast("B")
     else:
-        data = memoryview(os.pread(_fd(path), size, offset))
-    if len(data) != size:
+        data = memoryview(out).cast("B") if out is not None else _scratch(size)
+        got = os.preadv(_fd(path), [data], offset) if size else 0
+    if got != size:
         raise ChunkDecodeError(
             f"{path} ends before byte {offset + size} (wanted {size} bytes at offset {offset}): "
             "the file is truncated"

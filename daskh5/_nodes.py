@@ -87,7 +87,13 @@ def open_file(path: str | os.PathLike, driver: str | None = None):
         raise NotHDF5Error(f"{path} is a directory, not an HDF5 file")
     kwargs = {"driver": driver} if driver else {}
     try:
-        return h5py.File(path, "r", locking=False, **kwargs)
+        try:
+            return h5py.File(path, "r", locking=False, **kwargs)
+        except OSError as exc:
+            if "lock" not in str(exc).lower():
+                raise
+            # this process already has the file open through h5py with locking on: match it
+            return h5py.File(path, "r", **kwargs)
     except OSError as exc:
         msg = str(exc)
         if "signature" in msg:

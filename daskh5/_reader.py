@@ -35,7 +35,7 @@ from daskh5.errors import ChunkDecodeError, Daskh5Error, NotHDF5Error, Unsupport
 __all__ = ["NodeReader"]
 
 _SPAN_GAP = 64 * 1024  # read neighbouring chunks in one pread if at most this many bytes apart
-_SPAN_MAX = 16 * 1024 * 1024  # ... and the span stays below this size
+_SPAN_MAX = 4 * 1024 * 1024  # ... and the span stays below this size
 
 
 def _normalize(key, shape: tuple[int, ...]):
@@ -84,6 +84,10 @@ def _normalize(key, shape: tuple[int, ...]):
                 raise IndexError(f"index out of bounds for axis {axis} with size {n}")
             sel.append(np.where(arr < 0, arr + n, arr))
     return sel, tuple(drop)
+
+
+def _length(s) -> int:
+    return s[1] - s[0] if isinstance(s, tuple) else len(s)
 
 
 def _positions(s) -> np.ndarray:
@@ -156,8 +160,8 @@ class NodeReader:
     def __getitem__(self, key) -> np.ndarray:
         sel, drop = _normalize(key, self.shape)
         info = self.info
-        if any(len(_positions(s)) == 0 for s in sel) or (info.offset is None and info.layout == "contiguous"):
-            out = np.empty([len(_positions(s)) for s in sel], dtype=info.disk_dtype)
+        if any(_length(s) == 0 for s in sel) or (info.offset is None and info.layout == "contiguous"):
+            out = np.empty([_length(s) for s in sel], dtype=info.disk_dtype)
             out[...] = np.frombuffer(info.fillvalue, dtype=info.disk_dtype)[0] if out.size else 0
             return _finish(out, info, drop)
         try:
@@ -294,27 +298,45 @@ class NodeReader:
         ranges = [range(a // c, -(-b // c)) for a, b, c in zip(starts, stops, cs)]
         blosc2 = len(info.filters) == 1 and info.filters[0][0] == BLOSC2_ID
         nbytes = int(np.prod(cs, dtype=np.int64)) * info.itemsize
-        for coords, raw, mask in self._raw_chunks(index, list(itertools.product(*ranges)), image):
+        regions = {}
+        for coords in itertools.product(*ranges):
             lo = [c * n for c, n in zip(coords, cs)]
             a = [max(s, o) for s, o in zip(starts, lo)]
             b = [min(e, o + n) for e, o, n in zip(stops, lo, cs)]
             dst = tuple(slice(x - s, y - s) for x, y, s in zip(a, b, starts))
             src = tuple(slice(x - o, y - o) for x, y, o in zip(a, b, lo))
+            whole = all(y - x == n for x, y, n in zip(a, b, cs)) and not blosc2
+            target = out[dst]
+            direct = target.reshape(-1).view(np.uint8) if whole and target.flags.c_contiguous else None
+            if direct is not None and not info.filters and int(index.offsets[coords]) >= 0:
+                # unfiltered chunk that maps onto one contiguous run of the output: read it in place
+                if int(index.sizes[coords]) != nbytes:
+                    raise self._chunk_error(
+                        coords, f"stored size {int(index.sizes[coords])} != {nbytes} bytes"
+                    )
+                self._read_in_place(coords, int(index.offsets[coords]), direct, image)
+                continue
+            regions[coords] = (dst, src, direct)
+        for coords, raw, mask in self._raw_chunks(index, list(regions), image):
+            dst, src, direct = regions[coords]
             if raw is None:
                 out[dst] = fill
-                continue
-            whole = all(y - x == n for x, y, n in zip(a, b, cs))
-            target = out[dst]
-            if whole and not blosc2 and target.flags.c_contiguous:
+            elif direct is not None:
                 try:
-                    decode_pipeline(
-                        raw, info.filters, mask, nbytes, info.itemsize, target.reshape(-1).view(np.uint8)
-                    )
+                    decode_pipeline(raw, info.filters, mask, nbytes, info.itemsize, direct)
                 except ChunkDecodeError as exc:
                     raise self._chunk_error(coords, exc) from None
             else:
                 out[dst] = self._decode(raw, mask, coords, src)
         return out
+
+    def _read_in_place(self, coords, offset: int, target, image) -> None:
+        try:
+            pread_exact(self.info.path, offset, len(target), image, out=target)
+        except ChunkDecodeError as exc:
+            raise ChunkDecodeError(
+                f"{self.info.path}:{self.info.node} chunk {coords}: {exc}; re-copy the file"
+            ) from None
 
     def _read_points(self, sel, index, image) -> np.ndarray:
         info = self.info

@@ -229,3 +229,13 @@ def test_blosc2_every_rank(h5path, shape, codec, rng):
     write_node(h5path, "carray", data, filters=tables.Filters(5, codec))
     x = check(h5path, chunks="64KiB")
     np.testing.assert_array_equal(x[1::7].compute(), data[1::7])
+
+
+def test_file_already_open_in_h5py(h5path, rng):
+    """A user's own h5py handle (HDF5 file locking on) does not stop daskh5 from reading."""
+    import h5py
+
+    data = sample("float64", (1000, 2), rng)
+    write_node(h5path, "carray", data, filters=FILTERS["blosc-lz4-shuffle"])
+    with h5py.File(h5path, "r") as f:
+        np.testing.assert_array_equal(daskh5.from_pytables(h5path, "/data").compute(), f["data"][:])

@@ -14,6 +14,8 @@ from daskh5.errors import (
     ChunkDecodeError,
     Daskh5Error,
     FileNotFound,
+    IncompatibleArrayError,
+    NodeExistsError,
     NodeKindError,
     NodeNotFound,
     NotHDF5Error,
@@ -22,6 +24,7 @@ from daskh5.errors import (
     UnsupportedFilterError,
 )
 from daskh5.ragged import RaggedArray, open_ragged, read_ragged
+from daskh5.writer import append, to_pytables
 
 __version__ = "0.1.0"
 
@@ -29,6 +32,8 @@ __all__ = [
     "ChunkDecodeError",
     "Daskh5Error",
     "FileNotFound",
+    "IncompatibleArrayError",
+    "NodeExistsError",
     "NodeKindError",
     "NodeNotFound",
     "NotHDF5Error",
@@ -37,9 +42,11 @@ __all__ = [
     "UnsupportedDtypeError",
     "UnsupportedFilterError",
     "__version__",
+    "append",
     "close_files",
     "from_pytables",
     "open_ragged",
     "read_ragged",
+    "to_pytables",
     "write_ragged",
 ]

@@ -13,6 +13,8 @@ __all__ = [
     "Daskh5Error",
     "FileNotFound",
     "NodeKindError",
+    "IncompatibleArrayError",
+    "NodeExistsError",
     "NodeNotFound",
     "NotHDF5Error",
     "RaggedLayoutError",
@@ -58,3 +60,11 @@ class ChunkDecodeError(Daskh5Error, OSError):
 
 class RaggedLayoutError(Daskh5Error, ValueError):
     """A ragged layout's side columns disagree with each other or with the data."""
+
+
+class NodeExistsError(Daskh5Error, ValueError):
+    """A writer was asked to create a node that already exists (pass ``overwrite=True``)."""
+
+
+class IncompatibleArrayError(Daskh5Error, ValueError):
+    """An array's dtype or shape does not fit the node it is appended to."""

@@ -1,0 +1,427 @@
+"""Write numpy and dask arrays to PyTables CArrays and EArrays, in parallel, never corrupting a file.
+
+Blocks are computed (and, where the filters allow, compressed) wherever the
+scheduler runs them; one writer in the calling process stores them in order
+with a bounded number of blocks in flight.  See :mod:`daskh5._encode`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import queue
+import tempfile
+import threading
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import numpy as np
+
+from daskh5._chunking import budget_chunks
+from daskh5._encode import encoder_for
+from daskh5._safe_tables import open_tables
+from daskh5.errors import (
+    Daskh5Error,
+    IncompatibleArrayError,
+    NodeExistsError,
+    NodeKindError,
+    NodeNotFound,
+    UnsupportedDtypeError,
+)
+
+__all__ = ["append", "to_pytables"]
+
+
+def _default_filters():
+    import tables
+
+    return tables.Filters(complevel=5, complib="blosc:lz4", shuffle=True)
+
+
+def _as_dask(x):
+    import dask.array as da
+
+    if isinstance(x, da.Array):
+        return x
+    arr = np.asarray(x)
+    return da.from_array(arr, chunks=budget_chunks(arr.shape, None, arr.dtype.itemsize, 64 << 20) or ())
+
+
+def _check_dtype(dtype: np.dtype, where: str) -> np.dtype:
+    dtype = np.dtype(dtype)
+    if dtype.kind not in "biufcS" or dtype.fields is not None or dtype.subdtype is not None:
+        raise UnsupportedDtypeError(
+            f"{where}: cannot store dtype {dtype} (numbers, bool and fixed bytes only)"
+        )
+    return dtype.newbyteorder("=")
+
+
+def _refuse_if_open(path: str) -> None:
+    import tables
+
+    registry = tables.file._open_files
+    if path in registry.filenames:
+        modes = sorted({h.mode for h in registry.get_handlers_by_name(path)})
+        raise Daskh5Error(
+            f"{path} is open in this process (mode {', '.join(modes)}); close it before writing to it with daskh5"
+        )
+
+
+def _aligned(x, chunkshape: tuple[int, ...]):
+    """``x`` rechunked so every block is whole HDF5 chunks (bounded by x's own block size)."""
+    itemsize = x.dtype.itemsize
+    block_bytes = max(int(np.prod([max(c) if c else 0 for c in x.chunks], dtype=np.int64)) * itemsize, 1)
+    target = budget_chunks(x.shape, chunkshape, itemsize, max(block_bytes, 8 << 20))
+    return x if x.chunks == target else x.rechunk(target)
+
+
+def _block_origins(x) -> list[tuple[tuple[int, ...], tuple[int, ...]]]:
+    """``(block index, element origin)`` of every block, in C order."""
+    starts = [np.concatenate([[0], np.cumsum(c)[:-1]]).astype(int).tolist() for c in x.chunks]
+    return [(idx, tuple(starts[a][i] for a, i in enumerate(idx))) for idx in np.ndindex(*x.numblocks)]
+
+
+# -- running blocks through the scheduler, writing them in order --------------------------------
+def _ordered_results(tasks: list, window: int) -> Iterator:
+    """Results of delayed ``tasks`` in order, at most ``window`` in flight, computed meanwhile."""
+    try:
+        from distributed import default_client
+
+        client = default_client()
+    except (ImportError, ValueError):
+        client = None
+    if client is not None:
+        futures: list = []
+        nxt = 0
+        for i in range(len(tasks)):
+            while nxt < len(tasks) and nxt < i + window:
+                futures.append(client.compute(tasks[nxt]))
+                nxt += 1
+            fut = futures[i]
+            futures[i] = None
+            yield fut.result()
+        return
+    import dask
+
+    results: queue.Queue = queue.Queue(maxsize=1)
+    stop = threading.Event()
+
+    def produce() -> None:
+        try:
+            for i in range(0, len(tasks), window):
+                if stop.is_set():
+                    return
+                results.put(("ok", dask.compute(*tasks[i : i + window])))
+        except BaseException as exc:  # handed to the writer, raised there
+            results.put(("error", exc))
+        results.put(("done", None))
+
+    worker = threading.Thread(target=produce, name="daskh5-writer-producer", daemon=True)
+    worker.start()
+    try:
+        while True:
+            kind, value = results.get()
+            if kind == "done":
+                return
+            if kind == "error":
+                raise value
+            yield from value
+    finally:
+        stop.set()
+        while worker.is_alive():  # unblock the producer if it waits on a full queue
+            with contextlib.suppress(queue.Empty):
+                results.get(timeout=0.05)
+
+
+def _window() -> int:
+    import dask
+
+    workers = dask.config.get("num_workers", None) or os.cpu_count() or 1
+    return max(2, 2 * int(workers))
+
+
+def _progress(total: int, desc: str, enabled: bool):
+    if not enabled:
+        return contextlib.nullcontext(None)
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, unit="block", desc=desc)
+
+
+def _write_blocks(leaf, x, offset: tuple[int, ...], progress: bool, desc: str) -> None:
+    """Write dask array ``x`` into ``leaf`` at ``offset`` (chunk-aligned) block by block."""
+    import dask
+
+    if x.size == 0:
+        return
+    encoder = encoder_for(leaf.filters, x.dtype, tuple(int(c) for c in leaf.chunkshape))
+    origins = _block_origins(x)
+    blocks = x.to_delayed()
+    if encoder is not None:
+        encode = dask.delayed(encoder.encode_block, pure=True)
+        tasks = [
+            encode(blocks[idx], tuple(o + s for o, s in zip(origin, offset, strict=True)))
+            for idx, origin in origins
+        ]
+    else:
+        tasks = [blocks[idx] for idx, _origin in origins]
+    with _progress(len(tasks), desc, progress) as bar:
+        for (_idx, origin), result in zip(origins, _ordered_results(tasks, _window()), strict=True):
+            if encoder is not None:
+                for coords, data in result:
+                    leaf.write_chunk(coords, data)
+            else:  # PyTables compresses in the writer (filters daskh5 does not encode)
+                start = tuple(o + s for o, s in zip(origin, offset, strict=True))
+                leaf[tuple(slice(s, s + n) for s, n in zip(start, result.shape, strict=True))] = result
+            if bar is not None:
+                bar.update(1)
+
+
+# -- public API ----------------------------------------------------------------------------------
+class _Job:
+    """Holds the arguments of a deferred write opaquely, so dask does not compute ``x`` up front."""
+
+    def __init__(self, fn: Callable, args: tuple, kwargs: dict):
+        self.fn, self.args, self.kwargs = fn, args, kwargs
+
+    def __call__(self):
+        return self.fn(*self.args, **self.kwargs)
+
+
+def _deferred(fn: Callable, *args, **kwargs):
+    import dask
+
+    return dask.delayed(_Job(fn, args, kwargs), pure=False)()
+
+
+def to_pytables(
+    x: Any,
+    path: str | os.PathLike,
+    node: str,
+    *,
+    kind: str = "carray",
+    filters=None,
+    chunkshape: tuple[int, ...] | None = None,
+    title: str = "",
+    attrs: dict | None = None,
+    mode: str = "a",
+    overwrite: bool = False,
+    progress: bool = True,
+    compute: bool = True,
+):
+    """Write a numpy or dask array to a new CArray or EArray that PyTables users can open.
+
+    Blocks are computed where the scheduler puts them (threads, processes or a
+    ``dask.distributed`` cluster); where the filters allow it they are also
+    compressed there, and one writer in this process stores the compressed
+    chunks in order, with a bounded number of blocks in flight.
+
+    Parameters
+    ----------
+    x : numpy.ndarray or dask.array.Array
+    path : str or path-like
+    node : str
+        Absolute node path, e.g. ``"/result"``; missing parent groups are created.
+    kind : {"carray", "earray"}
+        An EArray's first axis is its extendable one.
+    filters : tables.Filters, optional
+        Default blosc:lz4 with shuffle, complevel 5.
+    chunkshape : tuple of int, optional
+        Default: PyTables' choice for the shape.  Dask blocks are rechunked to
+        whole HDF5 chunks if needed.
+    title : str
+    attrs : dict, optional
+        Attributes to set on the node (plain values: numbers, strings, arrays).
+    mode : {"a", "w"}
+        ``"w"`` writes a new file; ``"a"`` creates the file if needed or adds
+        the node to it.
+    overwrite : bool
+        Replace an existing node, only once the new one is complete.
+        Without it an existing node is an error.
+    progress : bool
+        Show a progress bar (one step per block).
+    compute : bool
+        ``False`` returns a ``dask.delayed`` object that writes when computed.
+
+    Notes
+    -----
+    A new file is written under a temporary name next to ``path`` and renamed
+    into place when complete.  Writing into an existing file: if the
+    computation fails, the new node is removed and the file's other nodes are
+    untouched.
+
+    Examples
+    --------
+    >>> import numpy as np, dask.array as da, os, tempfile, tables, daskh5
+    >>> path = os.path.join(tempfile.mkdtemp(), "out.h5")
+    >>> x = da.arange(1_000_000, chunks=100_000).reshape(-1, 2) * 0.5
+    >>> daskh5.to_pytables(x, path, "/result", progress=False)
+    >>> with tables.open_file(path) as f:
+    ...     print(f.root.result.shape, f.root.result.filters.complib, float(f.root.result[-1, 1]))
+    (500000, 2) blosc:lz4 499999.5
+    """
+    if not compute:
+        return _deferred(
+            to_pytables, x, path, node, kind=kind, filters=filters, chunkshape=chunkshape, title=title,
+            attrs=attrs, mode=mode, overwrite=overwrite, progress=progress, compute=True,
+        )  # fmt: skip
+    if kind not in ("carray", "earray"):
+        raise ValueError(f"to_pytables: kind must be 'carray' or 'earray', got {kind!r}")
+    if mode not in ("a", "w"):
+        raise ValueError(f"to_pytables: mode must be 'a' or 'w', got {mode!r}")
+    if not isinstance(node, str) or not node.startswith("/") or node == "/":
+        raise ValueError(f"to_pytables: node must be an absolute node path like '/result', got {node!r}")
+    path = os.path.abspath(os.fspath(path))
+    x = _as_dask(x)
+    dtype = _check_dtype(x.dtype, f"{path}:{node}")
+    if x.dtype != dtype:
+        x = x.astype(dtype)
+    if x.ndim == 0:
+        raise ValueError(
+            f"{path}:{node}: a 0-d value is not a chunked array; store it with tables' create_array"
+        )
+    filters = _default_filters() if filters is None else filters
+    _refuse_if_open(path)
+    fresh = mode == "w" or not os.path.exists(path)
+    target = path
+    if fresh:
+        fd, target = tempfile.mkstemp(
+            prefix=f".{os.path.basename(path)}.", suffix=".tmp", dir=os.path.dirname(path)
+        )
+        os.close(fd)
+    try:
+        with open_tables(target, "w" if fresh else "a") as f:
+            _write_node(f, x, node, kind, filters, chunkshape, title, attrs or {}, overwrite, progress)
+        if fresh:
+            os.replace(target, path)
+    except BaseException:
+        if fresh and os.path.exists(target):
+            os.remove(target)
+        raise
+
+
+def _write_node(f, x, node, kind, filters, chunkshape, title, attrs, overwrite, progress) -> None:
+    import tables
+
+    where = f"{f.filename}:{node}"
+    exists = node in f
+    if exists and not overwrite:
+        raise NodeExistsError(
+            f"{where} already exists; pass overwrite=True to replace it, or choose another node"
+        )
+    parent, name = node.rsplit("/", 1)
+    parent = parent or "/"
+    tmp_name = f"_daskh5_tmp_{name}" if exists else name
+    atom = tables.Atom.from_dtype(x.dtype)
+    common = dict(atom=atom, title=title, filters=filters, chunkshape=chunkshape, createparents=True)
+    if kind == "carray":
+        leaf = f.create_carray(parent, tmp_name, shape=x.shape, **common)
+    else:
+        leaf = f.create_earray(
+            parent, tmp_name, shape=(0, *x.shape[1:]), expectedrows=max(x.shape[0], 1), **common
+        )
+    try:
+        for key, value in attrs.items():
+            leaf.attrs[key] = value
+        if kind == "earray":
+            leaf.truncate(x.shape[0])  # grows without writing: chunks land with write_chunk
+        xa = _aligned(x, tuple(int(c) for c in leaf.chunkshape))
+        _write_blocks(leaf, xa, (0,) * x.ndim, progress, f"writing {node}")
+        f.flush()
+        if exists:
+            f.remove_node(node, recursive=True)
+            f.rename_node(leaf, name)
+            f.flush()
+    except BaseException:
+        with contextlib.suppress(Exception):
+            f.remove_node(leaf)
+            f.flush()
+        raise
+
+
+def append(x: Any, path: str | os.PathLike, node: str, *, progress: bool = True, compute: bool = True):
+    """Append a numpy or dask array to an existing EArray along its extendable axis.
+
+    The dtype and every non-extendable dimension must match the EArray. If
+    the computation fails, the EArray is truncated back to its previous
+    length.
+
+    Examples
+    --------
+    >>> import numpy as np, os, tempfile, tables, daskh5
+    >>> path = os.path.join(tempfile.mkdtemp(), "log.h5")
+    >>> daskh5.to_pytables(np.zeros((3, 4)), path, "/log", kind="earray", progress=False)
+    >>> daskh5.append(np.ones((5, 4)), path, "/log", progress=False)
+    >>> with tables.open_file(path) as f:
+    ...     print(f.root.log.shape, f.root.log[:, 0].tolist())
+    (8, 4) [0.0, 0.0, 0.0, 1.0, 1.0, 1.0, 1.0, 1.0]
+    """
+    if not compute:
+        return _deferred(append, x, path, node, progress=progress, compute=True)
+    import tables
+
+    path = os.path.abspath(os.fspath(path))
+    if not os.path.exists(path):
+        raise NodeNotFound(
+            f"{path}: no such file to append to; create the EArray with to_pytables(kind='earray')"
+        )
+    _refuse_if_open(path)
+    x = _as_dask(x)
+    with open_tables(path, "a") as f:
+        if node not in f:
+            raise NodeNotFound(f"{path}: no node {node!r} to append to")
+        leaf = f.get_node(node)
+        where = f"{path}:{node}"
+        if not isinstance(leaf, tables.EArray):
+            raise NodeKindError(f"{where} is a {type(leaf).__name__}, not an EArray; only EArrays can grow")
+        _check_append(leaf, x, where)
+        axis = leaf.extdim
+        before = leaf.nrows
+        xs = x.astype(leaf.atom.dtype) if x.dtype != leaf.atom.dtype else x
+        xs = np.moveaxis(xs, axis, 0) if axis else xs
+        try:
+            _append_rows(leaf, xs, axis, before, progress, f"appending to {node}")
+            f.flush()
+        except BaseException:
+            leaf.truncate(before)
+            f.flush()
+            raise
+
+
+def _check_append(leaf, x, where: str) -> None:
+    stored = leaf.atom.dtype
+    if np.dtype(x.dtype).newbyteorder("=") != stored.newbyteorder("="):
+        raise IncompatibleArrayError(
+            f"{where} holds {stored}; cannot append {x.dtype} (convert with .astype first)"
+        )
+    axis = leaf.extdim
+    want = [int(n) for n in leaf.shape]
+    if x.ndim != len(want) or any(
+        a != b for i, (a, b) in enumerate(zip(x.shape, want, strict=False)) if i != axis
+    ):
+        want[axis] = "n"
+        raise IncompatibleArrayError(f"{where} is {tuple(want)}; cannot append an array of shape {x.shape}")
+
+
+def _append_rows(leaf, xs, axis: int, before: int, progress: bool, desc: str) -> None:
+    """Append ``xs`` (extendable axis first) after row ``before`` of ``leaf``."""
+    n = xs.shape[0]
+    if n == 0:
+        return
+    cs = tuple(int(c) for c in leaf.chunkshape)
+    step = cs[axis]
+    head = min(n, (-before) % step)  # rows that fill the partly written last chunk
+    leaf.truncate(before + n)
+    if head:
+        block = np.asarray(xs[:head].compute())
+        index = [slice(None)] * leaf.ndim
+        index[axis] = slice(before, before + head)
+        leaf[tuple(index)] = np.moveaxis(block, 0, axis) if axis else block
+    rest = xs[head:]
+    if rest.shape[0] == 0:
+        return
+    rest = np.moveaxis(rest, 0, axis) if axis else rest
+    rest = _aligned(rest, cs)
+    offset = [0] * leaf.ndim
+    offset[axis] = before + head
+    _write_blocks(leaf, rest, tuple(offset), progress, desc)

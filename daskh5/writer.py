@@ -68,11 +68,12 @@ def _refuse_if_open(path: str) -> None:
 
 
 def _aligned(x, chunkshape: tuple[int, ...]):
-    """``x`` rechunked so every block is whole HDF5 chunks (bounded by x's own block size)."""
+    """``x`` itself if its blocks are whole HDF5 chunks, else rechunked to be (about as big as before)."""
+    if all(all(c % cs == 0 for c in chunks[:-1]) for chunks, cs in zip(x.chunks, chunkshape, strict=True)):
+        return x
     itemsize = x.dtype.itemsize
-    block_bytes = max(int(np.prod([max(c) if c else 0 for c in x.chunks], dtype=np.int64)) * itemsize, 1)
-    target = budget_chunks(x.shape, chunkshape, itemsize, max(block_bytes, 8 << 20))
-    return x if x.chunks == target else x.rechunk(target)
+    block_bytes = int(np.prod([max(c) if c else 0 for c in x.chunks], dtype=np.int64)) * itemsize
+    return x.rechunk(budget_chunks(x.shape, chunkshape, itemsize, max(block_bytes, 1)))
 
 
 def _block_origins(x) -> list[tuple[tuple[int, ...], tuple[int, ...]]]:
@@ -148,6 +149,35 @@ def _progress(total: int, desc: str, enabled: bool):
     return tqdm(total=total, unit="block", desc=desc)
 
 
+class _ChunkSink:
+    """Stores finished blocks in the node: the one writer, called in block order."""
+
+    def __init__(self, leaf, encoded: bool, offset: tuple[int, ...], bar):
+        self.leaf, self.encoded, self.offset, self.bar = leaf, encoded, offset, bar
+        self.lock = threading.Lock()
+
+    def store(self, origin: tuple[int, ...], result) -> None:
+        with self.lock:
+            if self.encoded:
+                for coords, data in result:
+                    self.leaf.write_chunk(coords, data)
+            else:  # PyTables compresses in the writer (filters daskh5 does not encode)
+                start = tuple(o + s for o, s in zip(origin, self.offset, strict=True))
+                region = tuple(slice(s, s + n) for s, n in zip(start, result.shape, strict=True))
+                self.leaf[region] = result
+            if self.bar is not None:
+                self.bar.update(1)
+
+
+def _in_process_scheduler(x) -> bool:
+    """Whether tasks run in this process (threads or sync), so a graph task may write."""
+    import dask.local
+    import dask.threaded
+    from dask.base import get_scheduler
+
+    return get_scheduler(collections=[x]) in (dask.threaded.get, dask.local.get_sync)
+
+
 def _write_blocks(leaf, x, offset: tuple[int, ...], progress: bool, desc: str) -> None:
     """Write dask array ``x`` into ``leaf`` at ``offset`` (chunk-aligned) block by block."""
     import dask
@@ -166,15 +196,16 @@ def _write_blocks(leaf, x, offset: tuple[int, ...], progress: bool, desc: str) -
     else:
         tasks = [blocks[idx] for idx, _origin in origins]
     with _progress(len(tasks), desc, progress) as bar:
-        for (_idx, origin), result in zip(origins, _ordered_results(tasks, _window()), strict=True):
-            if encoder is not None:
-                for coords, data in result:
-                    leaf.write_chunk(coords, data)
-            else:  # PyTables compresses in the writer (filters daskh5 does not encode)
-                start = tuple(o + s for o, s in zip(origin, offset, strict=True))
-                leaf[tuple(slice(s, s + n) for s, n in zip(start, result.shape, strict=True))] = result
-            if bar is not None:
-                bar.update(1)
+        sink = _ChunkSink(leaf, encoder is not None, offset, bar)
+        if _in_process_scheduler(x):
+            # One graph, as da.store builds it: each block is stored as soon as it is ready, one store
+            # at a time (the sink's lock), so the scheduler's depth-first order bounds memory and
+            # intermediates shared by blocks (a cumsum's running totals) are computed once.
+            store = dask.delayed(sink.store, pure=False)
+            dask.compute(*[store(origin, task) for (_idx, origin), task in zip(origins, tasks, strict=True)])
+        else:  # processes or a cluster: results come back here, a bounded window at a time
+            for (_idx, origin), result in zip(origins, _ordered_results(tasks, _window()), strict=True):
+                sink.store(origin, result)
 
 
 # -- public API ----------------------------------------------------------------------------------

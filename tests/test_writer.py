@@ -258,12 +258,13 @@ def test_memory_bounded_by_window(h5path):
 
 KILLER = textwrap.dedent(
     """
-    import sys, time, dask.array as da, numpy as np, daskh5
+    import itertools, sys, time, dask.array as da, numpy as np, daskh5
 
-    def slow(block, block_info=None):
-        i = block_info[0]["chunk-location"][0]
-        if i == 20:
-            print("writing", flush=True)  # blocks before this one are written or in flight
+    made = itertools.count()
+
+    def slow(block):
+        if next(made) == 20:
+            print("writing", flush=True)  # 20 blocks are made: written or in flight
         time.sleep(0.05)
         return block
 

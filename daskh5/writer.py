@@ -150,18 +150,22 @@ def _progress(total: int, desc: str, enabled: bool):
 
 
 class _ChunkSink:
-    """Stores finished blocks in the node: the one writer, called in block order."""
+    """Stores finished blocks in the node: the one writer (one store at a time).
 
-    def __init__(self, leaf, encoded: bool, offset: tuple[int, ...], bar):
-        self.leaf, self.encoded, self.offset, self.bar = leaf, encoded, offset, bar
+    ``chunks`` writes one already-compressed chunk (``write_direct_chunk`` of an
+    h5py dataset); ``leaf`` takes whole blocks that PyTables compresses itself.
+    """
+
+    def __init__(self, offset: tuple[int, ...], bar, chunks=None, leaf=None):
+        self.offset, self.bar, self.chunks, self.leaf = offset, bar, chunks, leaf
         self.lock = threading.Lock()
 
     def store(self, origin: tuple[int, ...], result) -> None:
         with self.lock:
-            if self.encoded:
+            if self.chunks is not None:
                 for coords, data in result:
-                    self.leaf.write_chunk(coords, data)
-            else:  # PyTables compresses in the writer (filters daskh5 does not encode)
+                    self.chunks(coords, data)
+            else:
                 start = tuple(o + s for o, s in zip(origin, self.offset, strict=True))
                 region = tuple(slice(s, s + n) for s, n in zip(start, result.shape, strict=True))
                 self.leaf[region] = result
@@ -178,13 +182,18 @@ def _in_process_scheduler(x) -> bool:
     return get_scheduler(collections=[x]) in (dask.threaded.get, dask.local.get_sync)
 
 
-def _write_blocks(leaf, x, offset: tuple[int, ...], progress: bool, desc: str) -> None:
-    """Write dask array ``x`` into ``leaf`` at ``offset`` (chunk-aligned) block by block."""
+def _write_blocks(
+    x, encoder, offset: tuple[int, ...], progress: bool, desc: str, chunks=None, leaf=None
+) -> None:
+    """Write dask array ``x`` at ``offset`` (chunk-aligned), block by block.
+
+    With an ``encoder`` blocks are compressed by the tasks and stored with
+    ``chunks(coords, bytes)``; without, blocks are assigned to the PyTables ``leaf``.
+    """
     import dask
 
     if x.size == 0:
         return
-    encoder = encoder_for(leaf.filters, x.dtype, tuple(int(c) for c in leaf.chunkshape))
     origins = _block_origins(x)
     blocks = x.to_delayed()
     if encoder is not None:
@@ -196,7 +205,7 @@ def _write_blocks(leaf, x, offset: tuple[int, ...], progress: bool, desc: str) -
     else:
         tasks = [blocks[idx] for idx, _origin in origins]
     with _progress(len(tasks), desc, progress) as bar:
-        sink = _ChunkSink(leaf, encoder is not None, offset, bar)
+        sink = _ChunkSink(offset, bar, chunks=chunks, leaf=leaf)
         if _in_process_scheduler(x):
             # One graph, as da.store builds it: each block is stored as soon as it is ready, one store
             # at a time (the sink's lock), so the scheduler's depth-first order bounds memory and
@@ -206,6 +215,29 @@ def _write_blocks(leaf, x, offset: tuple[int, ...], progress: bool, desc: str) -
         else:  # processes or a cluster: results come back here, a bounded window at a time
             for (_idx, origin), result in zip(origins, _ordered_results(tasks, _window()), strict=True):
                 sink.store(origin, result)
+
+
+@contextlib.contextmanager
+def _direct_chunks(path: str, node: str) -> Iterator[Callable]:
+    """``write(coords, data)`` storing compressed chunks through h5py (about twice PyTables' speed).
+
+    Only used while no PyTables handle to ``path`` is open; h5py never unpickles.
+    """
+    import h5py
+
+    with h5py.File(path, "r+") as f:
+        ds = f[node]
+        yield lambda coords, data: ds.id.write_direct_chunk(coords, data, 0)
+
+
+def _fill(path: str, leaf_path: str, x, encoder, offset, progress: bool, desc: str) -> None:
+    """Write ``x`` into the existing node (PyTables closed): h5py direct chunks, or PyTables."""
+    if encoder is not None:
+        with _direct_chunks(path, leaf_path) as chunks:
+            _write_blocks(x, encoder, offset, progress, desc, chunks=chunks)
+        return
+    with open_tables(path, "a") as f:
+        _write_blocks(x, None, offset, progress, desc, leaf=f.get_node(leaf_path))
 
 
 # -- public API ----------------------------------------------------------------------------------
@@ -288,8 +320,8 @@ def to_pytables(
     >>> x = da.arange(1_000_000, chunks=100_000).reshape(-1, 2) * 0.5
     >>> daskh5.to_pytables(x, path, "/result", progress=False)
     >>> with tables.open_file(path) as f:
-    ...     print(f.root.result.shape, f.root.result.filters.complib, float(f.root.result[-1, 1]))
-    (500000, 2) blosc:lz4 499999.5
+    ...     print(f.root.result.shape == (500000, 2), f.root.result.filters.complib, float(f.root.result[-1, 1]))
+    True blosc:lz4 499999.5
     """
     if not compute:
         return _deferred(
@@ -322,7 +354,28 @@ def to_pytables(
         os.close(fd)
     try:
         with open_tables(target, "w" if fresh else "a") as f:
-            _write_node(f, x, node, kind, filters, chunkshape, title, attrs or {}, overwrite, progress)
+            leaf_path, exists, cs = _create_node(
+                f, x, node, kind, filters, chunkshape, title, attrs or {}, overwrite
+            )
+        try:
+            xa = _aligned(x, cs)
+            _fill(
+                target,
+                leaf_path,
+                xa,
+                encoder_for(filters, x.dtype, cs),
+                (0,) * x.ndim,
+                progress,
+                f"writing {node}",
+            )
+            if exists:  # the new node is complete: only now replace the old one
+                with open_tables(target, "a") as f:
+                    f.remove_node(node, recursive=True)
+                    f.rename_node(leaf_path, node.rsplit("/", 1)[1])
+        except BaseException:
+            with contextlib.suppress(Exception), open_tables(target, "a") as f:
+                f.remove_node(leaf_path)
+            raise
         if fresh:
             os.replace(target, path)
     except BaseException:
@@ -331,7 +384,10 @@ def to_pytables(
         raise
 
 
-def _write_node(f, x, node, kind, filters, chunkshape, title, attrs, overwrite, progress) -> None:
+def _create_node(
+    f, x, node, kind, filters, chunkshape, title, attrs, overwrite
+) -> tuple[str, bool, tuple[int, ...]]:
+    """Create the (empty) node, under a temporary name if it replaces one: (path, replaces, chunkshape)."""
     import tables
 
     where = f"{f.filename}:{node}"
@@ -342,32 +398,24 @@ def _write_node(f, x, node, kind, filters, chunkshape, title, attrs, overwrite, 
         )
     parent, name = node.rsplit("/", 1)
     parent = parent or "/"
-    tmp_name = f"_daskh5_tmp_{name}" if exists else name
     atom = tables.Atom.from_dtype(x.dtype)
     common = dict(atom=atom, title=title, filters=filters, chunkshape=chunkshape, createparents=True)
+    name = f"_daskh5_tmp_{name}" if exists else name
     if kind == "carray":
-        leaf = f.create_carray(parent, tmp_name, shape=x.shape, **common)
+        leaf = f.create_carray(parent, name, shape=x.shape, **common)
     else:
         leaf = f.create_earray(
-            parent, tmp_name, shape=(0, *x.shape[1:]), expectedrows=max(x.shape[0], 1), **common
+            parent, name, shape=(0, *x.shape[1:]), expectedrows=max(x.shape[0], 1), **common
         )
     try:
         for key, value in attrs.items():
             leaf.attrs[key] = value
         if kind == "earray":
-            leaf.truncate(x.shape[0])  # grows without writing: chunks land with write_chunk
-        xa = _aligned(x, tuple(int(c) for c in leaf.chunkshape))
-        _write_blocks(leaf, xa, (0,) * x.ndim, progress, f"writing {node}")
-        f.flush()
-        if exists:
-            f.remove_node(node, recursive=True)
-            f.rename_node(leaf, name)
-            f.flush()
+            leaf.truncate(x.shape[0])  # grows without writing: the chunks are written next
     except BaseException:
-        with contextlib.suppress(Exception):
-            f.remove_node(leaf)
-            f.flush()
+        f.remove_node(leaf)
         raise
+    return leaf._v_pathname, exists, tuple(int(c) for c in leaf.chunkshape)
 
 
 def append(x: Any, path: str | os.PathLike, node: str, *, progress: bool = True, compute: bool = True):
@@ -384,8 +432,8 @@ def append(x: Any, path: str | os.PathLike, node: str, *, progress: bool = True,
     >>> daskh5.to_pytables(np.zeros((3, 4)), path, "/log", kind="earray", progress=False)
     >>> daskh5.append(np.ones((5, 4)), path, "/log", progress=False)
     >>> with tables.open_file(path) as f:
-    ...     print(f.root.log.shape, f.root.log[:, 0].tolist())
-    (8, 4) [0.0, 0.0, 0.0, 1.0, 1.0, 1.0, 1.0, 1.0]
+    ...     print(f.root.log.shape == (8, 4), f.root.log[:, 0].tolist())
+    True [0.0, 0.0, 0.0, 1.0, 1.0, 1.0, 1.0, 1.0]
     """
     if not compute:
         return _deferred(append, x, path, node, progress=progress, compute=True)
@@ -406,17 +454,34 @@ def append(x: Any, path: str | os.PathLike, node: str, *, progress: bool = True,
         if not isinstance(leaf, tables.EArray):
             raise NodeKindError(f"{where} is a {type(leaf).__name__}, not an EArray; only EArrays can grow")
         _check_append(leaf, x, where)
-        axis = leaf.extdim
-        before = leaf.nrows
+        axis, before = leaf.extdim, leaf.nrows
+        cs = tuple(int(c) for c in leaf.chunkshape)
+        encoder = encoder_for(leaf.filters, leaf.atom.dtype, cs)
         xs = x.astype(leaf.atom.dtype) if x.dtype != leaf.atom.dtype else x
         xs = np.moveaxis(xs, axis, 0) if axis else xs
+        n = xs.shape[0]
+        head = min(n, (-before) % cs[axis])  # rows that fill the partly written last chunk
         try:
-            _append_rows(leaf, xs, axis, before, progress, f"appending to {node}")
-            f.flush()
+            leaf.truncate(before + n)
+            if head:
+                block = np.asarray(xs[:head].compute())
+                index = [slice(None)] * leaf.ndim
+                index[axis] = slice(before, before + head)
+                leaf[tuple(index)] = np.moveaxis(block, 0, axis) if axis else block
         except BaseException:
             leaf.truncate(before)
-            f.flush()
             raise
+    try:
+        rest = xs[head:]
+        if rest.shape[0]:
+            rest = _aligned(np.moveaxis(rest, 0, axis) if axis else rest, cs)
+            offset = [0] * rest.ndim
+            offset[axis] = before + head
+            _fill(path, node, rest, encoder, tuple(offset), progress, f"appending to {node}")
+    except BaseException:
+        with open_tables(path, "a") as f:
+            f.get_node(node).truncate(before)
+        raise
 
 
 def _check_append(leaf, x, where: str) -> None:
@@ -432,27 +497,3 @@ def _check_append(leaf, x, where: str) -> None:
     ):
         want[axis] = "n"
         raise IncompatibleArrayError(f"{where} is {tuple(want)}; cannot append an array of shape {x.shape}")
-
-
-def _append_rows(leaf, xs, axis: int, before: int, progress: bool, desc: str) -> None:
-    """Append ``xs`` (extendable axis first) after row ``before`` of ``leaf``."""
-    n = xs.shape[0]
-    if n == 0:
-        return
-    cs = tuple(int(c) for c in leaf.chunkshape)
-    step = cs[axis]
-    head = min(n, (-before) % step)  # rows that fill the partly written last chunk
-    leaf.truncate(before + n)
-    if head:
-        block = np.asarray(xs[:head].compute())
-        index = [slice(None)] * leaf.ndim
-        index[axis] = slice(before, before + head)
-        leaf[tuple(index)] = np.moveaxis(block, 0, axis) if axis else block
-    rest = xs[head:]
-    if rest.shape[0] == 0:
-        return
-    rest = np.moveaxis(rest, 0, axis) if axis else rest
-    rest = _aligned(rest, cs)
-    offset = [0] * leaf.ndim
-    offset[axis] = before + head
-    _write_blocks(leaf, rest, tuple(offset), progress, desc)

@@ -236,15 +236,19 @@ class RaggedArray(Sequence):
 
         ``batch_size`` is a number of samples (int) or a byte budget (str).
         """
-        for i0, i1 in self._runs(batch_size):
+        n = len(self)
+        if isinstance(batch_size, (int, np.integer)) and not isinstance(batch_size, bool):
+            if batch_size <= 0:
+                raise ValueError(f"batch size must be positive, got {batch_size}")
+            runs = [(i, min(n, i + int(batch_size))) for i in range(0, n, int(batch_size))]
+        else:
+            runs = self._runs(batch_size)
+        for i0, i1 in runs:
             yield self._run(i0, i1)
 
     def _runs(self, size: int | str | None) -> list[tuple[int, int]]:
+        """Runs of consecutive samples within a byte budget (a str, or an int number of bytes)."""
         n = len(self)
-        if isinstance(size, (int, np.integer)) and not isinstance(size, bool):
-            if size <= 0:
-                raise ValueError(f"batch size must be positive, got {size}")
-            return [(i, min(n, i + int(size))) for i in range(0, n, int(size))]
         budget = resolve_budget(size)
         if self._lengths is None:  # a plain VLArray: estimate from the first rows
             head = self._run(0, min(n, 1000))
@@ -257,8 +261,10 @@ class RaggedArray(Sequence):
     def to_bag(self, partition_size: int | str | None = None) -> db.Bag:
         """A dask bag of the samples, partitions of consecutive samples within ``partition_size``.
 
-        ``partition_size`` is a byte budget (``"64MiB"``, default dask's
-        ``array.chunk-size``) or, as an int, a number of samples.
+        ``partition_size`` is a byte budget with the same meaning as
+        :func:`daskh5.from_pytables` chunks: ``"64MiB"``, an int number of bytes,
+        or ``None``/``"auto"`` for dask's ``array.chunk-size``.  A sample bigger
+        than the budget makes a partition of its own.
         """
         import dask.bag as db
         from dask.base import tokenize
@@ -394,8 +400,9 @@ def read_ragged(
     """A dask bag of the samples of a ragged collection, reshaped to their true shapes.
 
     Each partition is a run of consecutive samples within ``partition_size``
-    bytes (default: dask's ``array.chunk-size``; an int is a number of
-    samples) and is read in one bulk read, then split in memory.
+    bytes (``"64MiB"``, an int number of bytes, or dask's ``array.chunk-size``
+    by default, as for :func:`daskh5.from_pytables`) and is read in one bulk
+    read, then split in memory.
 
     Examples
     --------

@@ -1,9 +1,10 @@
-"""Quick start: write a four-cluster dataset with PyTables, then compute on it out of core.
+"""Quick start: write a four-cluster dataset to a PyTables file, then compute on it out of core.
 
 Run ``python examples/quickstart.py`` (``--points`` to change the size).  The
-file is written in slices, so memory stays small whatever ``--points`` is;
-the statistics are computed by dask, block by block, from a lazy
-``daskh5.from_pytables`` array whose block size is the memory budget.
+points are generated and written block by block (``daskh5.to_pytables``), so
+memory stays small whatever ``--points`` is; the statistics are computed by
+dask, block by block, from a lazy ``daskh5.from_pytables`` array whose block
+size is the memory budget.
 """
 
 from __future__ import annotations
@@ -15,7 +16,6 @@ import time
 
 import dask.array as da
 import numpy as np
-import tables
 from dask.diagnostics import ProgressBar
 
 import daskh5
@@ -23,22 +23,22 @@ import daskh5
 CENTERS = np.array([[1.0, 1.0], [-1.0, 1.0], [-1.0, -1.0], [1.0, -1.0]])
 
 
-def write_clusters(path: str, points: int, seed: int = 0, step: int = 1_000_000) -> None:
-    """Write ``/data`` (points, 2) float64 and ``/clusters`` (points,) int8 with a progress bar."""
-    from tqdm import tqdm
+def _points(labels: np.ndarray, seed: int, block_info=None) -> np.ndarray:
+    block = block_info[0]["chunk-location"][0]
+    rng = np.random.default_rng([seed, block])
+    return CENTERS[labels] + rng.normal(scale=0.2, size=(len(labels), 2))
 
-    rng = np.random.default_rng(seed)
-    filters = tables.Filters(5, "blosc:lz4", shuffle=True)
-    with tables.open_file(path, "w") as f:
-        data = f.create_carray("/", "data", atom=tables.Float64Atom(), shape=(points, 2), filters=filters)
-        labels = f.create_carray("/", "clusters", atom=tables.Int8Atom(), shape=(points,), filters=filters)
-        with tqdm(total=points, unit="pt", unit_scale=True, desc="writing") as bar:
-            for start in range(0, points, step):
-                n = min(step, points - start)
-                k = rng.integers(0, 4, size=n)
-                data[start : start + n] = CENTERS[k] + rng.normal(scale=0.2, size=(n, 2))
-                labels[start : start + n] = k
-                bar.update(n)
+
+def write_clusters(path: str, points: int, seed: int = 0, block: int = 1 << 21) -> None:
+    """Write ``/data`` (points, 2) float64 and ``/clusters`` (points,) int8, in parallel, with progress bars.
+
+    The points are generated block by block by dask and written by
+    ``daskh5.to_pytables``: memory stays bounded whatever ``points`` is.
+    """
+    labels = da.random.default_rng(seed).integers(0, 4, size=points, chunks=block, dtype=np.int8)
+    data = labels.map_blocks(_points, seed, new_axis=1, chunks=(labels.chunks[0], (2,)), dtype=np.float64)
+    daskh5.to_pytables(data, path, "/data", mode="w")
+    daskh5.to_pytables(labels, path, "/clusters")  # the same seed gives the same labels again
 
 
 def cluster_stats(path: str, budget: str = "32MiB") -> dict[str, np.ndarray]:

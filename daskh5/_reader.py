@@ -317,17 +317,21 @@ class NodeReader:
                 self._read_in_place(coords, int(index.offsets[coords]), direct, image)
                 continue
             regions[coords] = (dst, src, direct)
-        for coords, raw, mask in self._raw_chunks(index, list(regions), image):
-            dst, src, direct = regions[coords]
-            if raw is None:
-                out[dst] = fill
-            elif direct is not None:
-                try:
-                    decode_pipeline(raw, info.filters, mask, nbytes, info.itemsize, direct)
-                except ChunkDecodeError as exc:
-                    raise self._chunk_error(coords, exc) from None
-            else:
-                out[dst] = self._decode(raw, mask, coords, src)
+
+        def decode(group: list) -> None:
+            for coords, raw, mask in self._raw_chunks(index, group, image):
+                dst, src, direct = regions[coords]
+                if raw is None:
+                    out[dst] = fill
+                elif direct is not None:
+                    try:
+                        decode_pipeline(raw, info.filters, mask, nbytes, info.itemsize, direct)
+                    except ChunkDecodeError as exc:
+                        raise self._chunk_error(coords, exc) from None
+                else:
+                    out[dst] = self._decode(raw, mask, coords, src)
+
+        _in_parallel(decode, sorted(regions, key=lambda c: int(index.offsets[c])), out.nbytes)
         return out
 
     def _read_in_place(self, coords, offset: int, target, image) -> None:
@@ -392,6 +396,35 @@ class NodeReader:
         if info.dtype == bool:
             out = out != 0
         return out
+
+
+_pool = None
+_pool_lock = threading.Lock()
+_PARALLEL_MIN_BYTES = 16 << 20  # blocks smaller than this decode in the calling thread
+
+
+def _in_parallel(fn, items: list, nbytes: int) -> None:
+    """``fn(part)`` over contiguous parts of ``items``, on a per-process pool of one thread per core.
+
+    A dask task holding a large block would otherwise decode it on one core while
+    others idle (an array of one or two blocks); tasks of all threads share the one
+    pool, so decoding never runs on more threads than there are cores.
+    """
+    global _pool
+    ncpu = os.cpu_count() or 1
+    if ncpu == 1 or nbytes < _PARALLEL_MIN_BYTES or len(items) < 2 * ncpu:
+        fn(items)
+        return
+    if _pool is None:
+        from concurrent.futures import ThreadPoolExecutor
+
+        with _pool_lock:
+            if _pool is None:
+                _pool = ThreadPoolExecutor(ncpu, thread_name_prefix="daskh5-decode")
+    step = -(-len(items) // ncpu)
+    futures = [_pool.submit(fn, items[i : i + step]) for i in range(0, len(items), step)]
+    for f in futures:
+        f.result()
 
 
 def _group(ids: np.ndarray) -> dict[int, np.ndarray]:

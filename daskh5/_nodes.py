@@ -154,8 +154,8 @@ def lookup(f, node: str):
         raise NotHDF5Error(f"{f.filename}: could not read node {key!r}: {exc}") from exc
 
 
-def _dtypes(ds, where: str) -> tuple[np.dtype, np.dtype]:
-    """(returned dtype, on-disk dtype) of an h5py dataset."""
+def _dtypes(ds, where: str, allow_compound: bool = False) -> tuple[np.dtype, np.dtype]:
+    """(returned dtype, on-disk dtype) of an h5py dataset (compound only for Tables)."""
     import h5py
 
     tid = ds.id.get_type()
@@ -169,6 +169,8 @@ def _dtypes(ds, where: str) -> tuple[np.dtype, np.dtype]:
         return np.dtype(bool), np.dtype(bool)
     if disk.kind in "biufcS" and disk.subdtype is None and disk.fields is None:
         return disk.newbyteorder("="), disk
+    if disk.fields is not None and allow_compound:
+        return _compound_bools(tid, disk), disk
     if disk.fields is not None:
         raise UnsupportedDtypeError(
             f"{where} has a compound dtype {disk}; read record data as a Table with "
@@ -180,7 +182,33 @@ def _dtypes(ds, where: str) -> tuple[np.dtype, np.dtype]:
     )
 
 
-def describe_array(path: str | os.PathLike, node: str, driver: str | None = None) -> NodeInfo:
+def _compound_bools(tid, dtype: np.dtype) -> np.dtype:
+    """``dtype`` with PyTables' 8-bit bitfield members (bool columns) typed as bool."""
+    import h5py
+
+    fields = []
+    for i, name in enumerate(dtype.names):
+        sub, offset = dtype.fields[name][:2]
+        member = tid.get_member_type(i)
+        cls = member.get_class()
+        if cls == h5py.h5t.ARRAY:
+            member, cls = member.get_super(), member.get_super().get_class()
+        base = sub.subdtype[0] if sub.subdtype else sub
+        if cls == h5py.h5t.BITFIELD and base.itemsize == 1:
+            sub = np.dtype((bool, sub.subdtype[1])) if sub.subdtype else np.dtype(bool)
+        elif cls == h5py.h5t.COMPOUND and base.fields is not None:
+            nested = _compound_bools(member, base)
+            sub = np.dtype((nested, sub.subdtype[1])) if sub.subdtype else nested
+        fields.append((name, sub, offset))
+    return np.dtype(
+        {"names": [f[0] for f in fields], "formats": [f[1] for f in fields], "offsets": [f[2] for f in fields],
+         "itemsize": dtype.itemsize}
+    )  # fmt: skip
+
+
+def describe_array(
+    path: str | os.PathLike, node: str, driver: str | None = None, *, allow_table: bool = False
+) -> NodeInfo:
     """Describe the array node ``node`` of ``path`` (metadata only, never data).
 
     Raises a daskh5 error naming the file and node when the file is missing or
@@ -195,14 +223,15 @@ def describe_array(path: str | os.PathLike, node: str, driver: str | None = None
         name = obj.name
         where = f"{path}:{name}"
         kind = node_kind(obj)
-        if kind in _ELSEWHERE or not isinstance(obj, h5py.Dataset):
+        table_ok = allow_table and kind == "Table" and isinstance(obj, h5py.Dataset)
+        if (kind in _ELSEWHERE and not table_ok) or not isinstance(obj, h5py.Dataset):
             raise NodeKindError(
                 f"{where} is a {kind}; daskh5.from_pytables reads Array, CArray and EArray nodes. "
                 f"Use {_ELSEWHERE.get(kind, 'a node that holds an array')}."
             )
         if kind == "Unimplemented":
             raise NodeKindError(f"{where} is a node PyTables cannot map to an array")
-        dtype, disk = _dtypes(obj, where)
+        dtype, disk = _dtypes(obj, where, allow_compound=table_ok)
         try:
             dcpl = obj.id.get_create_plist()
             layout = _LAYOUTS.get(dcpl.get_layout(), "unknown")

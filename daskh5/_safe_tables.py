@@ -93,10 +93,17 @@ def _no_unpickling() -> Iterator[None]:
 
 @contextlib.contextmanager
 def open_tables(path: str, mode: str, **kwargs) -> Iterator:
-    """``tables.open_file`` with unpickling restricted to plain builtins while it is open."""
+    """``tables.open_file`` with unpickling restricted to plain builtins while it is open.
+
+    Names that are not Python identifiers are fine for daskh5 (it never uses
+    PyTables' natural naming), so PyTables' warning about them is silenced.
+    """
+    import warnings
+
     import tables
 
-    with _no_unpickling():
+    with _no_unpickling(), warnings.catch_warnings():
+        warnings.simplefilter("ignore", tables.NaturalNameWarning)
         f = tables.open_file(path, mode, **kwargs)
         try:
             yield f

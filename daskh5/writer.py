@@ -38,6 +38,10 @@ def _default_filters():
     return tables.Filters(complevel=5, complib="blosc:lz4", shuffle=True)
 
 
+def _is_xarray(x) -> bool:
+    return type(x).__module__.startswith("xarray.") and type(x).__name__ in ("Dataset", "DataArray")
+
+
 def _as_dask(x):
     import dask.array as da
 
@@ -260,7 +264,7 @@ def _deferred(fn: Callable, *args, **kwargs):
 def to_pytables(
     x: Any,
     path: str | os.PathLike,
-    node: str,
+    node: str | None = None,
     *,
     kind: str = "carray",
     filters=None,
@@ -281,10 +285,16 @@ def to_pytables(
 
     Parameters
     ----------
-    x : numpy.ndarray or dask.array.Array
+    x : numpy.ndarray, dask.array.Array, xarray.Dataset or xarray.DataArray
+        An xarray object is written variable by variable (coordinates too) as
+        CArrays of the group ``node`` (default ``"/"``), CF-encoded, with their
+        dimension names (``DASKH5_DIMS``), attributes and encoding (filters,
+        chunkshape), so that ``xr.open_dataset(path, engine="daskh5")`` gives
+        back an identical Dataset.
     path : str or path-like
     node : str
-        Absolute node path, e.g. ``"/result"``; missing parent groups are created.
+        Absolute node path, e.g. ``"/result"``; missing parent groups are
+        created.  For xarray objects, the group to write into.
     kind : {"carray", "earray"}
         An EArray's first axis is its extendable one.
     filters : tables.Filters, optional
@@ -323,6 +333,24 @@ def to_pytables(
     ...     print(f.root.result.shape == (500000, 2), f.root.result.filters.complib, float(f.root.result[-1, 1]))
     True blosc:lz4 499999.5
     """
+    if _is_xarray(x):
+        if not compute:
+            return _deferred(
+                to_pytables, x, path, node, filters=filters, mode=mode, overwrite=overwrite, progress=progress
+            )
+        from daskh5._xarray_write import write_xarray
+
+        return write_xarray(
+            x,
+            path,
+            node or "/",
+            filters=filters or _default_filters(),
+            mode=mode,
+            overwrite=overwrite,
+            progress=progress,
+        )
+    if node is None:
+        raise TypeError("to_pytables(x, path, node): give the node path for an array, e.g. '/result'")
     if not compute:
         return _deferred(
             to_pytables, x, path, node, kind=kind, filters=filters, chunkshape=chunkshape, title=title,

@@ -1,0 +1,329 @@
+"""What a group of a PyTables file looks like as xarray variables (the store of the backend).
+
+Everything is found and read through h5py and :class:`~daskh5._reader.NodeReader`:
+nothing is unpickled unless the caller opts in (``decode_pickles=True``), and
+then only plain builtins are rebuilt (:func:`daskh5._safe_tables.restricted_loads`).
+
+Variables of a group
+    every Array/CArray/EArray (and plain HDF5 dataset) of a supported dtype; one
+    variable per column of every Table (nested columns are named
+    ``parent.child``; when a group holds several Tables, or a column name
+    clashes with another variable, the Table's name is prefixed:
+    ``table.column``); pandas ``format="table"`` frames get their real column
+    names and their index as a coordinate.  VLArrays are not variables: they
+    are listed in a warning pointing to :func:`daskh5.read_ragged`.
+
+Dimension names, first rule that applies
+    1. ``dims={"/path/or/name": ("a", "b")}`` given by the caller;
+    2. names daskh5's writer stored (``DASKH5_DIMS``);
+    3. HDF5 dimension scales or labels (files written by h5py or netCDF);
+    4. generated: the first axis is ``row_<length>`` (so arrays and Tables with
+       as many rows share it, and names can never clash between groups), other
+       axes ``<variable>_dim_<axis>``.
+"""
+
+from __future__ import annotations
+
+import re
+import warnings
+
+import numpy as np
+
+from daskh5._nodes import describe_array, lookup, node_kind, open_h5
+from daskh5._reader import NodeReader
+from daskh5._safe_tables import restricted_loads
+from daskh5.errors import Daskh5Error, NodeNotFound
+
+__all__ = ["ATTR_COORDS", "ATTR_DIMS", "group_variables", "list_groups"]
+
+ATTR_DIMS = "DASKH5_DIMS"
+ATTR_COORDS = "DASKH5_COORDS"  # on a group: its non-index coordinate variables
+_SYSTEM = {
+    "CLASS", "VERSION", "TITLE", "FLAVOR", "EXTDIM", "PYTABLES_FORMAT_VERSION", "NROWS", "AUTO_INDEX",
+    "FILTERS", "DIRTY", "PSEUDOATOM", ATTR_DIMS, "DIMENSION_LIST", "REFERENCE_LIST", "NAME", "_Netcdf4Dimid",
+    "_Netcdf4Coordinates", "_nc3_strict",
+}  # fmt: skip
+_SYSTEM_PATTERN = re.compile(r"^(FIELD_\d+_(NAME|FILL)|DASKH5_.*)$")
+_GROUP_SKIP = {"_i_table"}  # PyTables' index containers
+
+
+class PickledAttribute(bytes):
+    """An attribute value PyTables stored as a pickle, left undecoded (it may hold code)."""
+
+
+def decode_attr(value, decode_pickles: bool = False):
+    """An HDF5 attribute value as a plain Python/numpy value, never running code."""
+    if isinstance(value, (bytes, np.bytes_)):
+        raw = bytes(value)
+        if raw.endswith(b".") and raw not in (b"0", b"0.") and (raw[:1] in (b"(", b"\x80") or b"\n" in raw):
+            if decode_pickles:
+                try:
+                    return restricted_loads(raw)
+                except Exception:
+                    return PickledAttribute(raw)
+            return PickledAttribute(raw)
+        try:
+            return raw.decode("utf-8")
+        except UnicodeDecodeError:
+            return raw
+    if isinstance(value, np.ndarray) and value.dtype.kind == "S":
+        return np.char.decode(value, "utf-8", "replace")
+    if isinstance(value, np.generic):
+        return value.item() if value.dtype.kind in "biufc" else value
+    return value
+
+
+def split_attrs(attrs, decode_pickles: bool) -> tuple[dict, dict]:
+    """(user attributes, PyTables/HDF5 bookkeeping) of an h5py attribute manager."""
+    user, system = {}, {}
+    for key in attrs:
+        try:
+            value = attrs[key]
+        except Exception:  # a type h5py cannot read: keep going
+            continue
+        if type(value).__name__ == "Empty":
+            value = ""
+        target = system if key in _SYSTEM or _SYSTEM_PATTERN.match(key) else user
+        target[key] = decode_attr(value, decode_pickles)
+    return user, system
+
+
+def _text(v) -> str:
+    return v.decode("utf-8", "replace") if isinstance(v, (bytes, np.bytes_)) else str(v)
+
+
+def list_groups(path: str, group: str | None = None) -> list[str]:
+    """Every group path under ``group`` (itself first), sorted, skipping PyTables index containers."""
+    import h5py
+
+    root = group or "/"
+    with open_h5(path) as f:
+        start = lookup(f, root) if root != "/" else f
+        if not isinstance(start, h5py.Group):
+            raise NodeNotFound(f"{path}: {root!r} is not a group")
+        out = [start.name]
+
+        def visit(name, obj):
+            if isinstance(obj, h5py.Group) and not any(p in _GROUP_SKIP for p in name.split("/")):
+                out.append(f"{start.name.rstrip('/')}/{name}")
+
+        start.visititems(visit)
+    return sorted(out, key=lambda p: (p.count("/"), p))
+
+
+class Entry:
+    """One variable before it becomes an ``xarray.Variable``."""
+
+    def __init__(self, name, reader, field, dims_hint, attrs, encoding, shape, dtype, node, axis_names=None):
+        self.name, self.reader, self.field = name, reader, field
+        self.dims_hint, self.attrs, self.encoding = dims_hint, attrs, encoding
+        self.shape, self.dtype, self.node = shape, dtype, node
+        self.axis_names = axis_names  # dimension names found in the file, if any
+
+
+def _scale_names(ds) -> tuple[str, ...] | None:
+    """Dimension names from HDF5 dimension scales or labels, if every axis has one."""
+    try:
+        names = []
+        for dim in ds.dims:
+            if len(dim):
+                names.append(dim[0].name.rsplit("/", 1)[-1])
+            elif dim.label:
+                names.append(dim.label)
+            else:
+                return None
+        return tuple(names)
+    except Exception:
+        return None
+
+
+def _array_encoding(info, system: dict) -> dict:
+    enc = {"pytables_attrs": system, "source_node": info.node}
+    if info.chunkshape:
+        enc["chunksizes"] = tuple(info.chunkshape)
+    codes = {32001: "blosc", 32026: "blosc2", 1: "zlib", 305: "lzo", 307: "bzip2"}
+    ids = [fid for fid, _ in info.filters]
+    enc["filters"] = tuple(codes.get(f, str(f)) for f in ids)
+    for fid, cd in info.filters:
+        if fid == 32001 and len(cd) >= 6:
+            names = {0: "blosclz", 1: "lz4", 2: "lz4hc", 3: "snappy", 4: "zlib", 5: "zstd"}
+            enc["complib"] = "blosc:" + names.get(cd[6], "blosclz") if len(cd) > 6 else "blosc"
+            enc["complevel"], enc["shuffle"], enc["bitshuffle"] = cd[4], cd[5] == 1, cd[5] == 2
+        elif fid == 1:
+            enc["complib"], enc["complevel"] = "zlib", cd[0] if cd else 0
+            enc["shuffle"] = 2 in ids
+    enc["fletcher32"] = 3 in ids
+    return enc
+
+
+def _leaf_entries(path, obj, kind, decode_pickles) -> list[Entry]:
+    info = describe_array(path, obj.name)
+    user, system = split_attrs(obj.attrs, decode_pickles)
+    stored = system.get(ATTR_DIMS)
+    hint = tuple(stored.split(",")) if isinstance(stored, str) and stored else None
+    axis_names = hint or _scale_names(obj)
+    name = obj.name.rsplit("/", 1)[-1]
+    return [Entry(name, NodeReader(info), None, None, user, _array_encoding(info, system), info.shape, info.dtype,
+                  obj.name, axis_names)]  # fmt: skip
+
+
+def _flatten_fields(dtype: np.dtype, prefix=()) -> list[tuple[tuple[str, ...], np.dtype]]:
+    out = []
+    for name in dtype.names:
+        sub = dtype.fields[name][0]
+        base = sub.subdtype[0] if sub.subdtype else sub
+        if base.fields is not None and not sub.subdtype:
+            out += _flatten_fields(base, (*prefix, name))
+        else:
+            out.append(((*prefix, name), sub))
+    return out
+
+
+def _table_entries(path, obj, decode_pickles, prefix: str) -> list[Entry]:
+    info = describe_array(path, obj.name, allow_table=True)
+    user, system = split_attrs(obj.attrs, decode_pickles)
+    reader = NodeReader(info)
+    enc = _array_encoding(info, system)
+    out = []
+    for field, sub in _flatten_fields(info.dtype):
+        base, extra = sub.subdtype if sub.subdtype else (sub, ())
+        name = prefix + ".".join(field)
+        out.append(
+            Entry(name, reader, field, None, dict(user), dict(enc), (*info.shape, *extra), base, obj.name)
+        )
+    return out
+
+
+def _pandas_entries(path, group, decode_pickles) -> tuple[list[Entry], list[Entry]] | None:
+    """(data variables, index coordinate) of a pandas ``format="table"`` frame, or None."""
+    gattrs = group.attrs
+    if _text(gattrs.get("pandas_type", b"")) != "frame_table" or "table" not in group:
+        return None
+    table = group["table"]
+    info = describe_array(path, table.name, allow_table=True)
+    reader = NodeReader(info)
+    tattrs = table.attrs
+    ginfo = decode_attr(gattrs["info"], True) if "info" in gattrs else {}
+    index_name = (ginfo.get("index", {}) if isinstance(ginfo, dict) else {}).get("index_name") or "index"
+    dim = str(index_name)
+    data, coords = [], []
+    for name in info.dtype.names:
+        sub = info.dtype.fields[name][0]
+        if name == "index":
+            kind = _text(tattrs.get("index_kind", b""))
+            coords.append(
+                Entry(
+                    dim,
+                    reader,
+                    ("index",),
+                    (dim,),
+                    {},
+                    {"pandas_index_kind": kind},
+                    info.shape,
+                    sub,
+                    table.name,
+                )
+            )
+            continue
+        labels = decode_attr(tattrs.get(f"{name}_kind", b""), True) if f"{name}_kind" in tattrs else [name]
+        meta = _text(tattrs.get(f"{name}_meta", b""))
+        if not isinstance(labels, list):
+            labels = [name]
+        base = sub.subdtype[0] if sub.subdtype else sub
+        for j, label in enumerate(labels):
+            attrs = {"_Encoding": "utf-8"} if meta == "str" and base.kind == "S" else {}
+            column = (name, j) if sub.subdtype else (name,)
+            data.append(
+                Entry(
+                    str(label),
+                    reader,
+                    column,
+                    (dim,),
+                    attrs,
+                    {"source_node": table.name},
+                    info.shape,
+                    base,
+                    table.name,
+                )
+            )
+    return data, coords
+
+
+def group_variables(path: str, group: str, decode_pickles: bool = False):
+    """(entries, group attributes, skipped-node messages, stored coordinate names) of one group."""
+    import h5py
+
+    with open_h5(path) as f:
+        g = lookup(f, group) if group not in ("/", "") else f
+        if not isinstance(g, h5py.Group):
+            raise NodeNotFound(f"{path}: {group!r} is a {node_kind(g)}, not a group")
+        gattrs, gsystem = split_attrs(g.attrs, decode_pickles)
+        pandas = _pandas_entries(path, g, decode_pickles)
+        if pandas is not None:  # pandas' bookkeeping (pickled column lists...) is not user metadata
+            data, coords = pandas
+            for e in coords + data:
+                e.encoding["pandas_attrs"] = gattrs
+            return coords + data, {}, [], []
+        entries, skipped = [], []
+        children = sorted(g.keys())
+        tables = [c for c in children if isinstance(g[c], h5py.Dataset) and node_kind(g[c]) == "Table"]
+        leaf_names = {c for c in children if c not in tables}
+        for child in children:
+            obj = g[child]
+            if not isinstance(obj, h5py.Dataset):
+                continue
+            kind = node_kind(obj)
+            try:
+                if kind == "Table":
+                    names = [".".join(fp) for fp, _ in _flatten_fields(obj.dtype)] if obj.dtype.names else []
+                    clash = len(tables) > 1 or any(n in leaf_names for n in names)
+                    entries += _table_entries(path, obj, decode_pickles, f"{child}." if clash else "")
+                elif kind == "VLArray":
+                    skipped.append(f"{obj.name} (VLArray: read it with daskh5.read_ragged)")
+                elif kind in ("Array", "CArray", "EArray", "Dataset"):
+                    entries += _leaf_entries(path, obj, kind, decode_pickles)
+                else:
+                    skipped.append(f"{obj.name} ({kind})")
+            except Daskh5Error as exc:
+                skipped.append(f"{obj.name} ({exc})")
+        ragged = [e.node for e in entries if f"{e.node}_start_and_stop" in f]
+        if ragged:
+            skipped.append(
+                "flat ragged layouts "
+                + ", ".join(ragged)
+                + " are exposed as flat arrays; daskh5.read_ragged "
+                "gives their samples"
+            )
+        stored = gsystem.get(ATTR_COORDS)
+        coord_names = [c for c in stored.split(",") if c] if isinstance(stored, str) else []
+        return entries, gattrs, skipped, coord_names
+
+
+def assign_dims(entries: list, overrides: dict | None) -> None:
+    """Set ``entry.dims`` by the rules in the module docstring."""
+    overrides = overrides or {}
+    for e in entries:
+        given = overrides.get(e.node if e.field is None else f"{e.node}/{'/'.join(map(str, e.field))}")
+        given = given or overrides.get(e.name)
+        if given is not None:
+            dims = (given,) if isinstance(given, str) else tuple(given)
+        elif e.dims_hint is not None:
+            dims = e.dims_hint + tuple(f"{e.name}_dim_{i}" for i in range(len(e.dims_hint), len(e.shape)))
+        elif e.axis_names is not None and len(e.axis_names) == len(e.shape):
+            dims = tuple(e.axis_names)
+        else:
+            dims = tuple(f"row_{e.shape[0]}" if i == 0 else f"{e.name}_dim_{i}" for i in range(len(e.shape)))
+        if len(dims) != len(e.shape):
+            raise ValueError(
+                f"dims for {e.node} ({e.name}): {dims} has {len(dims)} names for {len(e.shape)} axes"
+            )
+        e.dims = dims
+
+
+def warn_skipped(path: str, group: str, skipped: list[str]) -> None:
+    if skipped:
+        warnings.warn(
+            f"{path}:{group}: not opened as variables: " + "; ".join(skipped),
+            UserWarning,
+            stacklevel=4,
+        )

@@ -25,7 +25,7 @@ from daskh5.errors import (
     UnsupportedDtypeError,
 )
 
-__all__ = ["NodeInfo", "describe_array", "lookup", "node_kind", "open_file", "open_h5"]
+__all__ = ["NodeInfo", "describe_array", "lookup", "maybe_open", "node_kind", "open_file", "open_h5"]
 
 #: PyTables' ``CLASS`` attribute -> the name users know.
 _PYTABLES_CLASSES = {
@@ -206,19 +206,30 @@ def _compound_bools(tid, dtype: np.dtype) -> np.dtype:
     )  # fmt: skip
 
 
+@contextlib.contextmanager
+def maybe_open(path: str, f=None) -> Iterator:
+    """``f`` if the caller has the file open already, else the file opened for the block."""
+    if f is not None:
+        yield f
+    else:
+        with open_h5(path) as opened:
+            yield opened
+
+
 def describe_array(
-    path: str | os.PathLike, node: str, driver: str | None = None, *, allow_table: bool = False
+    path: str | os.PathLike, node: str, driver: str | None = None, *, allow_table: bool = False, f=None
 ) -> NodeInfo:
     """Describe the array node ``node`` of ``path`` (metadata only, never data).
 
     Raises a daskh5 error naming the file and node when the file is missing or
-    not HDF5, the node does not exist, or it is not an array node.
+    not HDF5, the node does not exist, or it is not an array node.  ``f``: an
+    h5py handle to ``path`` that is already open (e.g. when describing many nodes).
     """
     import h5py
 
     path = _absolute(path)
     st = os.stat(path) if os.path.exists(path) else None
-    with open_h5(path) as f:
+    with maybe_open(path, f) as f:
         obj = lookup(f, node)
         name = obj.name
         where = f"{path}:{name}"

@@ -109,12 +109,14 @@ class NodeReader:
     info : NodeInfo
         The node's description (from :func:`daskh5._nodes.describe_array`).
     index : ChunkIndex, optional
-        The chunk index; read on first use when not given.
+        The chunk index; read now when not given.
     driver : str, optional
         ``"H5FD_CORE"`` keeps a copy of the whole file in each process's memory.
+    f : h5py.File, optional
+        An open handle to the file, to read the chunk index without reopening it.
     """
 
-    def __init__(self, info: NodeInfo, index: ChunkIndex | None = None, driver: str | None = None):
+    def __init__(self, info: NodeInfo, index: ChunkIndex | None = None, driver: str | None = None, f=None):
         self.info = info
         self.index = index
         self.driver = driver
@@ -125,7 +127,7 @@ class NodeReader:
             info.layout == "chunked" and pipeline_supported(info.filters)
         )
         if info.layout == "chunked" and self.fast and index is None:
-            self.index = read_chunk_index(info)
+            self.index = read_chunk_index(info, f=f)
         if not self.fast:
             check_filters_available(info.path, info.node, info.filters)
 

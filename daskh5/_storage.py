@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from daskh5._nodes import NodeInfo, lookup, open_h5
+from daskh5._nodes import NodeInfo, lookup, maybe_open
 from daskh5.errors import NotHDF5Error
 
 __all__ = ["ChunkIndex", "read_chunk_index"]
@@ -39,9 +39,9 @@ def _grid(shape: tuple[int, ...], chunkshape: tuple[int, ...]) -> tuple[int, ...
     return tuple(-(-s // c) for s, c in zip(shape, chunkshape))
 
 
-def read_chunk_index(info: NodeInfo, mtime_ns: int | None = None) -> ChunkIndex:
-    """Read the chunk index of a chunked node as it is on disk now."""
-    with open_h5(info.path) as f:
+def read_chunk_index(info: NodeInfo, mtime_ns: int | None = None, f=None) -> ChunkIndex:
+    """Read the chunk index of a chunked node as it is on disk now (``f``: an open h5py handle)."""
+    with maybe_open(info.path, f) as f:
         ds = lookup(f, info.node)
         shape = tuple(int(s) for s in ds.shape)
         if any(s < o for s, o in zip(shape, info.shape)):

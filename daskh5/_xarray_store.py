@@ -157,13 +157,14 @@ def _array_encoding(info, system: dict) -> dict:
 
 
 def _leaf_entries(path, obj, kind, decode_pickles) -> list[Entry]:
-    info = describe_array(path, obj.name)
+    f = obj.file
+    info = describe_array(path, obj.name, f=f)
     user, system = split_attrs(obj.attrs, decode_pickles)
     stored = system.get(ATTR_DIMS)
     hint = tuple(stored.split(",")) if isinstance(stored, str) and stored else None
     axis_names = hint or _scale_names(obj)
     name = obj.name.rsplit("/", 1)[-1]
-    return [Entry(name, NodeReader(info), None, None, user, _array_encoding(info, system), info.shape, info.dtype,
+    return [Entry(name, NodeReader(info, f=f), None, None, user, _array_encoding(info, system), info.shape, info.dtype,
                   obj.name, axis_names)]  # fmt: skip
 
 
@@ -180,9 +181,9 @@ def _flatten_fields(dtype: np.dtype, prefix=()) -> list[tuple[tuple[str, ...], n
 
 
 def _table_entries(path, obj, decode_pickles, prefix: str) -> list[Entry]:
-    info = describe_array(path, obj.name, allow_table=True)
+    info = describe_array(path, obj.name, allow_table=True, f=obj.file)
     user, system = split_attrs(obj.attrs, decode_pickles)
-    reader = NodeReader(info)
+    reader = NodeReader(info, f=obj.file)
     enc = _array_encoding(info, system)
     out = []
     for field, sub in _flatten_fields(info.dtype):
@@ -200,8 +201,8 @@ def _pandas_entries(path, group, decode_pickles) -> tuple[list[Entry], list[Entr
     if _text(gattrs.get("pandas_type", b"")) != "frame_table" or "table" not in group:
         return None
     table = group["table"]
-    info = describe_array(path, table.name, allow_table=True)
-    reader = NodeReader(info)
+    info = describe_array(path, table.name, allow_table=True, f=group.file)
+    reader = NodeReader(info, f=group.file)
     tattrs = table.attrs
     ginfo = decode_attr(gattrs["info"], True) if "info" in gattrs else {}
     index_name = (ginfo.get("index", {}) if isinstance(ginfo, dict) else {}).get("index_name") or "index"

@@ -173,13 +173,25 @@ class PyTablesBackendEntrypoint(BackendEntrypoint):
         )  # fmt: skip
         root = list_groups(path, group)[0]
         out = {}
-        for g in list_groups(path, group):
+        for g in list_groups(path, group):  # parents come before their children
             rel = "/" + g[len(root) :].strip("/") if g != root else "/"
-            out[rel] = self.open_dataset(path, group=g, **kwargs)
+            out[rel] = _unclash(self.open_dataset(path, group=g, **kwargs), rel, out)
         return out
 
     def open_datatree(self, filename_or_obj, **kwargs) -> xr.DataTree:
         return xr.DataTree.from_dict(self.open_groups_as_dict(filename_or_obj, **kwargs))
+
+
+def _unclash(ds: xr.Dataset, path: str, opened: dict) -> xr.Dataset:
+    """Rename dims that an ancestor group uses with another size (a DataTree would reject them)."""
+    sizes: dict = {}
+    parts = [p for p in path.strip("/").split("/") if p]
+    for depth in range(len(parts)):
+        ancestor = opened.get("/" + "/".join(parts[:depth]) if depth else "/")
+        if ancestor is not None:
+            sizes.update(ancestor.sizes)
+    renames = {d: f"{d}_{n}" for d, n in ds.sizes.items() if d in sizes and sizes[d] != n}
+    return ds.rename_dims(renames) if renames else ds
 
 
 def _pandas_index(ds: xr.Dataset, store: PyTablesStore) -> xr.Dataset:

@@ -323,3 +323,14 @@ def test_round_trip_property(tmp_path_factory, shape, dtype, dims, attrs, chunke
         ds = ds.chunk(2)
     daskh5.to_pytables(ds, path, progress=False)
     xr.testing.assert_identical(xr.open_dataset(path, engine="daskh5").load(), ds.compute())
+
+
+def test_datatree_children_never_clash_with_parents(h5path):
+    with tables.open_file(h5path, "w") as f:
+        f.create_carray("/", "data", obj=np.zeros((4, 2)))
+        g = f.create_group("/", "child")
+        f.create_carray(g, "data", obj=np.ones((4, 3)))  # same generated name data_dim_1, other size
+    dt = xr.open_datatree(h5path, engine="daskh5")
+    assert dt["data"].dims == ("row_4", "data_dim_1")
+    assert dt["child/data"].shape == (4, 3) and dt["child/data"].dims[0] == "row_4"
+    assert dt["child/data"].dims[1] != "data_dim_1"

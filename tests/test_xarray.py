@@ -334,3 +334,35 @@ def test_datatree_children_never_clash_with_parents(h5path):
     assert dt["data"].dims == ("row_4", "data_dim_1")
     assert dt["child/data"].shape == (4, 3) and dt["child/data"].dims[0] == "row_4"
     assert dt["child/data"].dims[1] != "data_dim_1"
+
+
+def test_dimension_scales_from_h5py_files(h5path):
+    with h5py.File(h5path, "w") as f:
+        f["time"] = np.arange(4.0)
+        f["station"] = np.arange(3)
+        f["time"].make_scale("time")
+        f["station"].make_scale("station")
+        f["obs"] = np.arange(12.0).reshape(4, 3)
+        f["obs"].dims[0].attach_scale(f["time"])
+        f["obs"].dims[1].attach_scale(f["station"])
+        f["labelled"] = np.zeros((4, 2))
+        f["labelled"].dims[0].label = "time"
+        f["labelled"].dims[1].label = "pair"
+    ds = xr.open_dataset(h5path, engine="daskh5")
+    assert ds.obs.dims == ("time", "station") and ds.labelled.dims == ("time", "pair")
+    assert "time" in ds.coords and ds.time.values.tolist() == [0.0, 1.0, 2.0, 3.0]
+
+
+def test_what_h5netcdf_cannot_do_works_here(h5path):
+    import hdf5plugin  # noqa: F401
+
+    with tables.open_file(h5path, "w") as f:
+        f.create_table("/", "t", obj=np.array([(1.5, True), (2.5, False)], dtype=[("x", "f8"), ("ok", "?")]))
+        f.root._v_attrs.config = {"alpha": 1}  # pickled by PyTables
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        theirs = xr.open_dataset(h5path, engine="h5netcdf", phony_dims="sort")
+    assert theirs["t"].dtype.names is not None  # a structured array xarray cannot compute on
+    ours = xr.open_dataset(h5path, engine="daskh5", decode_pickles=True)
+    assert float(ours.x.sum()) == 4.0 and ours.ok.dtype == bool
+    assert ours.attrs["config"] == {"alpha": 1}

@@ -30,7 +30,6 @@ FLETCHER32_ID = 3
 BLOSC_ID = 32001
 BLOSC2_ID = 32026
 
-Buffer = "bytes | bytearray | memoryview | np.ndarray"
 Decoder = Callable[..., object]
 
 _BLOSC_HEADER = struct.Struct("<BBBBIII")

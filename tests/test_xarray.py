@@ -366,3 +366,16 @@ def test_what_h5netcdf_cannot_do_works_here(h5path):
     ours = xr.open_dataset(h5path, engine="daskh5", decode_pickles=True)
     assert float(ours.x.sum()) == 4.0 and ours.ok.dtype == bool
     assert ours.attrs["config"] == {"alpha": 1}
+
+
+@pytest.mark.cluster
+def test_on_a_distributed_cluster(h5path, cluster_client):
+    """Backend arrays pickle to worker processes; writing a Dataset uses the cluster too."""
+    seed_file(h5path, n=50_000)
+    ds = xr.open_dataset(h5path, engine="daskh5", chunks={})
+    with tables.open_file(h5path) as f:
+        want = f.root.data.read()
+    np.testing.assert_allclose(cluster_client.compute(ds.data.sum(axis=0).data).result(), want.sum(axis=0))
+    out = h5path.replace(".h5", "-out.h5")
+    daskh5.to_pytables(ds[["data"]], out, progress=False)
+    xr.testing.assert_identical(xr.open_dataset(out, engine="daskh5").load(), ds[["data"]].load())

@@ -10,14 +10,13 @@ append that was killed midway are ignored by readers.
 from __future__ import annotations
 
 import os
-import tempfile
 from collections.abc import Iterable, Iterator
 
 import numpy as np
 
 from daskh5._chunking import resolve_budget
 from daskh5._layout import ATTR_KIND, ATTR_NDIM, ATTR_NSAMPLES, ATTR_SHAPE, ATTR_START_STOP
-from daskh5._safe_tables import open_tables
+from daskh5._safe_tables import atomic_target, open_tables
 from daskh5.errors import NodeKindError, RaggedLayoutError
 
 __all__ = ["write_ragged"]
@@ -244,29 +243,15 @@ def write_ragged(
         dtype, ndim = first_arr.dtype, first_arr.ndim
         if first_arr.dtype.kind == "O":
             raise TypeError("write_ragged: samples must be numeric, bool or bytes arrays, not objects")
-    fresh = mode == "w" or not os.path.exists(path)
-    target = path
-    if fresh:
-        fd, target = tempfile.mkstemp(
-            prefix=f".{os.path.basename(path)}.", suffix=".tmp", dir=os.path.dirname(path)
-        )
-        os.close(fd)
-    try:
-        with open_tables(target, "w" if fresh else "a") as f:
-            writer = _Writer(f, node, dtype, ndim, filters, expectedrows)
-            try:
-                _stream_into(writer, first_arr, stream, resolve_budget_or_count(batch_size), progress, total)
-                writer.commit()
-            except BaseException:
-                if not fresh:
-                    writer.rollback()
-                raise
-        if fresh:
-            os.replace(target, path)
-    except BaseException:
-        if fresh and os.path.exists(target):
-            os.remove(target)
-        raise
+    with atomic_target(path, mode) as (target, fresh), open_tables(target, "w" if fresh else "a") as f:
+        writer = _Writer(f, node, dtype, ndim, filters, expectedrows)
+        try:
+            _stream_into(writer, first_arr, stream, resolve_budget_or_count(batch_size), progress, total)
+            writer.commit()
+        except BaseException:
+            if not fresh:
+                writer.rollback()
+            raise
 
 
 def resolve_budget_or_count(batch_size) -> tuple[str, int]:

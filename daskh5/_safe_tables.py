@@ -1,4 +1,4 @@
-"""Open files with PyTables (for writing) without letting them run code.
+"""Write with PyTables safely: no code run from the file, no half-written new file.
 
 PyTables unpickles string attributes ending in ``b"."`` when a file or node
 is opened.  daskh5 writes with PyTables, and writing into an existing file
@@ -13,11 +13,13 @@ from __future__ import annotations
 
 import contextlib
 import io
+import os
 import pickle
+import tempfile
 import threading
 from collections.abc import Iterator
 
-__all__ = ["open_tables", "restricted_loads"]
+__all__ = ["atomic_target", "open_tables", "restricted_loads"]
 
 _SAFE = {
     ("builtins", name)
@@ -109,3 +111,29 @@ def open_tables(path: str, mode: str, **kwargs) -> Iterator:
             yield f
         finally:
             f.close()
+
+
+@contextlib.contextmanager
+def atomic_target(path: str, mode: str) -> Iterator[tuple[str, bool]]:
+    """``(target, fresh)``: where a writer should write ``path``.
+
+    A new file (``mode="w"``, or ``path`` missing) is written under a temporary
+    name next to ``path`` and renamed into place only if the block succeeds; if
+    it fails the temporary file is removed, so ``path`` is absent or as it was.
+    An existing file opened in ``"a"`` is written in place (``fresh`` is False:
+    the writer undoes its own changes on failure).
+    """
+    if mode != "w" and os.path.exists(path):
+        yield path, False
+        return
+    fd, target = tempfile.mkstemp(
+        prefix=f".{os.path.basename(path)}.", suffix=".tmp", dir=os.path.dirname(path)
+    )
+    os.close(fd)
+    try:
+        yield target, True
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.remove(target)
+        raise
+    os.replace(target, path)

@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import contextlib
 import os
-import tempfile
 
 import numpy as np
 
-from daskh5._safe_tables import open_tables
+from daskh5._safe_tables import atomic_target, open_tables
 from daskh5._xarray_store import ATTR_COORDS, ATTR_DIMS
 from daskh5.errors import NodeExistsError
 
@@ -55,10 +54,6 @@ def _encoded(obj):
 
 def write_xarray(obj, path, group: str, *, filters, mode: str, overwrite: bool, progress: bool) -> None:
     """Every variable of ``obj`` as a node of ``group`` (see :func:`daskh5.to_pytables`)."""
-    import dask.array as da
-
-    from daskh5.writer import to_pytables
-
     path = os.path.abspath(os.fspath(path))
     group = "/" + group.strip("/") if group and group != "/" else ""
     variables, attrs, ds = _encoded(obj)
@@ -66,59 +61,58 @@ def write_xarray(obj, path, group: str, *, filters, mode: str, overwrite: bool, 
     for var in variables.values():  # our own record of coordinates replaces CF's attribute
         var.attrs.pop("coordinates", None)
     attrs.pop("coordinates", None)
-    fresh = mode == "w" or not os.path.exists(path)
-    target = path
-    if fresh:
-        fd, target = tempfile.mkstemp(
-            prefix=f".{os.path.basename(path)}.", suffix=".tmp", dir=os.path.dirname(path)
-        )
-        os.close(fd)
-        with open_tables(target, "w"):
-            pass
-    written: list[str] = []
-    try:
-        with open_tables(target, "a") as f:
-            for name in variables:
-                node = f"{group}/{name}"
-                if node in f and not overwrite:
-                    raise NodeExistsError(f"{path}:{node} already exists; pass overwrite=True to replace it")
-        for name, var in variables.items():
+    with atomic_target(path, mode) as (target, fresh):
+        if fresh:
+            with open_tables(target, "w"):
+                pass
+        written: list[str] = []
+        try:
+            _write_variables(target, path, group, variables, filters, overwrite, progress, written)
+            with open_tables(target, "a") as f:
+                where = f.get_node(group or "/")
+                for key, value in attrs.items():
+                    where._v_attrs[key] = _plain(value)
+                if extra_coords:
+                    where._v_attrs[ATTR_COORDS] = ",".join(extra_coords)
+        except BaseException:
+            if not fresh:  # a fresh file is discarded whole
+                with contextlib.suppress(Exception), open_tables(target, "a") as f:
+                    for node in written:
+                        if node in f:
+                            f.remove_node(node)
+            raise
+
+
+def _write_variables(target, path, group, variables, filters, overwrite, progress, written: list) -> None:
+    """Each variable as a node of ``group`` in ``target``; ``written`` collects the nodes made."""
+    import dask.array as da
+
+    from daskh5.writer import to_pytables
+
+    with open_tables(target, "a") as f:
+        for name in variables:
             node = f"{group}/{name}"
-            node_attrs = {
-                **{k: _plain(v) for k, v in var.attrs.items()},
-                ATTR_DIMS: ",".join(map(str, var.dims)),
-            }
-            if var.ndim == 0:
-                _write_scalar(target, node, var, node_attrs, overwrite)
-            else:
-                data = var.data if isinstance(var.data, da.Array) else np.asarray(var.values)
-                chunks = var.encoding.get("chunksizes")
-                chunkshape = tuple(int(c) for c in chunks) if chunks and len(chunks) == var.ndim else None
-                if chunkshape and any(c > max(s, 1) for c, s in zip(chunkshape, var.shape, strict=True)):
-                    chunkshape = None
-                to_pytables(
-                    data, target, node, filters=_filters_from_encoding(var.encoding, filters), chunkshape=chunkshape,
-                    attrs=node_attrs, overwrite=overwrite, progress=progress,
-                )  # fmt: skip
-            written.append(node)
-        with open_tables(target, "a") as f:
-            where = f.get_node(group or "/")
-            for key, value in attrs.items():
-                where._v_attrs[key] = _plain(value)
-            if extra_coords:
-                where._v_attrs[ATTR_COORDS] = ",".join(extra_coords)
-        if fresh:
-            os.replace(target, path)
-    except BaseException:
-        if fresh:
-            with contextlib.suppress(OSError):
-                os.remove(target)
+            if node in f and not overwrite:
+                raise NodeExistsError(f"{path}:{node} already exists; pass overwrite=True to replace it")
+    for name, var in variables.items():
+        node = f"{group}/{name}"
+        node_attrs = {
+            **{k: _plain(v) for k, v in var.attrs.items()},
+            ATTR_DIMS: ",".join(map(str, var.dims)),
+        }
+        if var.ndim == 0:
+            _write_scalar(target, node, var, node_attrs, overwrite)
         else:
-            with contextlib.suppress(Exception), open_tables(target, "a") as f:
-                for node in written:
-                    if node in f:
-                        f.remove_node(node)
-        raise
+            data = var.data if isinstance(var.data, da.Array) else np.asarray(var.values)
+            chunks = var.encoding.get("chunksizes")
+            chunkshape = tuple(int(c) for c in chunks) if chunks and len(chunks) == var.ndim else None
+            if chunkshape and any(c > max(s, 1) for c, s in zip(chunkshape, var.shape, strict=True)):
+                chunkshape = None
+            to_pytables(
+                data, target, node, filters=_filters_from_encoding(var.encoding, filters), chunkshape=chunkshape,
+                attrs=node_attrs, overwrite=overwrite, progress=progress,
+            )  # fmt: skip
+        written.append(node)
 
 
 def _plain(value):

@@ -10,7 +10,6 @@ from __future__ import annotations
 import contextlib
 import os
 import queue
-import tempfile
 import threading
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -19,7 +18,7 @@ import numpy as np
 
 from daskh5._chunking import budget_chunks
 from daskh5._encode import encoder_for
-from daskh5._safe_tables import open_tables
+from daskh5._safe_tables import atomic_target, open_tables
 from daskh5.errors import (
     Daskh5Error,
     IncompatibleArrayError,
@@ -373,14 +372,7 @@ def to_pytables(
         )
     filters = _default_filters() if filters is None else filters
     _refuse_if_open(path)
-    fresh = mode == "w" or not os.path.exists(path)
-    target = path
-    if fresh:
-        fd, target = tempfile.mkstemp(
-            prefix=f".{os.path.basename(path)}.", suffix=".tmp", dir=os.path.dirname(path)
-        )
-        os.close(fd)
-    try:
+    with atomic_target(path, mode) as (target, fresh):
         with open_tables(target, "w" if fresh else "a") as f:
             leaf_path, exists, cs = _create_node(
                 f, x, node, kind, filters, chunkshape, title, attrs or {}, overwrite
@@ -401,15 +393,10 @@ def to_pytables(
                     f.remove_node(node, recursive=True)
                     f.rename_node(leaf_path, node.rsplit("/", 1)[1])
         except BaseException:
-            with contextlib.suppress(Exception), open_tables(target, "a") as f:
-                f.remove_node(leaf_path)
+            if not fresh:  # a fresh file is discarded whole
+                with contextlib.suppress(Exception), open_tables(target, "a") as f:
+                    f.remove_node(leaf_path)
             raise
-        if fresh:
-            os.replace(target, path)
-    except BaseException:
-        if fresh and os.path.exists(target):
-            os.remove(target)
-        raise
 
 
 def _create_node(

@@ -29,14 +29,12 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import shutil
-import statistics
 import tempfile
-import time
 
 import numpy as np
 import tables
+from _common import machine_line, median_time
 
 import daskh5
 
@@ -52,15 +50,6 @@ def make_samples(n: int, seed: int = 0) -> list[np.ndarray]:
     values = rng.integers(-(2**31), 2**31 - 1, size=int(np.prod(shapes, axis=1).sum()), dtype=np.int32)
     ends = np.cumsum(np.prod(shapes, axis=1))
     return [v.reshape(s) for v, s in zip(np.split(values, ends[:-1]), shapes, strict=True)]
-
-
-def median_time(fn, repeat: int) -> float:
-    times = []
-    for _ in range(repeat):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
 
 
 # -- readers -------------------------------------------------------------------------------
@@ -131,9 +120,7 @@ def main(argv: list[str] | None = None) -> int:
         args.getter_samples, args.sample_writes, args.element_writes = 10_000, 10_000, 200
     folder = tempfile.mkdtemp(prefix="daskh5-ragged-", dir=args.dir)
     path = os.path.join(folder, "ragged.h5")
-    print(
-        f"machine: {os.cpu_count()} cores, {platform.processor() or platform.machine()}, {platform.python_version()}"
-    )
+    print(machine_line())
     print(f"versions: daskh5 {daskh5.__version__}, tables {tables.__version__}, numpy {np.__version__}")
     try:
         samples = make_samples(args.samples)

@@ -23,16 +23,15 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import shutil
 import statistics
 import subprocess
 import sys
 import tempfile
 import textwrap
-import time
 
 import numpy as np
+from _common import machine_line, median_time
 
 BAR_VS_PYTABLES = 1.5
 BAR_PEAK_MB = 1024
@@ -41,15 +40,6 @@ BAR_PEAK_MB = 1024
 def random_walk(rows: int, seed: int = 0) -> np.ndarray:
     rng = np.random.default_rng(seed)
     return np.cumsum(rng.normal(size=(rows, 2)), axis=0)
-
-
-def median_time(fn, repeat: int) -> float:
-    times = []
-    for _ in range(repeat):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
 
 
 MEMORY_SCRIPT = textwrap.dedent(
@@ -94,7 +84,7 @@ def main(argv: list[str] | None = None) -> int:
     rows = args.mb * 1_000_000 // 16
     folder = tempfile.mkdtemp(prefix="daskh5-write-", dir=args.dir)
     filters = tables.Filters(complevel=5, complib="blosc:lz4", shuffle=True)
-    print(f"machine: {os.cpu_count()} cores, {platform.machine()}, Python {platform.python_version()}")
+    print(machine_line())
     print(
         f"versions: daskh5 {daskh5.__version__}, tables {tables.__version__}, h5py {h5py.__version__}, "
         f"hdf5plugin {hdf5plugin.version}, numpy {np.__version__}"

@@ -18,23 +18,12 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import shutil
-import statistics
 import tempfile
-import time
 import warnings
 
 import numpy as np
-
-
-def median_time(fn, repeat: int) -> float:
-    times = []
-    for _ in range(repeat):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
+from _common import machine_line, median_time
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -54,7 +43,7 @@ def main(argv: list[str] | None = None) -> int:
         args.mb, args.repeat = 80, 3
     folder = tempfile.mkdtemp(prefix="daskh5-xr-")
     filters = tables.Filters(5, "blosc:lz4", shuffle=True)
-    print(f"machine: {os.cpu_count()} cores, {platform.machine()}, Python {platform.python_version()}")
+    print(machine_line())
     print(f"versions: daskh5 {daskh5.__version__}, xarray {xr.__version__}, tables {tables.__version__}")
     warnings.simplefilter("ignore")  # h5netcdf warns about phony dimensions on every open
     try:

@@ -29,7 +29,7 @@ import daskh5  # noqa: E402
 # -- Project -------------------------------------------------------------------------
 project = "daskh5"
 author = "the daskh5 developers"
-copyright = "the daskh5 developers"  # noqa: A001
+copyright = "the daskh5 developers"
 version = daskh5.__version__
 release = daskh5.__version__
 

@@ -59,6 +59,48 @@ def restricted_loads(data: bytes, *, encoding: str = "ASCII", errors: str = "str
     return _RestrictedUnpickler(io.BytesIO(data), encoding=encoding, errors=errors).load()
 
 
+class Opaque:
+    """Stand-in for an object a pickle names but daskh5 will not build (nothing of it runs).
+
+    ``repr`` shows what the file asked for, e.g. ``pandas._libs.tslibs.offsets.Day(...)``.
+    """
+
+    _qualname = "?"
+
+    def __new__(cls, *args, **kwargs):
+        return object.__new__(cls)
+
+    def __init__(self, *args, **kwargs):
+        self.args = args
+
+    def __setstate__(self, state):
+        self.state = state
+
+    def __repr__(self) -> str:
+        args = ", ".join(map(repr, getattr(self, "args", ())))
+        return f"{self._qualname}({args})"
+
+
+class _OpaqueUnpickler(_RestrictedUnpickler):
+    def find_class(self, module: str, name: str):
+        if (module, name) in _SAFE:
+            return super().find_class(module, name)
+        return type(name, (Opaque,), {"_qualname": f"{module}.{name}"})
+
+
+def opaque_loads(data: bytes):
+    """Like :func:`restricted_loads`, but anything else becomes an inert :class:`Opaque` stand-in.
+
+    For reading the plain parts of metadata that also names library objects
+    (pandas' ``info`` attribute holds offsets and time zones next to column names).
+
+    >>> out = opaque_loads(pickle.dumps({"name": "when", "buf": io.BytesIO(b"x")}))
+    >>> out["name"], isinstance(out["buf"], Opaque)
+    ('when', True)
+    """
+    return _OpaqueUnpickler(io.BytesIO(data), encoding="latin1").load()
+
+
 class _SafePickle:
     """Stands in for the ``pickle`` module inside ``tables.attributeset``."""
 

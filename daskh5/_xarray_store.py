@@ -195,17 +195,55 @@ def _table_entries(path, obj, decode_pickles, prefix: str) -> list[Entry]:
     return out
 
 
-def _pandas_entries(path, group, decode_pickles) -> tuple[list[Entry], list[Entry]] | None:
-    """(data variables, index coordinate) of a pandas ``format="table"`` frame, or None."""
+_PANDAS_TABLES = ("frame_table", "series_table")
+
+
+def _pandas_dtype(stored: np.dtype, kind: str) -> np.dtype:
+    """The dtype pandas meant for a column stored as ``stored`` with ``*_dtype``/``index_kind`` ``kind``.
+
+    pandas keeps datetimes and timedeltas as int64 plus a note of their unit;
+    the values are reinterpreted (a view), never parsed.
+    """
+    for prefix in ("datetime64", "timedelta64"):
+        if kind.startswith(prefix) and stored == np.dtype("<i8"):
+            try:
+                return np.dtype(kind if "[" in kind else f"{prefix}[ns]")
+            except TypeError:
+                return stored
+    return stored
+
+
+def _opaque_attr(value):
+    from daskh5._safe_tables import opaque_loads
+
+    try:
+        return opaque_loads(bytes(value))
+    except Exception:
+        return None
+
+
+def _pandas_entries(path, group, decode_pickles) -> tuple[list[Entry], list[Entry], list[str]] | None:
+    """(data variables, index coordinates, names of the extra coordinates) of a pandas table, or None.
+
+    ``df.to_hdf(format="table")`` frames and series: columns under their real
+    labels, the index as the dimension coordinate; a MultiIndex's levels
+    become non-dimension coordinates along the row dimension (pandas stores
+    them as data columns), so ``ds.set_index(index=[...])`` rebuilds it.
+    """
     gattrs = group.attrs
-    if _text(gattrs.get("pandas_type", b"")) != "frame_table" or "table" not in group:
+    if _text(gattrs.get("pandas_type", b"")) not in _PANDAS_TABLES or "table" not in group:
         return None
     table = group["table"]
     info = describe_array(path, table.name, allow_table=True, f=group.file)
     reader = NodeReader(info, f=group.file)
     tattrs = table.attrs
-    ginfo = decode_attr(gattrs["info"], True) if "info" in gattrs else {}
-    index_name = (ginfo.get("index", {}) if isinstance(ginfo, dict) else {}).get("index_name") or "index"
+    ginfo = _opaque_attr(gattrs.get("info", b""))
+    ginfo = ginfo if isinstance(ginfo, dict) else {}
+    index_info = ginfo.get("index") if isinstance(ginfo.get("index"), dict) else {}
+    index_name = index_info.get("index_name")
+    index_name = index_name if isinstance(index_name, str) and index_name else "index"
+    levels = decode_attr(gattrs["levels"], True) if "levels" in gattrs else None
+    levels = [v for v in levels if isinstance(v, str)] if isinstance(levels, list) else []
     dim = str(index_name)
     data, coords = [], []
     for name in info.dtype.names:
@@ -213,41 +251,35 @@ def _pandas_entries(path, group, decode_pickles) -> tuple[list[Entry], list[Entr
         if name == "index":
             kind = _text(tattrs.get("index_kind", b""))
             coords.append(
-                Entry(
-                    dim,
-                    reader,
-                    ("index",),
-                    (dim,),
-                    {},
-                    {"pandas_index_kind": kind},
-                    info.shape,
-                    sub,
-                    table.name,
-                )
-            )
+                Entry(dim, reader, ("index",), (dim,), {}, {"pandas_index_kind": kind}, info.shape,
+                      _pandas_dtype(sub, kind), table.name)
+            )  # fmt: skip
             continue
         labels = decode_attr(tattrs.get(f"{name}_kind", b""), True) if f"{name}_kind" in tattrs else [name]
         meta = _text(tattrs.get(f"{name}_meta", b""))
         if not isinstance(labels, list):
             labels = [name]
         base = sub.subdtype[0] if sub.subdtype else sub
+        base = _pandas_dtype(base, _text(tattrs.get(f"{name}_dtype", b"")))
         for j, label in enumerate(labels):
             attrs = {"_Encoding": "utf-8"} if meta == "str" and base.kind == "S" else {}
+            column_info = ginfo.get(name) if isinstance(ginfo.get(name), dict) else {}
+            if column_info.get("tz") is not None:  # values are UTC; the zone object is not rebuilt
+                attrs["pandas_timezone"] = repr(column_info["tz"])
             column = (name, j) if sub.subdtype else (name,)
-            data.append(
-                Entry(
-                    str(label),
-                    reader,
-                    column,
-                    (dim,),
-                    attrs,
-                    {"source_node": table.name},
-                    info.shape,
-                    base,
-                    table.name,
-                )
+            entry = Entry(
+                str(label),
+                reader,
+                column,
+                (dim,),
+                attrs,
+                {"source_node": table.name},
+                info.shape,
+                base,
+                table.name,
             )
-    return data, coords
+            (coords if str(label) in levels else data).append(entry)
+    return data, coords, [c.name for c in coords if c.name != dim]
 
 
 def group_variables(path: str, group: str, decode_pickles: bool = False):
@@ -261,10 +293,10 @@ def group_variables(path: str, group: str, decode_pickles: bool = False):
         gattrs, gsystem = split_attrs(g.attrs, decode_pickles)
         pandas = _pandas_entries(path, g, decode_pickles)
         if pandas is not None:  # pandas' bookkeeping (pickled column lists...) is not user metadata
-            data, coords = pandas
+            data, coords, coord_names = pandas
             for e in coords + data:
                 e.encoding["pandas_attrs"] = gattrs
-            return coords + data, {}, [], []
+            return coords + data, {}, [], coord_names
         entries, skipped = [], []
         children = sorted(g.keys())
         tables = [c for c in children if isinstance(g[c], h5py.Dataset) and node_kind(g[c]) == "Table"]

@@ -51,7 +51,10 @@ class PyTablesArray(BackendArray):
         rows = self.reader[key[:1]]
         for part in self.field:
             rows = rows[part] if isinstance(part, str) else rows[:, part]
-        return np.asarray(rows[(slice(None), *key[1:])]) if len(key) > 1 else np.asarray(rows)
+        out = np.asarray(rows[(slice(None), *key[1:])]) if len(key) > 1 else np.asarray(rows)
+        if out.dtype != self.dtype and self.dtype.kind in "mM":  # pandas' int64 datetimes
+            out = out.view(self.dtype)
+        return out
 
 
 class PyTablesStore(AbstractDataStore):

@@ -163,6 +163,62 @@ def test_pandas_hdfstore_frame(h5path):
     assert not any(isinstance(v, bytes) for v in ds.attrs.values())
 
 
+def test_pandas_multiindex_series_and_datetimes(h5path):
+    mi = pd.DataFrame(
+        {"a": np.arange(6.0), "c": np.arange(6) % 2 == 0},
+        index=pd.MultiIndex.from_product([[1, 2], [10, 20, 30]], names=["g", "h"]),
+    )
+    mi.to_hdf(h5path, key="mi", format="table")
+    series = pd.Series(np.arange(4.0), name="s")
+    series.to_hdf(h5path, key="ser", format="table")
+    when = pd.date_range("2021-01-01", periods=3, name="when", freq="D")
+    frame = pd.DataFrame(
+        {
+            "v": [1.0, 2.0, 3.0],
+            "t": pd.date_range("2020", periods=3),
+            "utc": pd.date_range("2020", periods=3, tz="UTC"),
+        },
+        index=when,
+    )
+    frame.to_hdf(h5path, key="dt", format="table")
+
+    ds = xr.open_dataset(h5path, engine="daskh5", group="/mi")
+    assert {"g", "h"} <= set(ds.coords) and set(ds.data_vars) == {"a", "c"}
+    back = ds.set_index(index=["g", "h"]).to_dataframe()[["a", "c"]]
+    back.index.names = ["g", "h"]
+    pd.testing.assert_frame_equal(back, mi)
+
+    ds = xr.open_dataset(h5path, engine="daskh5", group="/ser")
+    np.testing.assert_array_equal(ds.s.values, series.values)
+
+    ds = xr.open_dataset(h5path, engine="daskh5", group="/dt")  # index name and offset are pickled
+    assert ds.v.dims == ("when",)
+    np.testing.assert_array_equal(ds.when.values, when.values.astype("datetime64[ns]"))
+    np.testing.assert_array_equal(ds.t.values, frame.t.values)
+    np.testing.assert_array_equal(ds.utc.values, frame.utc.dt.tz_localize(None).values)
+    assert "timezone" in ds.utc.attrs["pandas_timezone"]
+
+
+def test_pandas_metadata_pickles_never_run(h5path, tmp_path):
+    marker = tmp_path / "pwned"
+
+    class Trap:
+        def __reduce__(self):
+            return (open, (str(marker), "w"))
+
+    pd.DataFrame({"a": [1.0, 2.0]}).to_hdf(h5path, key="frame", format="table")
+    with tables.open_file(h5path, "a") as f:
+        info = f.root.frame._v_attrs.info
+        info["index"]["index_name"] = Trap()
+        f.root.frame._v_attrs.info = info
+        f.root.frame._v_attrs.levels = Trap()
+        f.root.frame.table.attrs.values_block_0_kind = Trap()
+    ds = xr.open_dataset(h5path, engine="daskh5", group="/frame")
+    ds.load()
+    assert not marker.exists()
+    assert ds["values_block_0"].dims == ("index",)  # refused labels: the stored names are used
+
+
 def test_datatree(h5path):
     with tables.open_file(h5path, "w") as f:
         f.create_carray("/", "top", obj=np.arange(5.0))

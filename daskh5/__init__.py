@@ -10,6 +10,7 @@ from __future__ import annotations
 from daskh5._files import close_files
 from daskh5._ragged_write import write_ragged
 from daskh5.array import from_pytables
+from daskh5.batches import iter_batches
 from daskh5.errors import (
     ChunkDecodeError,
     Daskh5Error,
@@ -24,6 +25,7 @@ from daskh5.errors import (
     UnsupportedFilterError,
 )
 from daskh5.ragged import RaggedArray, open_ragged, read_ragged
+from daskh5.stats import LabelStats, label_stats
 from daskh5.writer import append, to_pytables
 
 __version__ = "0.1.0"
@@ -33,6 +35,7 @@ __all__ = [
     "Daskh5Error",
     "FileNotFound",
     "IncompatibleArrayError",
+    "LabelStats",
     "NodeExistsError",
     "NodeKindError",
     "NodeNotFound",
@@ -45,6 +48,8 @@ __all__ = [
     "append",
     "close_files",
     "from_pytables",
+    "iter_batches",
+    "label_stats",
     "open_ragged",
     "read_ragged",
     "to_pytables",

@@ -1,0 +1,276 @@
+"""Per-label statistics in one pass over data far bigger than memory.
+
+:func:`label_stats` reduces a ``(n, d)`` array and its ``(n,)`` labels block by
+block: every block yields, for each label it contains, the count, mean,
+centred scatter matrix, minimum and maximum; partial results merge pairwise
+(Chan et al.'s parallel update), so neither the labels nor their number need
+to be known in advance and no block is read twice.
+
+>>> import dask.array as da, numpy as np
+>>> x = da.from_array(np.array([[0.0, 1.0], [2.0, 3.0], [10.0, 10.0], [4.0, 5.0]]), chunks=2)
+>>> labels = da.from_array(np.array([1, 1, 7, 1]), chunks=2)
+>>> s = label_stats(x, labels)
+>>> s.labels.tolist(), s.count.tolist()
+([1, 7], [3, 1])
+>>> s.mean[0].tolist(), s.max[0].tolist()
+([2.0, 3.0], [4.0, 5.0])
+>>> s.cov[0].tolist()
+[[4.0, 4.0], [4.0, 4.0]]
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+__all__ = ["LabelStats", "label_stats"]
+
+
+@dataclass(frozen=True)
+class LabelStats:
+    """Statistics of the rows of each label, in ascending label order.
+
+    ``count`` has shape ``(k,)``; ``sum``, ``mean``, ``var``, ``std``, ``min``
+    and ``max`` have shape ``(k, d)``; ``cov`` has shape ``(k, d, d)``. ``var``,
+    ``std`` and ``cov`` use ``ddof`` (1 by default, like ``np.cov`` and pandas);
+    a label with ``count <= ddof`` gets NaN there.
+    """
+
+    labels: np.ndarray
+    count: np.ndarray
+    sum: np.ndarray
+    mean: np.ndarray
+    var: np.ndarray
+    std: np.ndarray
+    min: np.ndarray
+    max: np.ndarray
+    cov: np.ndarray
+    ddof: int = 1
+
+    def to_dataset(self):
+        """The statistics as an :class:`xarray.Dataset` with a ``label`` dimension."""
+        import xarray as xr
+
+        d = self.mean.shape[1]
+        coords = {"label": self.labels, "dim": np.arange(d), "dim2": np.arange(d)}
+        data = {
+            "count": (("label",), self.count),
+            **{k: (("label", "dim"), getattr(self, k)) for k in ("sum", "mean", "var", "std", "min", "max")},
+            "cov": (("label", "dim", "dim2"), self.cov),
+        }
+        return xr.Dataset(data, coords=coords, attrs={"ddof": self.ddof})
+
+    def to_frame(self):
+        """The statistics as a :class:`pandas.DataFrame`, one row per label."""
+        import pandas as pd
+
+        d = self.mean.shape[1]
+        cols = {"count": self.count}
+        for k in ("mean", "std", "min", "max"):
+            for j in range(d):
+                cols[f"{k}_{j}"] = getattr(self, k)[:, j]
+        for i in range(d):
+            for j in range(i, d):
+                cols[f"cov_{i}{j}"] = self.cov[:, i, j]
+        return pd.DataFrame(cols, index=pd.Index(self.labels, name="label"))
+
+    def table(self) -> str:
+        """A fixed-width text table for terminals (what ``daskh5 stats`` prints)."""
+        d = self.mean.shape[1]
+        head = f"{'label':>8} {'count':>12}" + "".join(
+            f" {f'{k}[{j}]':>10}" for k in ("mean", "std", "min", "max") for j in range(d)
+        )
+        head += "".join(f" {f'cov[{i},{j}]':>10}" for i in range(d) for j in range(i, d))
+        rows = [head]
+        for r, label in enumerate(self.labels.tolist()):
+            line = f"{label!s:>8} {self.count[r]:>12,d}"
+            line += "".join(
+                f" {getattr(self, k)[r, j]:>10.4f}" for k in ("mean", "std", "min", "max") for j in range(d)
+            )
+            line += "".join(f" {self.cov[r, i, j]:>10.4f}" for i in range(d) for j in range(i, d))
+            rows.append(line)
+        return "\n".join(rows)
+
+
+# A partial result: (labels, count, mean, m2, min, max), labels sorted and unique.
+_Partial = tuple
+
+
+def _block_stats(x: np.ndarray, labels: np.ndarray) -> _Partial:
+    """The statistics of one block, for the labels it holds."""
+    x = np.asarray(x)
+    labels = np.asarray(labels).reshape(-1)
+    if x.ndim == 1:
+        x = x[:, None]
+    if x.shape[0] != labels.shape[0]:
+        raise ValueError(f"a block of {x.shape[0]} rows came with {labels.shape[0]} labels")
+    x = x.astype(np.float64, copy=False)
+    d = x.shape[1]
+    if labels.size == 0:
+        empty = np.empty((0, d))
+        return labels[:0], np.zeros(0, np.int64), empty, np.empty((0, d, d)), empty, empty
+    uniq, inverse = _factorize(labels)
+    k = uniq.size
+    count = np.bincount(inverse, minlength=k)
+    # One stable sort by label (a radix sort when there are few labels) makes
+    # every per-label reduction a reduceat over contiguous runs.
+    small = inverse.astype(np.uint8 if k <= 256 else np.uint16 if k <= 65536 else np.intp)
+    order = np.argsort(small, kind="stable")
+    xs = x[order]
+    starts = np.concatenate(([0], np.cumsum(count)[:-1]))
+    total = np.add.reduceat(xs, starts, axis=0)
+    mean = total / count[:, None]
+    centred = xs - np.repeat(mean, count, axis=0)
+    m2 = np.empty((k, d, d))
+    for i in range(d):
+        for j in range(i, d):
+            m2[:, i, j] = m2[:, j, i] = np.add.reduceat(centred[:, i] * centred[:, j], starts)
+    return (
+        uniq,
+        count.astype(np.int64),
+        mean,
+        m2,
+        np.minimum.reduceat(xs, starts, axis=0),
+        np.maximum.reduceat(xs, starts, axis=0),
+    )
+
+
+def _factorize(labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(sorted distinct labels, position of each label among them), cheaply for small integer ranges."""
+    if labels.dtype.kind in "iub":
+        lo, hi = int(labels.min()), int(labels.max())
+        if hi - lo <= 4 * labels.size + 1024:  # a dense range: counting beats sorting
+            offset = (labels.astype(np.int64) - lo) if labels.dtype.kind != "b" else labels.astype(np.int64)
+            present = np.bincount(offset, minlength=hi - lo + 1) > 0
+            rank = np.cumsum(present) - 1
+            values = np.flatnonzero(present) + lo
+            return values.astype(labels.dtype), rank[offset]
+    return np.unique(labels, return_inverse=True)
+
+
+def _merge(a: _Partial, b: _Partial) -> _Partial:
+    """Two partial results as one (Chan, Golub and LeVeque's pairwise update)."""
+    la, lb = a[0], b[0]
+    if la.size == 0:
+        return b
+    if lb.size == 0:
+        return a
+    labels = np.union1d(la, lb)
+    k, d = labels.size, a[2].shape[1]
+    ia, ib = np.searchsorted(labels, la), np.searchsorted(labels, lb)
+    count = np.zeros(k, np.int64)
+    count[ia] += a[1]
+    count[ib] += b[1]
+    na, nb = np.zeros(k), np.zeros(k)
+    na[ia], nb[ib] = a[1], b[1]
+    ma, mb = np.zeros((k, d)), np.zeros((k, d))
+    ma[ia], mb[ib] = a[2], b[2]
+    delta = mb - ma
+    n = na + nb
+    mean = ma + delta * (nb / n)[:, None]
+    m2 = np.zeros((k, d, d))
+    m2[ia] += a[3]
+    m2[ib] += b[3]
+    m2 += delta[:, :, None] * delta[:, None, :] * (na * nb / n)[:, None, None]
+    lo = np.full((k, d), np.inf)
+    hi = np.full((k, d), -np.inf)
+    lo[ia], hi[ia] = a[4], a[5]
+    lo[ib] = np.minimum(lo[ib], b[4])
+    hi[ib] = np.maximum(hi[ib], b[5])
+    return labels, count, mean, m2, lo, hi
+
+
+def _merge_all(parts: list) -> _Partial:
+    while len(parts) > 1:
+        parts = [
+            _merge(*parts[i : i + 2]) if i + 1 < len(parts) else parts[i] for i in range(0, len(parts), 2)
+        ]
+    return parts[0]
+
+
+def _finish(part: _Partial, ddof: int) -> LabelStats:
+    labels, count, mean, m2, lo, hi = part
+    with np.errstate(invalid="ignore", divide="ignore"):
+        denom = (count - ddof).astype(np.float64)
+        denom[denom <= 0] = np.nan
+        cov = m2 / denom[:, None, None]
+    var = np.diagonal(cov, axis1=1, axis2=2).copy()
+    return LabelStats(
+        labels=labels,
+        count=count,
+        sum=mean * count[:, None],
+        mean=mean,
+        var=var,
+        std=np.sqrt(var),
+        min=lo,
+        max=hi,
+        cov=cov,
+        ddof=ddof,
+    )
+
+
+def label_stats(data, labels, *, ddof: int = 1, split_every: int = 8, compute: bool = True, **compute_kwargs):
+    """Count, sum, mean, var/std, min, max and covariance of ``data``'s rows for each label.
+
+    Parameters
+    ----------
+    data : dask or numpy array, shape ``(n, d)`` or ``(n,)``
+        For example ``daskh5.from_pytables(path, "/data", chunks="64MiB")``: the
+        chunks are the memory budget, each is read once.
+    labels : dask or numpy array, shape ``(n,)``
+        Any integer, bool, float or string labels; the set of labels is found on
+        the way (a dense integer range by counting, anything else by sorting).
+    ddof : int
+        Delta degrees of freedom of ``var``, ``std`` and ``cov`` (1: sample statistics).
+    split_every : int
+        How many partial results each merge task combines (the tree's fan-in).
+    compute : bool
+        False returns a :class:`dask.delayed.Delayed` of the :class:`LabelStats`.
+    **compute_kwargs
+        Passed to ``dask.compute`` (for example ``scheduler="processes"``); on a
+        ``distributed.Client`` the work runs on its cluster by default.
+
+    Returns
+    -------
+    LabelStats
+    """
+    import dask
+    import dask.array as da
+
+    data = (
+        data
+        if isinstance(data, da.Array)
+        else da.from_array(np.asarray(data), chunks=(1 << 20,) + np.shape(data)[1:])
+    )
+    labels = (
+        labels if isinstance(labels, da.Array) else da.from_array(np.asarray(labels), chunks=data.chunks[0])
+    )
+    if data.ndim == 1:
+        data = data[:, None]
+    if data.ndim != 2 or labels.ndim != 1:
+        raise ValueError(
+            f"label_stats wants data of shape (n, d) and labels of shape (n,), got {data.shape} and {labels.shape}"
+        )
+    if data.shape[0] != labels.shape[0]:
+        raise ValueError(
+            f"data has {data.shape[0]} rows but labels has {labels.shape[0]}: they must match row for row"
+        )
+    if data.numblocks[1] != 1:
+        data = data.rechunk({1: -1})
+    if labels.chunks[0] != data.chunks[0]:
+        labels = labels.rechunk({0: data.chunks[0]})
+    blocks = [
+        dask.delayed(_block_stats, pure=True)(xb, lb)
+        for xb, lb in zip(data.to_delayed().ravel(), labels.to_delayed().ravel(), strict=True)
+    ]
+    if not blocks:
+        blocks = [dask.delayed(_block_stats)(np.empty((0, data.shape[1])), np.empty(0, labels.dtype))]
+    split_every = max(2, int(split_every))
+    while len(blocks) > 1:
+        blocks = [
+            dask.delayed(_merge_all, pure=True)(blocks[i : i + split_every])
+            for i in range(0, len(blocks), split_every)
+        ]
+    result = dask.delayed(_finish, pure=True)(blocks[0], ddof)
+    return result.compute(**compute_kwargs) if compute else result

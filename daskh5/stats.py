@@ -97,14 +97,26 @@ class LabelStats:
 _Partial = tuple
 
 
+_PIECE = 1 << 15  # rows per piece: a piece's temporaries stay in cache and in malloc's heap
+
+
 def _block_stats(x: np.ndarray, labels: np.ndarray) -> _Partial:
-    """The statistics of one block, for the labels it holds."""
+    """The statistics of one block, for the labels it holds (in cache-sized pieces, merged)."""
     x = np.asarray(x)
     labels = np.asarray(labels).reshape(-1)
     if x.ndim == 1:
         x = x[:, None]
     if x.shape[0] != labels.shape[0]:
         raise ValueError(f"a block of {x.shape[0]} rows came with {labels.shape[0]} labels")
+    n = labels.shape[0]
+    if n > _PIECE:
+        return _merge_all(
+            [_piece_stats(x[i : i + _PIECE], labels[i : i + _PIECE]) for i in range(0, n, _PIECE)]
+        )
+    return _piece_stats(x, labels)
+
+
+def _piece_stats(x: np.ndarray, labels: np.ndarray) -> _Partial:
     x = x.astype(np.float64, copy=False)
     d = x.shape[1]
     if labels.size == 0:
@@ -113,27 +125,25 @@ def _block_stats(x: np.ndarray, labels: np.ndarray) -> _Partial:
     uniq, inverse = _factorize(labels)
     k = uniq.size
     count = np.bincount(inverse, minlength=k)
-    # One stable sort by label (a radix sort when there are few labels) makes
-    # every per-label reduction a reduceat over contiguous runs.
-    small = inverse.astype(np.uint8 if k <= 256 else np.uint16 if k <= 65536 else np.intp)
-    order = np.argsort(small, kind="stable")
-    xs = x[order]
-    starts = np.concatenate(([0], np.cumsum(count)[:-1]))
-    total = np.add.reduceat(xs, starts, axis=0)
-    mean = total / count[:, None]
-    centred = xs - np.repeat(mean, count, axis=0)
+    # Column by column, with 1-d bincounts and ufunc.at (both fast paths in
+    # numpy): means first, then scatter of the values centred on their own
+    # label's mean (two passes over the block in memory, none over the file).
+    cols = [x[:, j] for j in range(d)]
+    mean = np.empty((k, d))
+    lo, hi = np.full((k, d), np.inf), np.full((k, d), -np.inf)
+    centred = []
+    for j, col in enumerate(cols):
+        mean[:, j] = np.bincount(inverse, weights=col, minlength=k) / count
+        centred.append(col - mean[:, j][inverse])
+        lo_j, hi_j = lo[:, j].copy(), hi[:, j].copy()
+        np.minimum.at(lo_j, inverse, col)
+        np.maximum.at(hi_j, inverse, col)
+        lo[:, j], hi[:, j] = lo_j, hi_j
     m2 = np.empty((k, d, d))
     for i in range(d):
         for j in range(i, d):
-            m2[:, i, j] = m2[:, j, i] = np.add.reduceat(centred[:, i] * centred[:, j], starts)
-    return (
-        uniq,
-        count.astype(np.int64),
-        mean,
-        m2,
-        np.minimum.reduceat(xs, starts, axis=0),
-        np.maximum.reduceat(xs, starts, axis=0),
-    )
+            m2[:, i, j] = m2[:, j, i] = np.bincount(inverse, weights=centred[i] * centred[j], minlength=k)
+    return uniq, count.astype(np.int64), mean, m2, lo, hi
 
 
 def _factorize(labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

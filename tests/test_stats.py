@@ -214,3 +214,12 @@ def test_iter_batches_errors_and_ragged(h5path):
     batches = list(daskh5.iter_batches(daskh5.open_ragged(h5path, "/tokens"), 10))
     assert [len(b) for b in batches] == [10, 10, 9]
     assert all(np.array_equal(a, b) for a, b in zip([s for b in batches for s in b], samples, strict=True))
+
+
+def test_label_stats_merges_pieces_within_a_block(monkeypatch):
+    """Blocks are reduced in cache-sized pieces; make pieces tiny so every merge path runs."""
+    monkeypatch.setattr(daskh5.stats, "_PIECE", 37)
+    rng = np.random.default_rng(11)
+    x = rng.normal(size=(5000, 3)) * 10 + 1e5
+    labels = rng.choice(np.array([2, 9, 40, 41]), size=5000, p=[0.7, 0.2, 0.09, 0.01])
+    check(daskh5.label_stats(da.from_array(x, chunks=(2000, 3)), labels), reference(x, labels))

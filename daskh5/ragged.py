@@ -48,6 +48,8 @@ def _split(values: np.ndarray, starts, stops, shapes, ndim: int) -> list[np.ndar
     return [values[a:b] for a, b in bounds]
 
 
+_LONG_SAMPLE = 256  # elements: longer samples are taken by slices, shorter by positions
+
 _vl_lock = threading.Lock()
 _vl_files: dict[tuple[str, int], object] = {}
 
@@ -190,6 +192,8 @@ class RaggedArray(Sequence):
         if lay.kind == "flat":
             starts, stops = lay.starts[idx], lay.stops[idx]
             lengths = stops - starts
+            if lengths.mean() >= _LONG_SAMPLE:  # long samples: slices of runs beat per-value positions
+                return self._take_spans(idx)
             positions = np.repeat(starts - np.cumsum(lengths) + lengths, lengths) + np.arange(lengths.sum())
             values = self._flat[positions] if positions.size else np.empty(0, self.dtype)
             ends = np.cumsum(lengths)
@@ -201,6 +205,22 @@ class RaggedArray(Sequence):
         fixed = _fix_vl(rows, lay.dtype, shapes, lay.atom_shape, 0, lay.path, lay.node)
         where = np.searchsorted(order, idx)
         return [fixed[w] for w in where]
+
+    def _take_spans(self, idx: np.ndarray) -> list[np.ndarray]:
+        """Samples at ``idx`` read as slices: one read per run of nearby samples, gaps bounded."""
+        lay = self.layout
+        order = np.unique(idx)
+        starts, stops = lay.starts[order], lay.stops[order]
+        shapes = None if lay.shapes is None else lay.shapes[order]
+        # a new read wherever the gap to the next sample is bigger than that sample
+        gaps = starts[1:] - stops[:-1]
+        cut = np.flatnonzero(gaps > np.maximum(stops[1:] - starts[1:], _LONG_SAMPLE)) + 1
+        found: list[np.ndarray] = []
+        for a, b in zip(np.concatenate(([0], cut)), np.concatenate((cut, [order.size]))):
+            part = None if shapes is None else shapes[a:b]
+            found += _split_flat(self._flat, starts[a:b], stops[a:b], part, lay.ndim)
+        where = np.searchsorted(order, idx)
+        return [found[w] for w in where]
 
     def __getitem__(self, key):
         n = len(self)

@@ -419,3 +419,23 @@ def test_write_into_untrusted_file_runs_no_code(h5path, tmp_path, rng):
     assert not marker.exists()
     with tables.open_file(h5path) as f:  # and PyTables users still find their data
         assert f.root.other[:].tolist() == [0, 1, 2]
+
+
+def test_take_long_samples_by_slices(h5path):
+    """Long samples (images) selected by list or mask are read as runs of slices, not per value."""
+    rng = np.random.default_rng(4)
+    images = [
+        rng.integers(0, 255, size=(rng.integers(20, 40), rng.integers(20, 40), 3), dtype=np.uint8)
+        for _ in range(200)
+    ]
+    daskh5.write_ragged(images, h5path, "/img", progress=False)
+    r = daskh5.open_ragged(h5path, "/img")
+    mask = rng.random(200) < 0.3
+    for key, want in [
+        (mask, [im for im, m in zip(images, mask) if m]),
+        ([150, 3, 3, 199, 0, -1], [images[i] for i in (150, 3, 3, 199, 0, -1)]),
+        (slice(190, 10, -7), images[190:10:-7]),
+    ]:
+        got = r[key]
+        assert len(got) == len(want)
+        assert all(g.shape == w.shape and np.array_equal(g, w) for g, w in zip(got, want))

@@ -270,6 +270,7 @@ def to_pytables(
     chunkshape: tuple[int, ...] | None = None,
     title: str = "",
     attrs: dict | None = None,
+    dims: tuple[str, ...] | None = None,
     mode: str = "a",
     overwrite: bool = False,
     progress: bool = True,
@@ -304,6 +305,10 @@ def to_pytables(
     title : str
     attrs : dict, optional
         Attributes to set on the node (plain values: numbers, strings, arrays).
+    dims : tuple of str, optional
+        Dimension names, one per axis, stored (``DASKH5_DIMS``) for
+        ``xr.open_dataset(path, engine="daskh5")``: arrays of a file that share
+        a name share a dimension.
     mode : {"a", "w"}
         ``"w"`` writes a new file; ``"a"`` creates the file if needed or adds
         the node to it.
@@ -353,7 +358,7 @@ def to_pytables(
     if not compute:
         return _deferred(
             to_pytables, x, path, node, kind=kind, filters=filters, chunkshape=chunkshape, title=title,
-            attrs=attrs, mode=mode, overwrite=overwrite, progress=progress, compute=True,
+            attrs=attrs, dims=dims, mode=mode, overwrite=overwrite, progress=progress, compute=True,
         )  # fmt: skip
     if kind not in ("carray", "earray"):
         raise ValueError(f"to_pytables: kind must be 'carray' or 'earray', got {kind!r}")
@@ -371,6 +376,15 @@ def to_pytables(
             f"{path}:{node}: a 0-d value is not a chunked array; store it with tables' create_array"
         )
     filters = _default_filters() if filters is None else filters
+    if dims is not None:
+        dims = (dims,) if isinstance(dims, str) else tuple(dims)
+        if len(dims) != x.ndim or not all(isinstance(d, str) and d and "," not in d for d in dims):
+            raise ValueError(
+                f"{path}:{node}: dims must be {x.ndim} non-empty names without commas (one per axis), got {dims!r}"
+            )
+        from daskh5._xarray_store import ATTR_DIMS
+
+        attrs = {**(attrs or {}), ATTR_DIMS: ",".join(dims)}
     _refuse_if_open(path)
     with atomic_target(path, mode) as (target, fresh):
         with open_tables(target, "w" if fresh else "a") as f:

@@ -435,3 +435,15 @@ def test_on_a_distributed_cluster(h5path, cluster_client):
     out = h5path.replace(".h5", "-out.h5")
     daskh5.to_pytables(ds[["data"]], out, progress=False)
     xr.testing.assert_identical(xr.open_dataset(out, engine="daskh5").load(), ds[["data"]].load())
+
+
+def test_to_pytables_dims_for_plain_arrays(h5path):
+    """Arrays written with dims= open in xarray with those names, shared across nodes."""
+    daskh5.to_pytables(np.ones((10, 2)), h5path, "/data", dims=("sample", "xy"), progress=False)
+    daskh5.to_pytables(np.arange(10), h5path, "/clusters", dims="sample", progress=False)
+    ds = xr.open_dataset(h5path, engine="daskh5")
+    assert ds.data.dims == ("sample", "xy") and ds.clusters.dims == ("sample",)
+    with pytest.raises(ValueError, match="one per axis"):
+        daskh5.to_pytables(np.ones((3, 2)), h5path, "/bad", dims=("only",), progress=False)
+    with tables.open_file(h5path) as f:
+        assert "/bad" not in f

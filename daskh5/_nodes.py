@@ -90,7 +90,9 @@ def open_file(path: str | os.PathLike, driver: str | None = None):
         try:
             return h5py.File(path, "r", locking=False, **kwargs)
         except OSError as exc:
-            if "lock" not in str(exc).lower():
+            # only a lock problem is retried: HDF5's message for a truncated file also
+            # contains "lock" (sblock), and must keep its own explanation
+            if not any(m in str(exc).lower() for m in ("unable to lock", "locking flag")):
                 raise
             # this process already has the file open through h5py with locking on: match it
             return h5py.File(path, "r", **kwargs)
@@ -216,6 +218,9 @@ def maybe_open(path: str, f=None) -> Iterator:
             yield opened
 
 
+ATTR_APPENDING = "DASKH5_APPENDING"  # on an EArray while daskh5.append writes: the committed length
+
+
 def describe_array(
     path: str | os.PathLike, node: str, driver: str | None = None, *, allow_table: bool = False, f=None
 ) -> NodeInfo:
@@ -257,11 +262,15 @@ def describe_array(
         except Exception as exc:
             raise NotHDF5Error(f"{where}: could not read the node's storage metadata: {exc}") from exc
         extdim = obj.attrs.get("EXTDIM") if kind == "EArray" else None
+        shape = [int(s) for s in obj.shape]
+        committed = obj.attrs.get(ATTR_APPENDING) if extdim is not None else None
+        if committed is not None and 0 <= int(committed) < shape[int(extdim)]:
+            shape[int(extdim)] = int(committed)  # rows of an unfinished daskh5.append are not shown
         return NodeInfo(
             path=path,
             node=name,
             kind=kind,
-            shape=tuple(int(s) for s in obj.shape),
+            shape=tuple(shape),
             dtype=dtype,
             disk_dtype=disk,
             layout=layout,

@@ -7,13 +7,15 @@ reader finds any chunk's file offset without another HDF5 call.
 
 from __future__ import annotations
 
+import os
 import threading
+import time
 from dataclasses import dataclass
 
 import numpy as np
 
 from daskh5._nodes import NodeInfo, lookup, maybe_open
-from daskh5.errors import NotHDF5Error
+from daskh5.errors import ChunkDecodeError, NotHDF5Error
 
 __all__ = ["ChunkIndex", "read_chunk_index"]
 
@@ -89,7 +91,30 @@ def current_index(info: NodeInfo, index: ChunkIndex, mtime_ns: int) -> ChunkInde
         cached = _fresh.get(key)
     if cached is not None and cached.mtime_ns == mtime_ns:
         return cached
-    fresh = read_chunk_index(info, mtime_ns)
-    with _fresh_lock:
-        _fresh[key] = fresh
-    return fresh
+    for attempt in range(_RETRIES):
+        fresh = read_chunk_index(info, mtime_ns)
+        lost = _lost_chunks(index, fresh)
+        if lost is None:
+            with _fresh_lock:
+                _fresh[key] = fresh
+            return fresh
+        # Another process is flushing the index (a chunk the dask array saw is
+        # missing now): read it again in a moment, never serve fill values.
+        time.sleep(0.01 * 2**attempt)
+        mtime_ns = os.stat(info.path).st_mtime_ns
+    raise ChunkDecodeError(
+        f"{info.path}:{info.node}: chunk {lost} vanished from the chunk index while another process "
+        "was writing the file; read again when the writer is done"
+    )
+
+
+_RETRIES = 8  # about 2.5 s of waiting in all
+
+
+def _lost_chunks(old: ChunkIndex, new: ChunkIndex) -> tuple[int, ...] | None:
+    """The grid position of a chunk ``old`` had and ``new`` lacks, or None."""
+    region = tuple(slice(0, min(a, b)) for a, b in zip(old.grid, new.grid))
+    gone = (old.offsets[region] >= 0) & (new.offsets[region] < 0)
+    if not gone.any():
+        return None
+    return tuple(int(i) for i in np.argwhere(gone)[0])

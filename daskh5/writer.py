@@ -18,6 +18,7 @@ import numpy as np
 
 from daskh5._chunking import budget_chunks
 from daskh5._encode import encoder_for
+from daskh5._nodes import ATTR_APPENDING
 from daskh5._safe_tables import atomic_target, open_tables
 from daskh5.errors import (
     Daskh5Error,
@@ -484,12 +485,19 @@ def append(x: Any, path: str | os.PathLike, node: str, *, progress: bool = True,
             raise NodeKindError(f"{where} is a {type(leaf).__name__}, not an EArray; only EArrays can grow")
         _check_append(leaf, x, where)
         axis, before = leaf.extdim, leaf.nrows
+        if ATTR_APPENDING in leaf.attrs:  # an earlier append was killed: drop its partial rows
+            before = min(before, int(leaf.attrs[ATTR_APPENDING]))
+            leaf.truncate(before)
         cs = tuple(int(c) for c in leaf.chunkshape)
         encoder = encoder_for(leaf.filters, leaf.atom.dtype, cs)
         xs = x.astype(leaf.atom.dtype) if x.dtype != leaf.atom.dtype else x
         xs = np.moveaxis(xs, axis, 0) if axis else xs
         n = xs.shape[0]
         head = min(n, (-before) % cs[axis])  # rows that fill the partly written last chunk
+        # Readers show only the committed length while the attribute is there:
+        # the new rows appear at once, when every chunk of them is written.
+        leaf.attrs[ATTR_APPENDING] = before
+        f.flush()
         try:
             leaf.truncate(before + n)
             if head:
@@ -499,6 +507,7 @@ def append(x: Any, path: str | os.PathLike, node: str, *, progress: bool = True,
                 leaf[tuple(index)] = np.moveaxis(block, 0, axis) if axis else block
         except BaseException:
             leaf.truncate(before)
+            del leaf.attrs[ATTR_APPENDING]
             raise
     try:
         rest = xs[head:]
@@ -510,7 +519,10 @@ def append(x: Any, path: str | os.PathLike, node: str, *, progress: bool = True,
     except BaseException:
         with open_tables(path, "a") as f:
             f.get_node(node).truncate(before)
+            del f.get_node(node).attrs[ATTR_APPENDING]
         raise
+    with open_tables(path, "a") as f:  # commit: the new rows are complete
+        del f.get_node(node).attrs[ATTR_APPENDING]
 
 
 def _check_append(leaf, x, where: str) -> None:

@@ -234,6 +234,7 @@ def test_blosc2_every_rank(h5path, shape, codec, rng):
 def test_file_already_open_in_h5py(h5path, rng):
     """A user's own h5py handle (HDF5 file locking on) does not stop daskh5 from reading."""
     import h5py
+    import hdf5plugin  # noqa: F401  (for the comparison read through h5py)
 
     data = sample("float64", (1000, 2), rng)
     write_node(h5path, "carray", data, filters=FILTERS["blosc-lz4-shuffle"])

@@ -98,6 +98,11 @@ def close_files() -> None:
                 pass
         _fds.clear()
         _images.clear()
+    for hook in _close_hooks:
+        hook()
+
+
+_close_hooks: list = []  # other modules' caches of open files (VLArray handles)
 
 
 atexit.register(close_files)

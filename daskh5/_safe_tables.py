@@ -148,7 +148,17 @@ def open_tables(path: str, mode: str, **kwargs) -> Iterator:
 
     with _no_unpickling(), warnings.catch_warnings():
         warnings.simplefilter("ignore", tables.NaturalNameWarning)
-        f = tables.open_file(path, mode, **kwargs)
+        try:
+            f = tables.open_file(path, mode, **kwargs)
+        except (OSError, tables.HDF5ExtError) as exc:
+            if mode != "r" and "unable to lock" in str(exc).lower():
+                from daskh5.errors import FileBusyError
+
+                raise FileBusyError(
+                    f"{path} is open in another process (HDF5 locks it while it is open); close it "
+                    "there before writing, or write to another file"
+                ) from None
+            raise
         try:
             yield f
         finally:
@@ -178,4 +188,11 @@ def atomic_target(path: str, mode: str) -> Iterator[tuple[str, bool]]:
         with contextlib.suppress(OSError):
             os.remove(target)
         raise
+    os.chmod(target, 0o666 & ~_umask())  # mkstemp makes it 0600; a new file gets the usual mode
     os.replace(target, path)
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask

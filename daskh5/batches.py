@@ -52,9 +52,10 @@ def iter_batches(
     ----------
     x : dask array, numpy array, or :class:`daskh5.RaggedArray`
         For example ``daskh5.from_pytables(path, "/data")``. A ragged array
-        yields lists of samples (its own :meth:`~daskh5.RaggedArray.iter_batches`).
+        yields lists of samples, read ahead the same way.
     batch_size : int or str
-        Rows per batch (int), or a byte budget (``"64MiB"``) turned into rows.
+        Rows (samples) per batch (int), or a byte budget (``"64MiB"``): rows of
+        an array, runs of whole samples of a ragged array.
     prefetch : int
         Batches read ahead while the caller holds the current one (0: read on
         demand). At most ``1 + prefetch`` batches exist at once.
@@ -76,18 +77,34 @@ def iter_batches(
     if prefetch < 0:
         raise ValueError(f"prefetch must be >= 0, got {prefetch}")
     if isinstance(x, RaggedArray):
-        yield from x.iter_batches(batch_size)
-        return
-    if not hasattr(x, "shape") or len(x.shape) == 0:
-        raise TypeError(f"iter_batches wants an array with at least one axis, got {type(x).__name__}")
-    rows = _rows_per_batch(x, batch_size)
-    n = x.shape[0]
-    stops = range(rows, n + 1, rows) if drop_last else range(rows, n + rows, rows)
-    bounds = [(stop - rows, min(stop, n)) for stop in stops]
+        n = len(x)
+        if isinstance(batch_size, str):
+            bounds = x._runs(batch_size)  # runs of whole samples within the byte budget
+        else:
+            rows = _rows_per_batch(np.empty((0, 1)), batch_size)  # an int: samples per batch
+            bounds = [(i, min(n, i + rows)) for i in range(0, n, rows)]
+        if (
+            drop_last
+            and isinstance(batch_size, (int, np.integer))
+            and bounds
+            and bounds[-1][1] - bounds[-1][0] < batch_size
+        ):
+            bounds = bounds[:-1]
 
-    def load(i0: int, i1: int) -> np.ndarray:
-        part = x[i0:i1]
-        return np.asarray(part.compute(**compute_kwargs) if hasattr(part, "compute") else part)
+        def load(i0: int, i1: int) -> list:
+            return x._run(i0, i1)
+
+    else:
+        if not hasattr(x, "shape") or len(x.shape) == 0:
+            raise TypeError(f"iter_batches wants an array with at least one axis, got {type(x).__name__}")
+        rows = _rows_per_batch(x, batch_size)
+        n = x.shape[0]
+        stops = range(rows, n + 1, rows) if drop_last else range(rows, n + rows, rows)
+        bounds = [(stop - rows, min(stop, n)) for stop in stops]
+
+        def load(i0: int, i1: int) -> np.ndarray:
+            part = x[i0:i1]
+            return np.asarray(part.compute(**compute_kwargs) if hasattr(part, "compute") else part)
 
     if prefetch == 0:
         for i0, i1 in bounds:

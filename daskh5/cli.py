@@ -95,7 +95,7 @@ def _node_record(obj, budget: int) -> dict:
         return rec
     raw = int(np.prod(obj.shape, dtype=np.int64)) * obj.dtype.itemsize
     rec["raw_bytes"] = raw
-    rec["ratio"] = round(raw / stored, 3) if stored else None
+    rec["ratio"] = raw / stored if stored else None
     if obj.shape and obj.dtype.names is None:
         chunks = budget_chunks(
             tuple(obj.shape), tuple(obj.chunks) if obj.chunks else None, obj.dtype.itemsize, budget
@@ -189,7 +189,7 @@ def format_info(report: dict) -> str:
         text += f" chunks {tuple(r['chunkshape'])}" if r["chunkshape"] else " contiguous"
         text += f"  {r['filters']}"
         if r.get("raw_bytes") is not None:
-            ratio = f" ({r['ratio']:.2f}x)" if r.get("ratio") else ""
+            ratio = f" ({r['ratio']:.3g}x)" if r.get("ratio") else ""
             text += f"  {_size(r['raw_bytes'])} -> {_size(r['stored_bytes'])}{ratio}"
         else:
             text += f"  stored {_size(r['stored_bytes'])}"
@@ -233,15 +233,20 @@ def _scheduler(address: str | None, workers: int):
         if address in (None, "threads", "sync", "processes"):
             yield {"scheduler": address or "threads"}, None
             return
-        import distributed
+        try:
+            import distributed
+        except ImportError as exc:
+            raise CommandError("a cluster needs dask.distributed: pip install 'daskh5[demo]'") from exc
 
         if address == "local":
+            if workers < 1:
+                raise CommandError(f"--workers must be at least 1 for a local cluster, got {workers}")
             with (
                 distributed.LocalCluster(
                     n_workers=workers,
                     threads_per_worker=1,
                     processes=True,
-                    dashboard_address=None,
+                    dashboard_address=":0",  # a free port: never clashes with a running dashboard
                     silence_logs=40,
                 ) as cluster,
                 distributed.Client(cluster) as client,
@@ -436,7 +441,9 @@ def _cmd_demo(args) -> int:
     )
     with _scheduler("local" if args.workers > 0 else "threads", args.workers) as (kwargs, client):
         if client is not None:
-            print(f"  cluster: {len(client.scheduler_info()['workers'])} worker processes, dashboard off")
+            print(
+                f"  cluster: {len(client.scheduler_info()['workers'])} worker processes, dashboard {client.dashboard_link}"
+            )
         t0 = time.perf_counter()
         write_clusters(path, n, budget=args.budget, progress=not args.no_progress)
         print(f"  wrote in {time.perf_counter() - t0:.1f} s; file is {os.path.getsize(path) / 1e9:.2f} GB")
@@ -489,7 +496,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     q.add_argument("--out", default="daskh5-demo", help="output directory (default ./daskh5-demo)")
     q.add_argument(
-        "--workers", type=int, default=2, help="worker processes of the LocalCluster (0: threads only)"
+        "--workers", type=_count, default=2, help="worker processes of the LocalCluster (0: threads only)"
     )
     q.add_argument("--budget", default="64MiB", help="memory budget per dask block (default 64MiB)")
     q.add_argument(
@@ -509,7 +516,7 @@ def _parser() -> argparse.ArgumentParser:
         help="a distributed scheduler ADDRESS (tcp://host:8786), 'local' for a new LocalCluster, "
         "or threads/processes/sync (default threads)",
     )
-    q.add_argument("--workers", type=int, default=2, help="worker processes with --scheduler local")
+    q.add_argument("--workers", type=_positive, default=2, help="worker processes with --scheduler local")
     q.add_argument("--json", action="store_true", help="machine-readable output")
     q.add_argument("--plot", metavar="PNG", help="also save a plot of the statistics")
     q.set_defaults(run=_cmd_stats)
@@ -520,6 +527,13 @@ def _positive(text: str) -> int:
     value = int(text.replace("_", "").replace(",", ""))
     if value <= 0:
         raise argparse.ArgumentTypeError(f"must be positive, got {text}")
+    return value
+
+
+def _count(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more, got {text}")
     return value
 
 
@@ -535,8 +549,11 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
         return args.run(args)
+    except BrokenPipeError:  # `daskh5 info --json | head`: the reader left, nothing to report
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
     except (Daskh5Error, CommandError, OSError, ValueError, KeyError, TypeError) as exc:
-        if os.environ.get("DASKH5_DEBUG"):
+        if os.environ.get("DASKH5_DEBUG", "") not in ("", "0"):
             raise
         print(f"daskh5: error: {_one_line(exc)}", file=sys.stderr)
         return 1

@@ -68,3 +68,7 @@ class NodeExistsError(Daskh5Error, ValueError):
 
 class IncompatibleArrayError(Daskh5Error, ValueError):
     """An array's dtype or shape does not fit the node it is appended to."""
+
+
+class FileBusyError(Daskh5Error, OSError):
+    """The file is open elsewhere in a way that stops writing it (HDF5's file lock)."""

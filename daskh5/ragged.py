@@ -7,6 +7,7 @@ the VLArray rows), split into reshaped samples in memory.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import threading
 from collections.abc import Iterator, Sequence
@@ -14,6 +15,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from daskh5 import _files
 from daskh5._chunking import resolve_budget
 from daskh5._layout import RaggedLayout, find_layout
 from daskh5._nodes import describe_array, lookup, open_file
@@ -52,6 +54,17 @@ _LONG_SAMPLE = 256  # elements: longer samples are taken by slices, shorter by p
 
 _vl_lock = threading.Lock()
 _vl_files: dict[tuple[str, int], object] = {}
+
+
+def _close_vl_files() -> None:
+    with _vl_lock:
+        for f in _vl_files.values():
+            with contextlib.suppress(Exception):
+                f.close()
+        _vl_files.clear()
+
+
+_files._close_hooks.append(_close_vl_files)
 
 
 def _vl_rows(path: str, node: str, rows) -> list[np.ndarray]:

@@ -64,8 +64,10 @@ def _refuse_if_open(path: str) -> None:
     import tables
 
     registry = tables.file._open_files
-    if path in registry.filenames:
-        modes = sorted({h.mode for h in registry.get_handlers_by_name(path)})
+    modes = (
+        sorted({h.mode for h in registry.get_handlers_by_name(path)}) if path in registry.filenames else []
+    )
+    if modes:
         raise Daskh5Error(
             f"{path} is open in this process (mode {', '.join(modes)}); close it before writing to it with daskh5"
         )
@@ -141,8 +143,15 @@ def _ordered_results(tasks: list, window: int) -> Iterator:
 def _window() -> int:
     import dask
 
-    workers = dask.config.get("num_workers", None) or os.cpu_count() or 1
-    return max(2, 2 * int(workers))
+    workers = dask.config.get("num_workers", None)
+    if workers is None:
+        try:  # on a distributed cluster: its threads, not this machine's cores
+            from distributed import default_client
+
+            workers = sum(default_client().nthreads().values())
+        except (ImportError, ValueError):
+            workers = None
+    return max(2, 2 * int(workers or os.cpu_count() or 1))
 
 
 def _progress(total: int, desc: str, enabled: bool):

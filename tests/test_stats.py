@@ -223,3 +223,15 @@ def test_label_stats_merges_pieces_within_a_block(monkeypatch):
     x = rng.normal(size=(5000, 3)) * 10 + 1e5
     labels = rng.choice(np.array([2, 9, 40, 41]), size=5000, p=[0.7, 0.2, 0.09, 0.01])
     check(daskh5.label_stats(da.from_array(x, chunks=(2000, 3)), labels), reference(x, labels))
+
+
+def test_iter_batches_ragged_reads_ahead(h5path):
+    samples = [np.arange(i % 7 + 1) for i in range(50)]
+    daskh5.write_ragged(samples, h5path, "/s", progress=False)
+    r = daskh5.open_ragged(h5path, "/s")
+    got = list(daskh5.iter_batches(r, 8, prefetch=2))
+    assert [len(b) for b in got] == [8] * 6 + [2]
+    assert all(np.array_equal(a, b) for a, b in zip([s for b in got for s in b], samples, strict=True))
+    assert [len(b) for b in daskh5.iter_batches(r, 8, drop_last=True)] == [8] * 6
+    by_bytes = list(daskh5.iter_batches(r, "64B", prefetch=1))  # whole samples within 64 bytes
+    assert sum(len(b) for b in by_bytes) == 50 and len(by_bytes) > 3

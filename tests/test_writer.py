@@ -302,3 +302,51 @@ def test_sigkill_mid_write_keeps_earlier_data(h5path, call, node):
         np.testing.assert_array_equal(got, np.concatenate([np.ones((500, 2)), np.full((10, 2), 7.0)]))
         with tables.open_file(h5path) as f:
             assert f.root.log.nrows == 510 and "DASKH5_APPENDING" not in f.root.log.attrs
+
+
+def test_writing_a_file_another_process_holds_open(h5path):
+    """HDF5 locks a file another process has open: a clear FileBusyError, the file untouched."""
+    with tables.open_file(h5path, "w") as f:
+        f.create_carray("/", "keep", obj=np.arange(10.0))
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import sys, tables, time; f = tables.open_file(sys.argv[1]); print('open', flush=True); time.sleep(60)",
+            h5path,
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert holder.stdout.readline().strip() == "open"
+        with pytest.raises(daskh5.FileBusyError, match="open in another process"):
+            daskh5.to_pytables(np.ones(5), h5path, "/new", progress=False)
+    finally:
+        holder.kill()
+        holder.wait()
+    with tables.open_file(h5path) as f:
+        assert "/new" not in f and f.root.keep[-1] == 9.0
+
+
+def test_new_files_get_the_usual_permissions(tmp_path):
+    old = os.umask(0o022)
+    try:
+        daskh5.to_pytables(np.ones(5), str(tmp_path / "a.h5"), "/x", progress=False)
+        daskh5.write_ragged([np.ones(2)], str(tmp_path / "b.h5"), "/r", progress=False)
+    finally:
+        os.umask(old)
+    for name in ("a.h5", "b.h5"):
+        assert (tmp_path / name).stat().st_mode & 0o777 == 0o644  # not mkstemp's 0600
+
+
+def test_close_files_closes_vlarray_handles(h5path):
+    from daskh5 import ragged
+
+    with tables.open_file(h5path, "w") as f:
+        vl = f.create_vlarray("/", "vl", atom=tables.Int32Atom())
+        vl.append(np.arange(3, dtype=np.int32))
+    daskh5.open_ragged(h5path, "/vl")[0]
+    assert ragged._vl_files
+    daskh5.close_files()
+    assert not ragged._vl_files

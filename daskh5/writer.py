@@ -89,6 +89,40 @@ def _block_origins(x) -> list[tuple[tuple[int, ...], tuple[int, ...]]]:
 
 
 # -- running blocks through the scheduler, writing them in order --------------------------------
+def _block_submitter(client, tasks: list) -> Callable:
+    """``submit(i)``: a future of ``tasks[i]`` sent with only the part of the graph it needs.
+
+    ``client.compute(task)`` would ship (and the scheduler process) the whole
+    graph for every block: quadratic in the number of blocks. The graph is
+    optimised once here and each block's dependency closure is sent alone.
+    """
+    import dask
+    from dask.core import get_dependencies
+
+    optimized = dask.optimize(*tasks)
+    dsk: dict = {}
+    seen: set = set()
+    for t in optimized:  # usually one graph shared by all
+        graph = t.__dask_graph__()
+        if id(graph) not in seen:
+            seen.add(id(graph))
+            dsk.update(graph)
+    keys = [t.key for t in optimized]
+
+    def submit(i: int):
+        need, stack = {}, [keys[i]]
+        while stack:
+            k = stack.pop()
+            if k in need:
+                continue
+            need[k] = dsk[k]
+            stack.extend(d for d in get_dependencies(dsk, k) if d not in need)
+        return client.get(need, keys[i], sync=False)
+
+    return submit
+
+
+
 def _ordered_results(tasks: list, window: int) -> Iterator:
     """Results of delayed ``tasks`` in order, at most ``window`` in flight, computed meanwhile."""
     try:
@@ -98,11 +132,12 @@ def _ordered_results(tasks: list, window: int) -> Iterator:
     except (ImportError, ValueError):
         client = None
     if client is not None:
+        submit = _block_submitter(client, tasks)
         futures: list = []
         nxt = 0
         for i in range(len(tasks)):
             while nxt < len(tasks) and nxt < i + window:
-                futures.append(client.compute(tasks[nxt]))
+                futures.append(submit(nxt))
                 nxt += 1
             fut = futures[i]
             futures[i] = None

@@ -128,17 +128,23 @@ def _piece_stats(x: np.ndarray, labels: np.ndarray) -> _Partial:
     # Column by column, with 1-d bincounts and ufunc.at (both fast paths in
     # numpy): means first, then scatter of the values centred on their own
     # label's mean (two passes over the block in memory, none over the file).
-    cols = [x[:, j] for j in range(d)]
+    cols = [np.ascontiguousarray(x[:, j]) for j in range(d)]  # ufunc.at is fast on contiguous data
     mean = np.empty((k, d))
     lo, hi = np.full((k, d), np.inf), np.full((k, d), -np.inf)
     centred = []
     for j, col in enumerate(cols):
         mean[:, j] = np.bincount(inverse, weights=col, minlength=k) / count
         centred.append(col - mean[:, j][inverse])
-        lo_j, hi_j = lo[:, j].copy(), hi[:, j].copy()
-        np.minimum.at(lo_j, inverse, col)
-        np.maximum.at(hi_j, inverse, col)
-        lo[:, j], hi[:, j] = lo_j, hi_j
+    # Extremes: one stable sort by label (a radix sort for up to 65,536 labels),
+    # then reduceat over each label's run, column by column. (ufunc.at was 30x
+    # slower on clustered data; boolean masks per label cost k passes.)
+    small = inverse.astype(np.uint8 if k <= 256 else np.uint16 if k <= 65536 else np.intp)
+    order = np.argsort(small, kind="stable")
+    starts = np.concatenate(([0], np.cumsum(count)[:-1]))
+    for j, col in enumerate(cols):
+        ordered = col[order]
+        lo[:, j] = np.minimum.reduceat(ordered, starts)
+        hi[:, j] = np.maximum.reduceat(ordered, starts)
     m2 = np.empty((k, d, d))
     for i in range(d):
         for j in range(i, d):

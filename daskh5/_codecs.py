@@ -55,6 +55,11 @@ def _decode_blosc(data, cd_values: Sequence[int], nbytes: int, itemsize: int, ou
         )
     if nbytes and blocksize == 0:
         raise ChunkDecodeError("blosc header has a zero block size")
+    stored = int(cd_values[2]) if len(cd_values) > 2 else 0
+    if 0 < stored <= 255 and _typesize != stored:  # the filter wrote it with this item size
+        raise ChunkDecodeError(
+            f"blosc header says {_typesize}-byte items, the node's blosc filter was set up for {stored}"
+        )
     if out is None:
         out = bytearray(nbytes)
     try:

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from daskh5.errors import (
+    Daskh5Error,
     FileNotFound,
     NodeKindError,
     NodeNotFound,
@@ -109,12 +110,56 @@ def open_file(path: str | os.PathLike, driver: str | None = None):
 
 @contextlib.contextmanager
 def open_h5(path: str | os.PathLike, driver: str | None = None) -> Iterator:
-    """:func:`open_file` as a context manager that closes the file."""
+    """:func:`open_file` as a context manager that closes the file.
+
+    An exception raised inside h5py while the block reads metadata (damaged
+    object headers, links, attributes) becomes a :class:`NotHDF5Error` naming the file.
+    """
     f = open_file(path, driver)
     try:
-        yield f
+        with damaged_metadata(f.filename):
+            yield f
     finally:
-        f.close()
+        with contextlib.suppress(Exception):
+            f.close()
+
+
+def _from_h5py(exc: BaseException) -> bool:
+    """Whether ``exc`` was raised inside h5py (its innermost frame is h5py code)."""
+    tb = exc.__traceback__
+    last = None
+    while tb is not None:
+        last = tb
+        tb = tb.tb_next
+    if last is None:
+        return False
+    name = last.tb_frame.f_code.co_filename.replace(os.sep, "/")
+    return "/h5py/" in name or name.startswith("h5py/")  # h5py's .py files, or its compiled .pyx
+
+
+@contextlib.contextmanager
+def damaged_metadata(path: str) -> Iterator[None]:
+    """Turn h5py's errors on damaged metadata inside the block into a daskh5 error."""
+    try:
+        yield
+    except Daskh5Error:
+        raise
+    except (
+        RuntimeError,
+        KeyError,
+        TypeError,
+        ValueError,
+        OSError,
+        OverflowError,
+        MemoryError,
+        SystemError,
+    ) as exc:
+        if not _from_h5py(exc) and not isinstance(exc, (MemoryError, OverflowError)):
+            raise
+        raise NotHDF5Error(
+            f"{path}: its metadata is damaged, HDF5 could not read it ({type(exc).__name__}: {exc}); "
+            "re-copy the file"
+        ) from exc
 
 
 def node_kind(obj) -> str:
@@ -148,8 +193,16 @@ def lookup(f, node: str):
     key = node if node.startswith("/") else "/" + node
     try:
         return f[key]
-    except KeyError:
-        near = _nearest(f, key)
+    except KeyError as exc:
+        if "doesn't exist" not in str(exc) and "not found" not in str(exc).lower():
+            raise NotHDF5Error(
+                f"{f.filename}: node {key!r} is listed but cannot be opened ({exc}); the file's "
+                "metadata is damaged: re-copy it"
+            ) from exc
+        try:
+            near = _nearest(f, key)
+        except Exception:  # a damaged file may not even be walkable: no hints then
+            near = []
         hint = f"; nearest existing nodes: {', '.join(near)}" if near else "; the file has no nodes"
         raise NodeNotFound(f"{f.filename}: no node {key!r}{hint}") from None
     except Exception as exc:  # damaged metadata surfaces here
@@ -212,10 +265,36 @@ def _compound_bools(tid, dtype: np.dtype) -> np.dtype:
 def maybe_open(path: str, f=None) -> Iterator:
     """``f`` if the caller has the file open already, else the file opened for the block."""
     if f is not None:
-        yield f
+        with damaged_metadata(path):
+            yield f
     else:
         with open_h5(path) as opened:
             yield opened
+
+
+MAX_CHUNKS = 1 << 27  # chunks per node daskh5 indexes (a dense index of up to 2.7 GB)
+
+
+def _check_size(where, shape, chunks, itemsize: int, layout: str, offset, file_size: int) -> None:
+    """Refuse shapes no file could hold: damaged dataspace messages claim 2**62 rows."""
+    if chunks:
+        cells = 1
+        for s, c in zip(shape, chunks):
+            cells *= -(-s // max(1, c))
+        if cells > MAX_CHUNKS:
+            raise NotHDF5Error(
+                f"{where}: shape {tuple(shape)} in chunks of {tuple(chunks)} is {cells:,} chunks, more than "
+                f"daskh5 indexes ({MAX_CHUNKS:,}); the shape may be damaged, or re-chunk the node with bigger chunks"
+            )
+    elif layout == "contiguous":
+        nbytes = itemsize
+        for s in shape:
+            nbytes *= s
+        if nbytes > 1 << 50 or (offset is not None and offset + nbytes > file_size):
+            raise NotHDF5Error(
+                f"{where}: its {nbytes:,} bytes would end past the end of the {file_size:,}-byte file; "
+                "the file is truncated or damaged: re-copy it"
+            )
 
 
 ATTR_APPENDING = "DASKH5_APPENDING"  # on an EArray while daskh5.append writes: the committed length
@@ -257,12 +336,15 @@ def describe_array(
             )
             offset = obj.id.get_offset() if layout == "contiguous" else None
             fill = np.zeros((), dtype=disk)
-            if obj.fillvalue is not None:
-                fill[()] = obj.fillvalue
+            # Ask the property list first: h5py's ``fillvalue`` crashes the process on a
+            # fill-value message that lies about its size, this call raises instead.
+            if dcpl.fill_value_defined() != h5py.h5d.FILL_VALUE_UNDEFINED:
+                dcpl.get_fill_value(fill)
         except Exception as exc:
             raise NotHDF5Error(f"{where}: could not read the node's storage metadata: {exc}") from exc
         extdim = obj.attrs.get("EXTDIM") if kind == "EArray" else None
         shape = [int(s) for s in obj.shape]
+        _check_size(where, shape, obj.chunks, disk.itemsize, layout, offset, st.st_size if st else 0)
         committed = obj.attrs.get(ATTR_APPENDING) if extdim is not None else None
         if committed is not None and 0 <= int(committed) < shape[int(extdim)]:
             shape[int(extdim)] = int(committed)  # rows of an unfinished daskh5.append are not shown

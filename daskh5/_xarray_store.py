@@ -76,11 +76,13 @@ def decode_attr(value, decode_pickles: bool = False):
 def split_attrs(attrs, decode_pickles: bool) -> tuple[dict, dict]:
     """(user attributes, PyTables/HDF5 bookkeeping) of an h5py attribute manager."""
     user, system = {}, {}
-    for key in attrs:
+    for raw_key in attrs:
         try:
-            value = attrs[key]
+            value = attrs[raw_key]
         except Exception:  # a type h5py cannot read: keep going
             continue
+        # a name that is not UTF-8 (h5py gives bytes) is kept, readably
+        key = raw_key.decode("utf-8", "backslashreplace") if isinstance(raw_key, bytes) else raw_key
         if type(value).__name__ == "Empty":
             value = ""
         target = system if key in _SYSTEM or _SYSTEM_PATTERN.match(key) else user

@@ -96,7 +96,10 @@ def _node_record(obj, budget: int) -> dict:
     raw = int(np.prod(obj.shape, dtype=np.int64)) * obj.dtype.itemsize
     rec["raw_bytes"] = raw
     rec["ratio"] = raw / stored if stored else None
-    if obj.shape and obj.dtype.names is None:
+    too_big = _blocks_unknowable(obj)
+    if too_big:
+        rec["warning"] = too_big
+    elif obj.shape and obj.dtype.names is None:
         chunks = budget_chunks(
             tuple(obj.shape), tuple(obj.chunks) if obj.chunks else None, obj.dtype.itemsize, budget
         )
@@ -107,6 +110,19 @@ def _node_record(obj, budget: int) -> dict:
             "block_bytes": int(np.prod(block, dtype=np.int64)) * obj.dtype.itemsize,
         }
     return rec
+
+
+def _blocks_unknowable(obj) -> str | None:
+    """Why dask blocks cannot be listed for ``obj`` (a damaged, absurd shape), or None."""
+    from daskh5._nodes import MAX_CHUNKS
+
+    unit = obj.chunks or (1,) * len(obj.shape)
+    cells = 1
+    for s, c in zip(obj.shape, unit):
+        cells *= -(-int(s) // max(1, int(c)))
+    if cells > MAX_CHUNKS:
+        return f"shape {tuple(obj.shape)} is {cells:,} chunks or rows: damaged, or too big for daskh5"
+    return None
 
 
 def _ragged_records(path: str, f, records: list[dict]) -> list[dict]:
@@ -198,6 +214,8 @@ def format_info(report: dict) -> str:
             text += f"  dask: {d['blocks']} x {tuple(d['block_shape'])} ({_size(d['block_bytes'])})"
         if "columns" in r:
             text += f"  columns: {', '.join(r['columns'])}"
+        if "warning" in r:
+            text += f"  WARNING: {r['warning']}"
         lines.append(text)
     if report.get("hidden_index_nodes"):
         lines.append(
@@ -552,7 +570,16 @@ def main(argv: list[str] | None = None) -> int:
     except BrokenPipeError:  # `daskh5 info --json | head`: the reader left, nothing to report
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
-    except (Daskh5Error, CommandError, OSError, ValueError, KeyError, TypeError) as exc:
+    except (
+        Daskh5Error,
+        CommandError,
+        OSError,
+        ValueError,
+        KeyError,
+        TypeError,
+        RuntimeError,
+        MemoryError,
+    ) as exc:
         if os.environ.get("DASKH5_DEBUG", "") not in ("", "0"):
             raise
         print(f"daskh5: error: {_one_line(exc)}", file=sys.stderr)

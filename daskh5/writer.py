@@ -122,7 +122,6 @@ def _block_submitter(client, tasks: list) -> Callable:
     return submit
 
 
-
 def _ordered_results(tasks: list, window: int) -> Iterator:
     """Results of delayed ``tasks`` in order, at most ``window`` in flight, computed meanwhile."""
     try:

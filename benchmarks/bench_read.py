@@ -46,6 +46,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
+from _common import kernel_peak_rss
 
 NODE = "/data"
 ROW_BYTES = 2 * 8  # two float64 columns
@@ -502,18 +503,6 @@ def _reset_peak_rss() -> bool:
         return False
 
 
-def _kernel_peak_rss() -> int | None:
-    """``VmHWM`` of this process in bytes: the exact peak RSS the kernel saw."""
-    try:
-        with open("/proc/self/status") as fh:
-            for line in fh:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return None
-
-
 def memory_child(path: str, node: str, budget: str, interval: float = 0.005) -> dict:
     """Run ``from_pytables(path, node, chunks=budget).sum()`` while sampling RSS (child side)."""
     import dask.array  # noqa: F401  imported before the baseline, like a user's session
@@ -549,7 +538,7 @@ def memory_child(path: str, node: str, budget: str, interval: float = 0.005) -> 
         "baseline": baseline,
         "peak": peak,
         "samples": samples,
-        "vmhwm": _kernel_peak_rss() if hwm_reset else None,
+        "vmhwm": kernel_peak_rss() if hwm_reset else None,
         "seconds": seconds,
         "sum": total,
         "numblocks": x.numblocks[0],

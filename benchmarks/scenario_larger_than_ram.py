@@ -66,7 +66,7 @@ import time
 import traceback
 
 import numpy as np
-from _common import machine_line
+from _common import kernel_peak_rss, machine_line
 
 BAR_PEAK_MIB = 1024
 RTOL_MEAN = 1e-9  # means, per-label sums, the total
@@ -77,18 +77,6 @@ MiB = 2**20
 
 
 # -- peak RSS of every process ---------------------------------------------------------------------
-def _hwm(pid: int) -> int | None:
-    """The kernel's peak RSS (``VmHWM``) of ``pid`` in bytes, or None where /proc does not say."""
-    try:
-        with open(f"/proc/{pid}/status") as fh:
-            for line in fh:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return None
-
-
 def _reset_hwm(pid: int) -> None:
     with contextlib.suppress(OSError), open(f"/proc/{pid}/clear_refs", "w") as fh:
         fh.write("5")  # VmHWM := current RSS
@@ -155,7 +143,7 @@ class TreeSampler:
             read, written = read + r - r0, written + w - w0
             with self.lock:
                 sampled = self.peaks.get(p.pid, 0)
-            out[p.pid] = {"sampled": sampled, "hwm": _hwm(p.pid)}
+            out[p.pid] = {"sampled": sampled, "hwm": kernel_peak_rss(p.pid)}
         return out, read, written
 
     def stop(self) -> None:

@@ -88,6 +88,20 @@ def make_gate(marker_dir: str, hold, release_file: str, delay: float):
     return gate
 
 
+def gated_blocks(tmp_path, hold: int):
+    """(marker dir, release file, ``slow(block, block_id)``): a map_blocks function that holds block ``hold``."""
+    marker_dir = tmp_path / "markers"
+    marker_dir.mkdir()
+    release = str(tmp_path / "release")
+    gate = make_gate(str(marker_dir), hold, release, delay=0.05)
+
+    def slow(block, block_id=None):
+        gate(block_id[0])
+        return block
+
+    return str(marker_dir), release, slow
+
+
 def markers(marker_dir: str, what: str) -> list[tuple[str, int]]:
     """``(key, pid)`` of every ``what`` ("start" or "end") marker."""
     out = []
@@ -145,15 +159,8 @@ def test_worker_killed_mid_from_pytables_sum(tmp_path):
     ref = rng.integers(-(2**40), 2**40, size=(120_000, 4), dtype=np.int64)  # 3.8 MB, exact sums
     with tables.open_file(path, "w") as f:
         f.create_carray("/", "data", obj=ref, filters=tables.Filters(5, "blosc:lz4"), chunkshape=(2500, 4))
-    marker_dir = tmp_path / "markers"
-    marker_dir.mkdir()
-    release = str(tmp_path / "release")
     hold, nblocks = 5, 24
-    gate = make_gate(str(marker_dir), hold, release, delay=0.05)
-
-    def slow(block, block_id=None):
-        gate(block_id[0])
-        return block
+    marker_dir, release, slow = gated_blocks(tmp_path, hold)
 
     x = daskh5.from_pytables(path, "/data", chunks=((5000,) * nblocks, (4,)))
     total = x.map_blocks(slow, dtype=x.dtype).sum(axis=0)
@@ -241,15 +248,8 @@ def test_worker_killed_during_to_pytables(tmp_path, target, allowed_failures):
                 f.create_carray("/grp", "out", obj=old, createparents=True, chunkshape=(4000, 4))
     before = _tables_nodes(path) if target != "new-file" else {}
 
-    marker_dir = tmp_path / "markers"
-    marker_dir.mkdir()
-    release = str(tmp_path / "release")
     hold, nblocks = 6, 24
-    gate = make_gate(str(marker_dir), hold, release, delay=0.05)
-
-    def slow(block, block_id=None):
-        gate(block_id[0])
-        return block
+    marker_dir, release, slow = gated_blocks(tmp_path, hold)
 
     x = daskh5.from_pytables(src_path, "/x", chunks=((4000,) * nblocks, (4,)))
     y = x.map_blocks(slow, dtype=x.dtype)

@@ -10,10 +10,10 @@ import sys
 import numpy as np
 import pytest
 import tables
+from conftest import write_node
 
 import daskh5
 from daskh5.cli import main
-from tests.conftest import write_node
 
 PNG = b"\x89PNG\r\n\x1a\n"
 

@@ -10,11 +10,11 @@ import dask.array as da
 import numpy as np
 import pytest
 import xarray as xr
+from conftest import write_node
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import daskh5
-from tests.conftest import write_node
 
 
 def reference(x, labels, ddof=1):

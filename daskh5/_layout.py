@@ -49,6 +49,7 @@ class RaggedLayout:
     nsamples: int
     start_stop_node: str | None
     shape_node: str | None
+    driver: str | None = None  # "H5FD_CORE": each process reads the file into memory once
 
 
 def _text(value) -> str | None:
@@ -63,11 +64,11 @@ def _sibling(node: str, suffix: str) -> str:
     return posixpath.join(posixpath.dirname(node) or "/", posixpath.basename(node) + suffix)
 
 
-def _read_column(path: str, node: str, role: str) -> np.ndarray:
+def _read_column(path: str, node: str, role: str, driver: str | None = None) -> np.ndarray:
     info = describe_array(path, node)
     if info.dtype.kind not in "iu":
         raise RaggedLayoutError(f"{path}:{node}: the {role} column holds {info.dtype}, not integers")
-    return NodeReader(info)[...]
+    return NodeReader(info, driver=driver)[...]
 
 
 def _first_bad(mask: np.ndarray) -> int:
@@ -113,7 +114,7 @@ def _validate_flat(path, node, ss_node, shape_node, starts, stops, shapes, flat_
 
 
 def find_layout(
-    path: str, node: str, start_stop: str | None = None, shape: str | None = None
+    path: str, node: str, start_stop: str | None = None, shape: str | None = None, driver: str | None = None
 ) -> RaggedLayout:
     """Detect, read and validate the ragged layout whose data node is ``node``."""
     import h5py
@@ -180,13 +181,13 @@ def find_layout(
     if layout_kind == "flat":
         info = describe_array(path, node)
         base = info.dtype
-        ss = _read_column(path, start_stop, "start/stop")
+        ss = _read_column(path, start_stop, "start/stop", driver)
         if ss.ndim != 2 or ss.shape[1] != 2:
             raise RaggedLayoutError(
                 f"{path}:{start_stop}: a start/stop column is (N, 2), this one is {ss.shape}"
             )
         n = len(ss)
-    shapes = _read_column(path, shape, "shape") if shape else None
+    shapes = _read_column(path, shape, "shape", driver) if shape else None
     if n_committed is not None:
         if n_committed > n:
             raise RaggedLayoutError(f"{path}:{node} says {n_committed} samples were written but has only {n}")
@@ -213,4 +214,5 @@ def find_layout(
         nsamples=int(n),
         start_stop_node=start_stop if layout_kind == "flat" else None,
         shape_node=shape,
+        driver=driver,
     )

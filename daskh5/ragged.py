@@ -53,7 +53,7 @@ def _split(values: np.ndarray, starts, stops, shapes, ndim: int) -> list[np.ndar
 _LONG_SAMPLE = 256  # elements: longer samples are taken by slices, shorter by positions
 
 _vl_lock = threading.Lock()
-_vl_files: dict[tuple[str, int], object] = {}
+_vl_files: dict[tuple[str, int, str | None], object] = {}
 
 
 def _close_vl_files() -> None:
@@ -67,16 +67,17 @@ def _close_vl_files() -> None:
 _files._close_hooks.append(_close_vl_files)
 
 
-def _vl_rows(path: str, node: str, rows) -> list[np.ndarray]:
+def _vl_rows(path: str, node: str, rows, driver: str | None = None) -> list[np.ndarray]:
     """VLArray rows ``rows`` (a slice or sorted index array) in one h5py read."""
     load_plugins()
     mtime = os.stat(path).st_mtime_ns
     with _vl_lock:
-        f = _vl_files.get((path, mtime))
+        f = _vl_files.get((path, mtime, driver))
         if f is None:
             for key in [k for k in _vl_files if k[0] == path]:
                 _vl_files.pop(key).close()
-            f = _vl_files[(path, mtime)] = open_file(path)
+            h5driver = "core" if driver == "H5FD_CORE" else None
+            f = _vl_files[(path, mtime, driver)] = open_file(path, h5driver)
         try:
             return list(lookup(f, node)[rows])
         except OSError as exc:
@@ -103,8 +104,8 @@ def _fix_vl(rows, layout_dtype: np.dtype, shapes, atom_shape, first: int, path: 
     return out
 
 
-def _read_vl_run(path, node, dtype, i0: int, i1: int, shapes, atom_shape) -> list[np.ndarray]:
-    return _fix_vl(_vl_rows(path, node, slice(i0, i1)), dtype, shapes, atom_shape, i0, path, node)
+def _read_vl_run(path, node, dtype, i0: int, i1: int, shapes, atom_shape, driver=None) -> list[np.ndarray]:
+    return _fix_vl(_vl_rows(path, node, slice(i0, i1), driver), dtype, shapes, atom_shape, i0, path, node)
 
 
 class RaggedArray(Sequence):
@@ -127,7 +128,11 @@ class RaggedArray(Sequence):
     def __init__(self, layout: RaggedLayout):
         self.layout = layout
         self.dtype = layout.dtype
-        self._flat = NodeReader(describe_array(layout.path, layout.node)) if layout.kind == "flat" else None
+        self._flat = (
+            NodeReader(describe_array(layout.path, layout.node), driver=layout.driver)
+            if layout.kind == "flat"
+            else None
+        )
         self._lengths = None if layout.kind == "vlarray" and layout.shapes is None else self._known_lengths()
 
     # -- context manager: nothing is held open, but users write `with` ------------------------
@@ -195,7 +200,7 @@ class RaggedArray(Sequence):
         shapes = None if lay.shapes is None else lay.shapes[i0:i1]
         if lay.kind == "flat":
             return _split_flat(self._flat, lay.starts[i0:i1], lay.stops[i0:i1], shapes, lay.ndim)
-        return _read_vl_run(lay.path, lay.node, lay.dtype, i0, i1, shapes, lay.atom_shape)
+        return _read_vl_run(lay.path, lay.node, lay.dtype, i0, i1, shapes, lay.atom_shape, lay.driver)
 
     def _take(self, idx: np.ndarray) -> list[np.ndarray]:
         """Samples at ``idx`` (any order, repeats allowed) in one bulk read."""
@@ -213,7 +218,7 @@ class RaggedArray(Sequence):
             shapes = None if lay.shapes is None else lay.shapes[idx]
             return _split(values, ends - lengths, ends, shapes, lay.ndim)
         order = np.unique(idx)
-        rows = _vl_rows(lay.path, lay.node, order)
+        rows = _vl_rows(lay.path, lay.node, order, lay.driver)
         shapes = None if lay.shapes is None else lay.shapes[order]
         fixed = _fix_vl(rows, lay.dtype, shapes, lay.atom_shape, 0, lay.path, lay.node)
         where = np.searchsorted(order, idx)
@@ -328,6 +333,7 @@ class RaggedArray(Sequence):
                     i1,
                     shapes,
                     lay.atom_shape,
+                    lay.driver,
                 )
         if not runs:
             layer[(name, 0)] = (list, ())
@@ -397,7 +403,12 @@ def _runs_by_bytes(nbytes: np.ndarray, budget: int) -> list[tuple[int, int]]:
 
 
 def open_ragged(
-    path: str | os.PathLike, node: str, *, start_stop: str | None = None, shape: str | None = None
+    path: str | os.PathLike,
+    node: str,
+    *,
+    start_stop: str | None = None,
+    shape: str | None = None,
+    driver: str | None = None,
 ) -> RaggedArray:
     """Open a ragged collection for random access.
 
@@ -408,6 +419,9 @@ def open_ragged(
         The data node: a 1-d array (flat layout) or a VLArray.
     start_stop, shape : str, optional
         Side columns, when they are not ``<node>_start_and_stop`` / ``<node>_shape``.
+    driver : str, optional
+        ``"H5FD_CORE"`` reads the whole file into memory once per process (as
+        for :func:`daskh5.from_pytables`); default: read what is needed.
 
     Examples
     --------
@@ -419,7 +433,10 @@ def open_ragged(
     ...     print(len(r), r[-1].shape, r.shapes.tolist())
     2 (1, 4) [[2, 3], [1, 4]]
     """
-    return RaggedArray(find_layout(os.path.abspath(os.fspath(path)), node, start_stop, shape))
+    from daskh5.array import _normalize_driver
+
+    driver = _normalize_driver(driver)
+    return RaggedArray(find_layout(os.path.abspath(os.fspath(path)), node, start_stop, shape, driver))
 
 
 def read_ragged(
@@ -429,13 +446,15 @@ def read_ragged(
     partition_size: int | str | None = None,
     start_stop: str | None = None,
     shape: str | None = None,
+    driver: str | None = None,
 ) -> db.Bag:
     """A dask bag of the samples of a ragged collection, reshaped to their true shapes.
 
     Each partition is a run of consecutive samples within ``partition_size``
     bytes (``"64MiB"``, an int number of bytes, or dask's ``array.chunk-size``
     by default, as for :func:`daskh5.from_pytables`) and is read in one bulk
-    read, then split in memory.
+    read, then split in memory. ``start_stop``, ``shape`` and ``driver`` are
+    as for :func:`open_ragged`.
 
     Examples
     --------
@@ -445,4 +464,4 @@ def read_ragged(
     >>> daskh5.read_ragged(path, "/tokens").map(len).compute()
     [1, 2, 3, 4, 5]
     """
-    return open_ragged(path, node, start_stop=start_stop, shape=shape).to_bag(partition_size)
+    return open_ragged(path, node, start_stop=start_stop, shape=shape, driver=driver).to_bag(partition_size)

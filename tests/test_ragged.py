@@ -439,3 +439,31 @@ def test_take_long_samples_by_slices(h5path):
         got = r[key]
         assert len(got) == len(want)
         assert all(g.shape == w.shape and np.array_equal(g, w) for g, w in zip(got, want))
+
+
+@pytest.mark.parametrize("layout", ["flat", "vlarray"])
+def test_in_memory_driver(h5path, layout):
+    """driver="H5FD_CORE" (the seed notebook's choice) reads the file into memory once per process."""
+    from daskh5 import _files, ragged
+
+    samples = [np.arange(k * 3, dtype=np.int32).reshape(k, 3) for k in (1, 4, 2, 5)]
+    if layout == "flat":
+        daskh5.write_ragged(samples, h5path, "/s", progress=False)
+    else:
+        with tables.open_file(h5path, "w") as f:
+            vl = f.create_vlarray("/", "s", atom=tables.Int32Atom())
+            for a in samples:
+                vl.append(a.ravel())
+            f.create_array("/", "s_shape", obj=np.array([a.shape for a in samples]))
+    daskh5.close_files()
+    got = daskh5.read_ragged(h5path, "/s", driver="H5FD_CORE").compute(scheduler="sync")
+    assert all(np.array_equal(a, b) for a, b in zip(got, samples, strict=True))
+    with daskh5.open_ragged(h5path, "/s", driver="h5fd_core") as r:
+        assert np.array_equal(r[[3, 0]][0], samples[3])
+        if layout == "flat":
+            assert _files._images  # the file's image was loaded
+        else:
+            assert any(key[2] == "H5FD_CORE" for key in ragged._vl_files)
+    with pytest.raises(ValueError, match="driver"):
+        daskh5.open_ragged(h5path, "/s", driver="H5FD_FAMILY")
+    daskh5.close_files()

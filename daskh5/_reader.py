@@ -278,7 +278,8 @@ class NodeReader:
         origin = tuple(c * s for c, s in zip(coords, info.chunkshape))
         return ChunkDecodeError(
             f"{info.path}:{info.node}: chunk {coords} (starting at element {origin}) is corrupt: {exc}. "
-            "The file is damaged; re-copy it or write the node again"
+            "The file is damaged (re-copy it or write the node again), or another process was "
+            "writing it while it was read (read again when the writer is done)"
         )
 
     def _read_chunked(self, sel) -> np.ndarray:

@@ -151,10 +151,9 @@ def damaged_metadata(path: str) -> Iterator[None]:
         ValueError,
         OSError,
         OverflowError,
-        MemoryError,
         SystemError,
     ) as exc:
-        if not _from_h5py(exc) and not isinstance(exc, (MemoryError, OverflowError)):
+        if not _from_h5py(exc):
             raise
         raise NotHDF5Error(
             f"{path}: its metadata is damaged, HDF5 could not read it ({type(exc).__name__}: {exc}); "
@@ -275,22 +274,40 @@ def maybe_open(path: str, f=None) -> Iterator:
 MAX_CHUNKS = 1 << 27  # chunks per node daskh5 indexes (a dense index of up to 2.7 GB)
 
 
-def _check_size(where, shape, chunks, itemsize: int, layout: str, offset, file_size: int) -> None:
-    """Refuse shapes no file could hold: damaged dataspace messages claim 2**62 rows."""
+def size_problem(shape, chunks, itemsize: int) -> str | None:
+    """Why daskh5 cannot take a node of this shape (damaged dataspaces claim 2**62 rows), or None.
+
+    Chunked: more chunks than the dense chunk index holds. Contiguous: more
+    bytes than any file (a petabyte).
+    """
     if chunks:
         cells = 1
         for s, c in zip(shape, chunks):
-            cells *= -(-s // max(1, c))
+            cells *= -(-int(s) // max(1, int(c)))
         if cells > MAX_CHUNKS:
-            raise NotHDF5Error(
-                f"{where}: shape {tuple(shape)} in chunks of {tuple(chunks)} is {cells:,} chunks, more than "
-                f"daskh5 indexes ({MAX_CHUNKS:,}); the shape may be damaged, or re-chunk the node with bigger chunks"
+            return (
+                f"shape {tuple(shape)} in chunks of {tuple(chunks)} is {cells:,} chunks, more than daskh5 "
+                f"indexes ({MAX_CHUNKS:,}); the shape may be damaged, or re-chunk the node with bigger chunks"
             )
-    elif layout == "contiguous":
+        return None
+    nbytes = itemsize
+    for s in shape:
+        nbytes *= int(s)
+    if nbytes > 1 << 50:
+        return f"shape {tuple(shape)} is {nbytes:,} bytes, more than any file holds: the shape is damaged"
+    return None
+
+
+def _check_size(where, shape, chunks, itemsize: int, layout: str, offset, file_size: int) -> None:
+    """Refuse shapes no file could hold, and contiguous data that ends past the end of the file."""
+    problem = size_problem(shape, chunks, itemsize)
+    if problem:
+        raise NotHDF5Error(f"{where}: {problem}")
+    if layout == "contiguous" and offset is not None:
         nbytes = itemsize
         for s in shape:
             nbytes *= s
-        if nbytes > 1 << 50 or (offset is not None and offset + nbytes > file_size):
+        if offset + nbytes > file_size:
             raise NotHDF5Error(
                 f"{where}: its {nbytes:,} bytes would end past the end of the {file_size:,}-byte file; "
                 "the file is truncated or damaged: re-copy it"

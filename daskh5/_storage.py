@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from daskh5._nodes import MAX_CHUNKS, NodeInfo, lookup, maybe_open
+from daskh5._nodes import NodeInfo, lookup, maybe_open, size_problem
 from daskh5.errors import ChunkDecodeError, NotHDF5Error
 
 __all__ = ["ChunkIndex", "read_chunk_index"]
@@ -37,9 +37,6 @@ class ChunkIndex:
         return ("daskh5.ChunkIndex", self.grid, self.mtime_ns, int(self.offsets.sum()))
 
 
-_MAX_GRID = MAX_CHUNKS
-
-
 def _grid(shape: tuple[int, ...], chunkshape: tuple[int, ...]) -> tuple[int, ...]:
     return tuple(-(-s // c) for s, c in zip(shape, chunkshape))
 
@@ -54,14 +51,10 @@ def read_chunk_index(info: NodeInfo, mtime_ns: int | None = None, f=None) -> Chu
                 f"{info.path}:{info.node} shrank from {info.shape} to {shape} after the dask array "
                 "was created; create it again"
             )
+        problem = size_problem(shape, info.chunkshape, info.itemsize)  # the node may have grown since
+        if problem:
+            raise NotHDF5Error(f"{info.path}:{info.node}: {problem}")
         grid = _grid(shape, info.chunkshape)
-        cells = int(np.prod(grid, dtype=object))
-        if cells > _MAX_GRID:
-            raise NotHDF5Error(
-                f"{info.path}:{info.node}: shape {shape} in chunks of {info.chunkshape} is a grid of "
-                f"{cells:,} chunks, more than daskh5 indexes ({_MAX_GRID:,}); if the shape is not "
-                "damaged, re-chunk the node with bigger chunks"
-            )
         offsets = np.full(grid, -1, dtype=np.int64)
         sizes = np.zeros(grid, dtype=np.int64)
         masks = np.zeros(grid, dtype=np.uint32)

@@ -72,7 +72,7 @@ def _node_record(obj, budget: int) -> dict:
     import h5py
 
     from daskh5._chunking import budget_chunks
-    from daskh5._nodes import node_kind
+    from daskh5._nodes import node_kind, size_problem
 
     kind = node_kind(obj)
     rec: dict = {"path": obj.name, "kind": kind}
@@ -96,7 +96,7 @@ def _node_record(obj, budget: int) -> dict:
     raw = int(np.prod(obj.shape, dtype=np.int64)) * obj.dtype.itemsize
     rec["raw_bytes"] = raw
     rec["ratio"] = raw / stored if stored else None
-    too_big = _blocks_unknowable(obj)
+    too_big = size_problem(obj.shape, obj.chunks, obj.dtype.itemsize)
     if too_big:
         rec["warning"] = too_big
     elif obj.shape and obj.dtype.names is None:
@@ -110,19 +110,6 @@ def _node_record(obj, budget: int) -> dict:
             "block_bytes": int(np.prod(block, dtype=np.int64)) * obj.dtype.itemsize,
         }
     return rec
-
-
-def _blocks_unknowable(obj) -> str | None:
-    """Why dask blocks cannot be listed for ``obj`` (a damaged, absurd shape), or None."""
-    from daskh5._nodes import MAX_CHUNKS
-
-    unit = obj.chunks or (1,) * len(obj.shape)
-    cells = 1
-    for s, c in zip(obj.shape, unit):
-        cells *= -(-int(s) // max(1, int(c)))
-    if cells > MAX_CHUNKS:
-        return f"shape {tuple(obj.shape)} is {cells:,} chunks or rows: damaged, or too big for daskh5"
-    return None
 
 
 def _ragged_records(path: str, f, records: list[dict]) -> list[dict]:

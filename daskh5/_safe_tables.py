@@ -15,7 +15,7 @@ import contextlib
 import io
 import os
 import pickle
-import tempfile
+import secrets
 import threading
 from collections.abc import Iterator
 
@@ -178,21 +178,27 @@ def atomic_target(path: str, mode: str) -> Iterator[tuple[str, bool]]:
     if mode != "w" and os.path.exists(path):
         yield path, False
         return
-    fd, target = tempfile.mkstemp(
-        prefix=f".{os.path.basename(path)}.", suffix=".tmp", dir=os.path.dirname(path)
-    )
-    os.close(fd)
+    target = _new_file_beside(path)
     try:
         yield target, True
     except BaseException:
         with contextlib.suppress(OSError):
             os.remove(target)
         raise
-    os.chmod(target, 0o666 & ~_umask())  # mkstemp makes it 0600; a new file gets the usual mode
     os.replace(target, path)
 
 
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
+def _new_file_beside(path: str) -> str:
+    """An empty, uniquely named temporary file next to ``path``.
+
+    Created with mode 0o666 so the umask applies as for any new file
+    (``tempfile.mkstemp`` would make it 0600, unreadable on a shared filesystem).
+    """
+    folder, base = os.path.split(path)
+    while True:
+        target = os.path.join(folder, f".{base}.{secrets.token_hex(4)}.tmp")
+        try:
+            os.close(os.open(target, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666))
+            return target
+        except FileExistsError:
+            continue

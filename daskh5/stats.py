@@ -125,12 +125,11 @@ def _piece_stats(x: np.ndarray, labels: np.ndarray) -> _Partial:
     uniq, inverse = _factorize(labels)
     k = uniq.size
     count = np.bincount(inverse, minlength=k)
-    # Column by column, with 1-d bincounts and ufunc.at (both fast paths in
-    # numpy): means first, then scatter of the values centred on their own
-    # label's mean (two passes over the block in memory, none over the file).
-    cols = [np.ascontiguousarray(x[:, j]) for j in range(d)]  # ufunc.at is fast on contiguous data
-    mean = np.empty((k, d))
-    lo, hi = np.full((k, d), np.inf), np.full((k, d), -np.inf)
+    # Column by column, with 1-d bincounts: means first, then scatter of the
+    # values centred on their own label's mean (two passes over the piece in
+    # memory, none over the file).
+    cols = [np.ascontiguousarray(x[:, j]) for j in range(d)]
+    mean, lo, hi = np.empty((k, d)), np.empty((k, d)), np.empty((k, d))
     centred = []
     for j, col in enumerate(cols):
         mean[:, j] = np.bincount(inverse, weights=col, minlength=k) / count
@@ -157,7 +156,7 @@ def _factorize(labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     if labels.dtype.kind in "iub":
         lo, hi = int(labels.min()), int(labels.max())
         if hi - lo <= 4 * labels.size + 1024:  # a dense range: counting beats sorting
-            offset = (labels.astype(np.int64) - lo) if labels.dtype.kind != "b" else labels.astype(np.int64)
+            offset = labels.astype(np.int64) - lo
             present = np.bincount(offset, minlength=hi - lo + 1) > 0
             rank = np.cumsum(present) - 1
             values = np.flatnonzero(present) + lo

@@ -198,14 +198,6 @@ def _unclash(ds: xr.Dataset, path: str, opened: dict) -> xr.Dataset:
 
 
 def _pandas_index(ds: xr.Dataset, store: PyTablesStore) -> xr.Dataset:
-    """Turn a pandas frame's stored index into a proper coordinate (datetimes decoded)."""
-    for e in store.entries:
-        kind = e.encoding.get("pandas_index_kind")
-        if kind is None or e.name not in ds.variables:
-            continue
-        if kind.startswith("datetime64"):
-            values = ds[e.name].values.astype("datetime64[ns]")
-            ds = ds.assign_coords({e.name: (e.dims, values)})
-        else:
-            ds = ds.set_coords(e.name)
-    return ds
+    """Make a pandas frame's stored index a coordinate (its dtype, unit included, is pandas')."""
+    names = [e.name for e in store.entries if "pandas_index_kind" in e.encoding and e.name in ds.variables]
+    return ds.set_coords(names) if names else ds

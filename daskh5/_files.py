@@ -89,7 +89,10 @@ def pread_exact(path: str, offset: int, size: int, image: bytes | None = None, o
 
 
 def close_files() -> None:
-    """Close every file descriptor and drop every in-memory image this process holds."""
+    """Close every file descriptor, drop every in-memory image and idle block buffer."""
+    from daskh5 import _buffers
+
+    _buffers.release()
     with _lock:
         for fd, _dev, _ino in _fds.values():
             try:

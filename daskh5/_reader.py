@@ -26,6 +26,7 @@ import threading
 
 import numpy as np
 
+from daskh5 import _buffers
 from daskh5._codecs import BLOSC2_ID, decode_blosc2_region, decode_pipeline, pipeline_supported
 from daskh5._files import file_image, pread_exact
 from daskh5._nodes import NodeInfo, describe_array, lookup, open_file
@@ -223,7 +224,10 @@ class NodeReader:
         for axis, s in enumerate(sel):
             if not isinstance(s, tuple):
                 view = out = np.take(view, s, axis=axis)
-        return np.array(view) if out is None else out
+        if out is None:
+            out = _buffers.empty(view.shape, view.dtype)
+            out[...] = view
+        return out
 
     # -- chunked nodes ---------------------------------------------------------------
     def _raw_chunks(self, index: ChunkIndex, coords: list[tuple[int, ...]], image):
@@ -296,7 +300,7 @@ class NodeReader:
         cs = info.chunkshape
         starts = [s[0] for s in sel]
         stops = [s[1] for s in sel]
-        out = np.empty([b - a for a, b in sel], dtype=info.disk_dtype)
+        out = _buffers.empty(tuple(b - a for a, b in sel), info.disk_dtype)
         fill = np.frombuffer(info.fillvalue, dtype=info.disk_dtype)[0]
         ranges = [range(a // c, -(-b // c)) for a, b, c in zip(starts, stops, cs)]
         blosc2 = len(info.filters) == 1 and info.filters[0][0] == BLOSC2_ID

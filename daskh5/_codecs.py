@@ -37,9 +37,8 @@ _BLOSC_HEADER = struct.Struct("<BBBBIII")
 
 def _decode_blosc(data, cd_values: Sequence[int], nbytes: int, itemsize: int, out):
     """Decode one blosc1 buffer (any codec, byte- or bit-shuffle)."""
-    from numcodecs import blosc
-
-    view = memoryview(data).cast("B")
+    blosc = _numcodecs_blosc()
+    view = data if isinstance(data, memoryview) and data.format == "B" else memoryview(data).cast("B")
     if len(view) < _BLOSC_HEADER.size:
         raise ChunkDecodeError(f"blosc chunk is {len(view)} bytes, shorter than its 16-byte header")
     version, _vlz, _flags, _typesize, hdr_nbytes, blocksize, cbytes = _BLOSC_HEADER.unpack_from(view)
@@ -67,6 +66,18 @@ def _decode_blosc(data, cd_values: Sequence[int], nbytes: int, itemsize: int, ou
     except Exception as exc:  # numcodecs raises RuntimeError on bad payloads
         raise ChunkDecodeError(f"blosc could not decode the chunk: {exc}") from exc
     return out
+
+
+def _numcodecs_blosc():
+    global _blosc
+    if _blosc is None:
+        from numcodecs import blosc
+
+        _blosc = blosc
+    return _blosc
+
+
+_blosc = None
 
 
 def _decode_zlib(data, cd_values: Sequence[int], nbytes: int, itemsize: int, out):
@@ -134,6 +145,9 @@ def decode_pipeline(raw, filters, filter_mask: int, nbytes: int, itemsize: int, 
     writable buffer of ``nbytes``) is given, the last step decodes straight
     into it.
     """
+    if len(filters) == 1 and not filter_mask:  # the common case, once per chunk: keep it short
+        fid, cd = filters[0]
+        return DECODERS[fid](raw, cd, nbytes, itemsize, out)
     active = [(i, f) for i, f in enumerate(filters) if not filter_mask & (1 << i)]
     data = raw
     for step, (_i, (fid, cd)) in enumerate(reversed(active)):

@@ -232,34 +232,15 @@ class NodeReader:
     # -- chunked nodes ---------------------------------------------------------------
     def _raw_chunks(self, index: ChunkIndex, coords: list[tuple[int, ...]], image):
         """Yield ``(coords, raw bytes or None, filter mask)``, reading neighbours in one call."""
-        info = self.info
         stored, missing = [], []
         for c in coords:
             off = int(index.offsets[c])
-            (stored if off >= 0 else missing).append((off, int(index.sizes[c]), int(index.masks[c]), c))
-        for _o, _s, _m, c in missing:
+            (stored if off >= 0 else missing).append((c, off, int(index.sizes[c]), int(index.masks[c])))
+        for c, *_ in missing:
             yield c, None, 0
-        stored.sort()
-        i = 0
-        while i < len(stored):
-            j = i + 1
-            start = stored[i][0]
-            end = start + stored[i][1]
-            while j < len(stored):
-                off, size = stored[j][0], stored[j][1]
-                if off - end > _SPAN_GAP or off + size - start > _SPAN_MAX or off < end:
-                    break
-                end = off + size
-                j += 1
-            try:
-                span = pread_exact(info.path, start, end - start, image)
-            except ChunkDecodeError as exc:
-                raise ChunkDecodeError(
-                    f"{info.path}:{info.node} chunk {stored[i][3]}: {exc}; re-copy the file"
-                ) from None
-            for off, size, mask, c in stored[i:j]:
-                yield c, span[off - start : off - start + size], mask
-            i = j
+        stored.sort(key=operator.itemgetter(1))
+        for c, mask, raw in self._spans(stored, image):
+            yield c, raw, mask
 
     def _decode(self, raw, mask: int, coords, region=None) -> np.ndarray:
         """Decode one chunk (or, for blosc2, only ``region`` of it)."""
@@ -291,9 +272,134 @@ class NodeReader:
         mtime = self._mtime()
         index = current_index(info, self.index, mtime)
         image = self._image(mtime)
-        if all(isinstance(s, tuple) for s in sel):
-            return self._read_box(sel, index, image)
-        return self._read_points(sel, index, image)
+        if not all(isinstance(s, tuple) for s in sel):
+            return self._read_points(sel, index, image)
+        if self._whole_rows(sel):
+            return self._read_rows(sel[0], index, image)
+        return self._read_box(sel, index, image)
+
+    def _whole_rows(self, sel) -> bool:
+        """Whether the chunks hold whole rows and all of every row is wanted.
+
+        Then each chunk is one contiguous run of the output, and the chunks a
+        selection needs are a range of the chunk index: the common case
+        (``(n, d)`` arrays chunked ``(rows, d)``), read without per-chunk
+        index arithmetic in Python.
+        """
+        info = self.info
+        return (
+            info.chunkshape[1:] == info.shape[1:]
+            and all(s == (0, n) for s, n in zip(sel[1:], info.shape[1:]))
+            and not (len(info.filters) == 1 and info.filters[0][0] == BLOSC2_ID)
+        )
+
+    def _read_rows(self, rows_wanted: tuple[int, int], index, image) -> np.ndarray:
+        info = self.info
+        start, stop = rows_wanted
+        rows = info.chunkshape[0]
+        nbytes = int(np.prod(info.chunkshape, dtype=np.int64)) * info.itemsize
+        row_bytes = nbytes // rows
+        out = _buffers.empty((stop - start, *info.shape[1:]), info.disk_dtype)
+        flat = out.reshape(-1).view(np.uint8)
+        first, last = start // rows, -(-stop // rows)
+        column = (slice(first, last),) + (0,) * (len(info.shape) - 1)
+        offsets = index.offsets[column]
+        stored = np.flatnonzero(offsets >= 0)
+        if len(stored) < last - first:  # never written: the fill value
+            fill = np.frombuffer(info.fillvalue, dtype=info.disk_dtype)[0]
+            for k in np.flatnonzero(offsets < 0).tolist():
+                lo = (first + k) * rows
+                out[max(lo, start) - start : min(lo + rows, stop) - start] = fill
+        order = stored[np.argsort(offsets[stored], kind="stable")]
+        chunks = [
+            (first + k, off, size, mask)
+            for k, off, size, mask in zip(
+                order.tolist(),
+                offsets[order].tolist(),
+                index.sizes[column][order].tolist(),
+                index.masks[column][order].tolist(),
+            )
+        ]
+
+        def decode(part: list) -> None:
+            for c, mask, raw in self._spans(part, image):
+                lo = c * rows
+                if lo >= start and lo + rows <= stop:  # the whole chunk: straight into the output
+                    target = flat[(lo - start) * row_bytes : (lo - start + rows) * row_bytes]
+                    try:
+                        decode_pipeline(raw, info.filters, mask, nbytes, info.itemsize, target)
+                    except ChunkDecodeError as exc:
+                        raise self._chunk_error(self._coords(c), exc) from None
+                else:
+                    a, b = max(lo, start), min(lo + rows, stop)
+                    part_rows = self._decode(raw, mask, self._coords(c), (slice(a - lo, b - lo),))
+                    out[a - start : b - start] = part_rows
+
+        if not info.filters:
+            chunks = self._read_runs_in_place(chunks, rows_wanted, nbytes, flat, image)
+        parallel = nbytes >= _PARALLEL_MIN_CHUNK
+        _in_parallel(decode, chunks, out.nbytes if parallel else 0)
+        return out
+
+    def _read_runs_in_place(self, chunks: list, rows_wanted, nbytes: int, flat, image) -> list:
+        """Read unfiltered whole chunks straight into the output, a run of neighbours per call.
+
+        Returns the chunks left to decode (the cut ones at the ends).
+        """
+        start, stop = rows_wanted
+        rows = self.info.chunkshape[0]
+        row_bytes = nbytes // rows
+        whole, rest = [], []
+        for ch in chunks:
+            c, _off, size, _mask = ch
+            if size != nbytes:
+                raise self._chunk_error(self._coords(c), f"stored size {size} != {nbytes} bytes")
+            (whole if c * rows >= start and (c + 1) * rows <= stop else rest).append(ch)
+        i = 0
+        while i < len(whole):
+            j = i + 1
+            while (
+                j < len(whole)
+                and whole[j][0] == whole[j - 1][0] + 1
+                and whole[j][1] == whole[j - 1][1] + nbytes
+                and j - i < _SPAN_MAX // nbytes
+            ):
+                j += 1
+            lo = (whole[i][0] * rows - start) * row_bytes
+            self._read_in_place(
+                self._coords(whole[i][0]), whole[i][1], flat[lo : lo + (j - i) * nbytes], image
+            )
+            i = j
+        return rest
+
+    def _coords(self, c) -> tuple[int, ...]:
+        """Grid coordinates of a chunk key (a row-chunk number is the first coordinate)."""
+        return c if isinstance(c, tuple) else (c,) + (0,) * (len(self.info.shape) - 1)
+
+    def _spans(self, chunks: list, image):
+        """Yield ``(key, mask, raw bytes)`` for ``(key, offset, size, mask)`` sorted by offset,
+        reading neighbours in one call (``key``: grid coordinates, or the row-chunk number)."""
+        info = self.info
+        i, n = 0, len(chunks)
+        while i < n:
+            start = chunks[i][1]
+            end = start + chunks[i][2]
+            j = i + 1
+            while j < n:
+                off, size = chunks[j][1], chunks[j][2]
+                if off - end > _SPAN_GAP or off + size - start > _SPAN_MAX or off < end:
+                    break
+                end = off + size
+                j += 1
+            try:
+                span = pread_exact(info.path, start, end - start, image)
+            except ChunkDecodeError as exc:
+                raise ChunkDecodeError(
+                    f"{info.path}:{info.node} chunk {self._coords(chunks[i][0])}: {exc}; re-copy the file"
+                ) from None
+            for c, off, size, mask in chunks[i:j]:
+                yield c, mask, span[off - start : off - start + size]
+            i = j
 
     def _read_box(self, sel, index, image) -> np.ndarray:
         info = self.info
@@ -408,6 +514,7 @@ class NodeReader:
 _pool = None
 _pool_lock = threading.Lock()
 _PARALLEL_MIN_BYTES = 16 << 20  # blocks smaller than this decode in the calling thread
+_PARALLEL_MIN_CHUNK = 64 << 10  # smaller chunks too: per chunk, Python holds the GIL as long as C decodes
 
 
 def _in_parallel(fn, items: list, nbytes: int) -> None:

@@ -32,10 +32,22 @@ def files():
         f.create_carray(
             "/", "fletcher", obj=data, filters=tables.Filters(fletcher32=True), chunkshape=(9, 9, 9)
         )
+        # chunks of whole rows: the row path (a range of the chunk index, runs read in place)
+        f.create_carray(
+            "/",
+            "rows_blosc",
+            obj=data,
+            filters=tables.Filters(5, "blosc:lz4", shuffle=True),
+            chunkshape=(10, 13, 5),
+        )
+        f.create_carray(
+            "/", "rows_zlib", obj=data, filters=tables.Filters(5, "zlib", shuffle=True), chunkshape=(8, 13, 5)
+        )
+        f.create_carray("/", "rows_plain", obj=data, chunkshape=(6, 13, 5))
     return path, data
 
 
-NODES = ["/blosc", "/blosc2", "/zlib", "/contig", "/fletcher"]
+NODES = ["/blosc", "/blosc2", "/zlib", "/contig", "/fletcher", "/rows_blosc", "/rows_zlib", "/rows_plain"]
 
 
 def axis_index(n):
@@ -121,3 +133,37 @@ def test_ellipsis_bool_and_errors(files, node):
         reader[0, 0, 0, 0]
     with pytest.raises(IndexError):
         reader[np.array([0.5])]
+
+
+@pytest.mark.parametrize(
+    "filters", [None, tables.Filters(5, "blosc:lz4", shuffle=True), tables.Filters(3, "zlib")]
+)
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    start=st.integers(0, 300),
+    length=st.integers(0, 300),
+    written=st.lists(st.booleans(), min_size=30, max_size=30),
+)
+def test_row_path_matches_the_general_path(tmp_path, filters, start, length, written):
+    """Row ranges over chunks of whole rows, some never written: same as numpy and as the box path."""
+    path = str(tmp_path / "rows.h5")
+    data = np.arange(300 * 4, dtype="f8").reshape(300, 4) / 7
+    with tables.open_file(path, "w") as f:
+        node = f.create_carray(
+            "/", "d", atom=tables.Float64Atom(dflt=-1.5), shape=(300, 4), chunkshape=(10, 4), filters=filters
+        )
+        for k, w in enumerate(written):
+            if w:
+                node[10 * k : 10 * k + 10] = data[10 * k : 10 * k + 10]
+    expected = data.copy()
+    for k, w in enumerate(written):
+        if not w:
+            expected[10 * k : 10 * k + 10] = -1.5
+    reader = NodeReader(describe_array(path, "/d"))
+    stop = min(300, start + length)
+    sel = ((start, max(start, stop)), (0, 4))
+    assert reader._whole_rows(sel)
+    got = reader[start:stop]
+    np.testing.assert_array_equal(got, expected[start:stop])
+    index = reader.index
+    np.testing.assert_array_equal(reader._read_box(sel, index, None), got)

@@ -236,11 +236,13 @@ def file_paths(directory: str) -> list[tuple[str, str]]:
     return [
         ("blosc:lz4", os.path.join(directory, "walk_blosc_lz4.h5")),
         ("uncompressed", os.path.join(directory, "walk_uncompressed.h5")),
+        ("blosc:lz4 EArray", os.path.join(directory, "walk_earray.h5")),
     ]
 
 
 def write_files(directory: str, rows: int, seed: int = 0) -> list[BenchFile]:
-    """Write the random walk to a compressed and an uncompressed CArray, in one pass.
+    """Write the random walk to a compressed and an uncompressed CArray, and appended to a
+    compressed EArray with PyTables' default (small) chunks, in one pass.
 
     The walk is generated ``BLOCK_ROWS`` rows at a time (``np.cumsum`` of normal
     steps, continued from the previous block's last row), so memory stays small
@@ -257,6 +259,11 @@ def write_files(directory: str, rows: int, seed: int = 0) -> list[BenchFile]:
             h.create_carray("/", NODE.lstrip("/"), atom=tables.Float64Atom(), shape=(rows, 2), filters=flt)
             for h, flt in zip(handles, filters)
         ]
+        nodes.append(
+            handles[2].create_earray(
+                "/", NODE.lstrip("/"), atom=tables.Float64Atom(), shape=(0, 2), filters=filters[0]
+            )
+        )
         last = np.zeros(2)
         for start in range(0, rows, BLOCK_ROWS):
             stop = min(rows, start + BLOCK_ROWS)
@@ -264,7 +271,10 @@ def write_files(directory: str, rows: int, seed: int = 0) -> list[BenchFile]:
             walk += last
             last = walk[-1].copy()
             for node in nodes:
-                node[start:stop] = walk
+                if isinstance(node, tables.EArray):
+                    node.append(walk)
+                else:
+                    node[start:stop] = walk
         for f, node in zip(files, nodes):
             node.flush()
             f.chunkshape = tuple(int(c) for c in node.chunkshape)
@@ -642,7 +652,7 @@ def main(argv=None) -> int:
                 [
                     [
                         f.label,
-                        "complevel=5 blosc:lz4 shuffle" if f.label != "uncompressed" else "none",
+                        "none" if f.label == "uncompressed" else "complevel=5 blosc:lz4 shuffle",
                         str(f.chunkshape),
                         mib(f.chunkshape[0] * ROW_BYTES),
                         mib(f.stored),

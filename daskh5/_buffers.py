@@ -4,8 +4,8 @@ Memory fresh from the kernel is zeroed page by page when it is first written:
 on the 2-core VM that cost a quarter of the CPU of reading an 800 MB blosc
 array (``perf``: ``clear_page_erms`` under the unshuffle that fills each
 block).  Blocks of one array usually have one size, so the memory of a block
-that is no longer used is kept for the next block of that size instead of
-going back to the kernel.
+that is no longer used is kept for the next block (of that size or somewhat
+smaller) instead of going back to the kernel.
 
 A block is an ``ndarray`` viewing a buffer through one private *owner* array.
 NumPy points every view derived from the block (slices, reshapes, ``.T``,
@@ -14,9 +14,10 @@ as any view of the memory; only when it is collected does a ``weakref``
 finalizer hand the buffer back.  Nothing is reused while something can still
 see it.
 
-Idle memory goes back to the kernel: buffers unused for :data:`IDLE_SECONDS`
-are dropped by a timer, at most :data:`MAX_IDLE` are kept, and
-:func:`release` drops them all (``daskh5.close_files`` calls it).
+Idle memory goes back to the kernel: all of it as soon as a block needs
+memory no idle buffer can give (so recycling never raises a peak), buffers
+unused for :data:`IDLE_SECONDS` by a timer, any beyond :data:`MAX_IDLE` at
+once, and all of it on :func:`release` (``daskh5.close_files`` calls it).
 """
 
 from __future__ import annotations
@@ -37,7 +38,7 @@ IDLE_SECONDS = 2.0
 MAX_IDLE = 2 * (os.cpu_count() or 1)
 
 _lock = threading.Lock()
-_idle: dict[int, list[tuple[float, mmap.mmap]]] = {}  # nbytes -> [(time returned, buffer)]
+_idle: list[tuple[float, mmap.mmap]] = []  # (time it was given back, buffer)
 _timer: threading.Timer | None = None
 
 
@@ -52,24 +53,37 @@ def empty(shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
     nbytes = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
     if nbytes < MIN_BYTES:
         return np.empty(shape, dtype)
-    with _lock:
-        idle = _idle.get(nbytes)
-        buf = idle.pop()[1] if idle else None
+    buf = _take(nbytes)
     if buf is None:
         buf = mmap.mmap(-1, nbytes)
         if hasattr(mmap, "MADV_HUGEPAGE"):
             buf.madvise(mmap.MADV_HUGEPAGE)
-    owner = np.frombuffer(buf, dtype=np.uint8)  # its base is a memoryview, not an array
+    owner = np.frombuffer(buf, dtype=np.uint8, count=nbytes)  # its base is a memoryview, not an array
     weakref.finalize(owner, _give_back, buf).atexit = False
     return owner.view(dtype).reshape(shape)
+
+
+def _take(nbytes: int) -> mmap.mmap | None:
+    """The smallest idle buffer that holds ``nbytes`` (and is not over twice as large), or None.
+
+    On a miss every idle buffer is dropped before new memory is mapped, so idle
+    memory never adds to a peak: at most what is in use at once is mapped.
+    """
+    with _lock:
+        fits = [i for i, (_t, b) in enumerate(_idle) if nbytes <= len(b) <= 2 * nbytes]
+        if fits:
+            best = min(fits, key=lambda i: len(_idle[i][1]))
+            return _idle.pop(best)[1]
+        _idle.clear()
+        return None
 
 
 def _give_back(buf: mmap.mmap) -> None:
     global _timer
     with _lock:
-        if sum(len(v) for v in _idle.values()) >= MAX_IDLE:
+        if len(_idle) >= MAX_IDLE:
             return  # dropped: the memory goes back to the kernel
-        _idle.setdefault(len(buf), []).append((time.monotonic(), buf))
+        _idle.append((time.monotonic(), buf))
         if _timer is None:
             _timer = threading.Timer(IDLE_SECONDS, _trim)
             _timer.daemon = True
@@ -81,10 +95,7 @@ def _trim() -> None:
     global _timer
     cutoff = time.monotonic() - IDLE_SECONDS
     with _lock:
-        for nbytes in list(_idle):
-            _idle[nbytes] = [(t, b) for t, b in _idle[nbytes] if t > cutoff]
-            if not _idle[nbytes]:
-                del _idle[nbytes]
+        _idle[:] = [(t, b) for t, b in _idle if t > cutoff]
         _timer = None
         if _idle:
             _timer = threading.Timer(IDLE_SECONDS, _trim)
@@ -95,7 +106,7 @@ def _trim() -> None:
 def idle_bytes() -> int:
     """Bytes held for reuse right now."""
     with _lock:
-        return sum(nbytes * len(v) for nbytes, v in _idle.items())
+        return sum(len(b) for _t, b in _idle)
 
 
 def release() -> None:

@@ -64,7 +64,12 @@ def parse(text: str) -> list[tuple[str, list[tuple[str, str, str, float]]]]:
     if len(table) != 2:
         raise SystemExit("no '== speed ratios' table in the Reading section")
     ops = {"read": "full read", "sum": ".sum()", "x[::7]": "x[::7]"}
-    for file, title in (("blosc:lz4", "blosc:lz4 + shuffle"), ("uncompressed", "uncompressed")):
+    files = (
+        ("blosc:lz4", "blosc:lz4 + shuffle"),
+        ("uncompressed", "uncompressed"),
+        ("blosc:lz4 EArray", "appended EArray, 64 KiB chunks"),
+    )
+    for file, title in files:
         rows = []
         for op, label in ops.items():
             pat = rf"^\s*{re.escape(file)}\s+{re.escape(op)}\s+([\d.]+)\s+([\d.]+)\s+([\d.]+)\s*$"

@@ -105,3 +105,19 @@ def test_at_most_max_idle_buffers_are_kept(small_pool, monkeypatch):
 def test_small_blocks_use_plain_numpy(small_pool):
     a = _buffers.empty((10,), np.dtype("f4"))
     assert a.flags.owndata and a.dtype == np.float32
+
+
+def test_a_smaller_block_reuses_a_larger_buffer_and_a_miss_drops_idle_memory(small_pool):
+    a = _buffers.empty((1 << 15,), np.dtype("f8"))  # 256 KiB
+    where = _address(a)
+    del a
+    gc.collect()
+    b = _buffers.empty((3 << 13,), np.dtype("f8"))  # 192 KiB: fits in the idle 256 KiB buffer
+    assert _address(b) == where and b.nbytes == 3 << 16
+    del b
+    gc.collect()
+    assert _buffers.idle_bytes() == 1 << 18  # the whole buffer comes back
+    c = _buffers.empty((1 << 17,), np.dtype("f8"))  # 1 MiB: no idle buffer holds it
+    assert _buffers.idle_bytes() == 0  # dropped before new memory was mapped
+    d = _buffers.empty((1 << 16,), np.dtype("f4"))  # 256 KiB, but c's buffer is in use
+    assert _address(d) != _address(c)

@@ -55,7 +55,9 @@ def empty(shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
         return np.empty(shape, dtype)
     buf = _take(nbytes)
     if buf is None:
-        buf = mmap.mmap(-1, nbytes)
+        # private: shared anonymous memory is shmem (4 KiB faults, no huge pages) and a
+        # forked child would write into the parent's blocks
+        buf = mmap.mmap(-1, nbytes, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
         if hasattr(mmap, "MADV_HUGEPAGE"):
             buf.madvise(mmap.MADV_HUGEPAGE)
     owner = np.frombuffer(buf, dtype=np.uint8, count=nbytes)  # its base is a memoryview, not an array

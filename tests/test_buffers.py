@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gc
+import os
 import time
 
 import numpy as np
@@ -121,3 +122,15 @@ def test_a_smaller_block_reuses_a_larger_buffer_and_a_miss_drops_idle_memory(sma
     assert _buffers.idle_bytes() == 0  # dropped before new memory was mapped
     d = _buffers.empty((1 << 16,), np.dtype("f4"))  # 256 KiB, but c's buffer is in use
     assert _address(d) != _address(c)
+
+
+def test_a_forked_child_does_not_write_into_the_parents_blocks(small_pool):
+    a = _buffers.empty((1 << 15,), np.dtype("f8"))
+    a[:] = 1.0
+    pid = os.fork()
+    if pid == 0:  # the child: its writes must stay its own (copy-on-write, not shared memory)
+        a[:] = 2.0
+        os._exit(0)
+    _, status = os.waitpid(pid, 0)
+    assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0
+    assert (a == 1.0).all()

@@ -37,7 +37,8 @@ MIN_BYTES = 16 << 20
 IDLE_SECONDS = 2.0
 MAX_IDLE = 2 * (os.cpu_count() or 1)
 
-_lock = threading.Lock()
+# Reentrant: a garbage collection inside a locked section can run a finalizer that gives a buffer back.
+_lock = threading.RLock()
 _idle: list[tuple[float, mmap.mmap]] = []  # (time it was given back, buffer)
 _timer: threading.Timer | None = None
 
@@ -57,7 +58,10 @@ def empty(shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
     if buf is None:
         # private: shared anonymous memory is shmem (4 KiB faults, no huge pages) and a
         # forked child would write into the parent's blocks
-        buf = mmap.mmap(-1, nbytes, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+        try:
+            buf = mmap.mmap(-1, nbytes, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+        except OSError as exc:  # what np.empty would say
+            raise MemoryError(f"cannot allocate {nbytes:,} bytes for a block: {exc}") from None
         if hasattr(mmap, "MADV_HUGEPAGE"):
             buf.madvise(mmap.MADV_HUGEPAGE)
     owner = np.frombuffer(buf, dtype=np.uint8, count=nbytes)  # its base is a memoryview, not an array
@@ -119,7 +123,7 @@ def release() -> None:
 
 def _after_fork() -> None:
     global _lock, _timer
-    _lock = threading.Lock()  # another thread of the parent may have held it
+    _lock = threading.RLock()  # another thread of the parent may have held it
     _idle.clear()  # and its timer thread does not exist here
     _timer = None
 

@@ -134,3 +134,30 @@ def test_a_forked_child_does_not_write_into_the_parents_blocks(small_pool):
     _, status = os.waitpid(pid, 0)
     assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0
     assert (a == 1.0).all()
+
+
+def test_a_buffer_given_back_while_the_pool_is_locked_does_not_deadlock(small_pool):
+    """A collection inside a locked section can run a block's finalizer in the same thread."""
+    import threading
+
+    holder = [_buffers.empty((1 << 15,), np.dtype("f8"))]
+
+    def body() -> None:
+        with _buffers._lock:
+            holder.clear()  # the last reference: the finalizer runs here, lock held
+            gc.collect()
+
+    t = threading.Thread(target=body, daemon=True)
+    t.start()
+    t.join(10)
+    assert not t.is_alive(), "giving a buffer back under the pool's lock deadlocked"
+    assert _buffers.idle_bytes() == 1 << 18
+
+
+def test_no_memory_is_a_memory_error(small_pool, monkeypatch):
+    def refuse(*args, **kwargs):
+        raise OSError(12, "Cannot allocate memory")
+
+    monkeypatch.setattr(_buffers.mmap, "mmap", refuse)
+    with pytest.raises(MemoryError, match="cannot allocate"):
+        _buffers.empty((1 << 15,), np.dtype("f8"))

@@ -4,24 +4,27 @@ Memory fresh from the kernel is zeroed page by page when it is first written:
 on the 2-core VM that cost a quarter of the CPU of reading an 800 MB blosc
 array (``perf``: ``clear_page_erms`` under the unshuffle that fills each
 block).  Blocks of one array usually have one size, so the memory of a block
-that is no longer used is kept for the next block (of that size or somewhat
+that is no longer used is kept for the next block (of that size or up to half
 smaller) instead of going back to the kernel.
 
-A block is an ``ndarray`` viewing a buffer through one private *owner* array.
-NumPy points every view derived from the block (slices, reshapes, ``.T``,
-memoryviews) at that owner, never past it, so the owner lives exactly as long
-as any view of the memory; only when it is collected does a ``weakref``
-finalizer hand the buffer back.  Nothing is reused while something can still
-see it.
+The memory is a private anonymous map that only this module holds.  Each
+block gets a fresh *lease*: a ctypes array over that memory (``from_address``,
+so it references nothing), which is the only object that exports the memory
+to Python.  NumPy keeps the exporter as the base of the block and of every
+array, view or memoryview made from it, even one rebuilt from ``.base``, so
+the lease lives exactly as long as anything can see the memory; only when it
+is collected does a ``weakref`` finalizer hand the memory back.
 
 Idle memory goes back to the kernel: all of it as soon as a block needs
-memory no idle buffer can give (so recycling never raises a peak), buffers
-unused for :data:`IDLE_SECONDS` by a timer, any beyond :data:`MAX_IDLE` at
-once, and all of it on :func:`release` (``daskh5.close_files`` calls it).
+memory no idle buffer can give (so idle buffers never add to a peak; a block
+may occupy a buffer up to twice its size), buffers unused for
+:data:`IDLE_SECONDS` by a timer, any beyond :data:`MAX_IDLE` at once, and all
+of it on :func:`release` (``daskh5.close_files`` calls it).
 """
 
 from __future__ import annotations
 
+import ctypes
 import mmap
 import os
 import threading
@@ -39,8 +42,40 @@ MAX_IDLE = 2 * (os.cpu_count() or 1)
 
 # Reentrant: a garbage collection inside a locked section can run a finalizer that gives a buffer back.
 _lock = threading.RLock()
-_idle: list[tuple[float, mmap.mmap]] = []  # (time it was given back, buffer)
+_idle: list[tuple[float, _Memory]] = []  # (time it was given back, memory)
 _timer: threading.Timer | None = None
+_lease_types: dict[int, type] = {}
+
+
+class _Memory:
+    """A private anonymous map and its address; never handed out."""
+
+    __slots__ = ("address", "map", "pin")
+
+    def __init__(self, nbytes: int):
+        # private: shared anonymous memory is shmem (4 KiB faults, no huge pages) and a
+        # forked child would write into the parent's blocks
+        try:
+            self.map = mmap.mmap(-1, nbytes, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+        except OSError as exc:  # what np.empty would say
+            raise MemoryError(f"cannot allocate {nbytes:,} bytes for a block: {exc}") from None
+        if hasattr(mmap, "MADV_HUGEPAGE"):
+            self.map.madvise(mmap.MADV_HUGEPAGE)
+        self.pin = ctypes.c_char.from_buffer(self.map)  # an export: the map cannot close or move
+        self.address = ctypes.addressof(self.pin)
+
+    def __len__(self) -> int:
+        return len(self.map)
+
+
+def _lease(memory: _Memory, nbytes: int):
+    """A new object exporting the first ``nbytes`` of ``memory``, and nothing else."""
+    t = _lease_types.get(nbytes)
+    if t is None:
+        if len(_lease_types) > 256:
+            _lease_types.clear()  # live leases keep their types
+        t = _lease_types[nbytes] = type("_Lease", (ctypes.c_ubyte * nbytes,), {})
+    return t.from_address(memory.address)
 
 
 def empty(shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
@@ -54,29 +89,20 @@ def empty(shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
     nbytes = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
     if nbytes < MIN_BYTES:
         return np.empty(shape, dtype)
-    buf = _take(nbytes)
-    if buf is None:
-        # private: shared anonymous memory is shmem (4 KiB faults, no huge pages) and a
-        # forked child would write into the parent's blocks
-        try:
-            buf = mmap.mmap(-1, nbytes, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
-        except OSError as exc:  # what np.empty would say
-            raise MemoryError(f"cannot allocate {nbytes:,} bytes for a block: {exc}") from None
-        if hasattr(mmap, "MADV_HUGEPAGE"):
-            buf.madvise(mmap.MADV_HUGEPAGE)
-    owner = np.frombuffer(buf, dtype=np.uint8, count=nbytes)  # its base is a memoryview, not an array
-    weakref.finalize(owner, _give_back, buf).atexit = False
-    return owner.view(dtype).reshape(shape)
+    memory = _take(nbytes) or _Memory(nbytes)
+    lease = _lease(memory, nbytes)
+    weakref.finalize(lease, _give_back, memory).atexit = False
+    return np.frombuffer(lease, dtype=np.uint8).view(dtype).reshape(shape)
 
 
-def _take(nbytes: int) -> mmap.mmap | None:
+def _take(nbytes: int) -> _Memory | None:
     """The smallest idle buffer that holds ``nbytes`` (and is not over twice as large), or None.
 
     On a miss every idle buffer is dropped before new memory is mapped, so idle
-    memory never adds to a peak: at most what is in use at once is mapped.
+    buffers never add to a peak.
     """
     with _lock:
-        fits = [i for i, (_t, b) in enumerate(_idle) if nbytes <= len(b) <= 2 * nbytes]
+        fits = [i for i, (_t, m) in enumerate(_idle) if nbytes <= len(m) <= 2 * nbytes]
         if fits:
             best = min(fits, key=lambda i: len(_idle[i][1]))
             return _idle.pop(best)[1]
@@ -84,16 +110,26 @@ def _take(nbytes: int) -> mmap.mmap | None:
         return None
 
 
-def _give_back(buf: mmap.mmap) -> None:
-    global _timer
+def _give_back(memory: _Memory) -> None:
     with _lock:
         if len(_idle) >= MAX_IDLE:
             return  # dropped: the memory goes back to the kernel
-        _idle.append((time.monotonic(), buf))
-        if _timer is None:
-            _timer = threading.Timer(IDLE_SECONDS, _trim)
-            _timer.daemon = True
-            _timer.start()
+        _idle.append((time.monotonic(), memory))
+        _arm_timer()
+
+
+def _arm_timer() -> None:
+    """Start the trimming timer if none runs (call under ``_lock``)."""
+    global _timer
+    if _timer is not None or not _idle:
+        return
+    timer = threading.Timer(IDLE_SECONDS, _trim)
+    timer.daemon = True
+    try:
+        timer.start()
+    except RuntimeError:  # no new threads (interpreter shutdown): idle memory waits for a miss
+        return
+    _timer = timer
 
 
 def _trim() -> None:
@@ -101,18 +137,15 @@ def _trim() -> None:
     global _timer
     cutoff = time.monotonic() - IDLE_SECONDS
     with _lock:
-        _idle[:] = [(t, b) for t, b in _idle if t > cutoff]
+        _idle[:] = [(t, m) for t, m in _idle if t > cutoff]
         _timer = None
-        if _idle:
-            _timer = threading.Timer(IDLE_SECONDS, _trim)
-            _timer.daemon = True
-            _timer.start()
+        _arm_timer()
 
 
 def idle_bytes() -> int:
     """Bytes held for reuse right now."""
     with _lock:
-        return sum(len(b) for _t, b in _idle)
+        return sum(len(m) for _t, m in _idle)
 
 
 def release() -> None:

@@ -161,3 +161,19 @@ def test_no_memory_is_a_memory_error(small_pool, monkeypatch):
     monkeypatch.setattr(_buffers.mmap, "mmap", refuse)
     with pytest.raises(MemoryError, match="cannot allocate"):
         _buffers.empty((1 << 15,), np.dtype("f8"))
+
+
+def test_an_array_rebuilt_from_base_keeps_the_memory(small_pool):
+    """Walking ``.base`` down to the exporter and viewing it again still holds the memory."""
+    a = _buffers.empty((1 << 14, 2), np.dtype("f8"))
+    a[...] = 3.0
+    root = a.base
+    while isinstance(root, np.ndarray):
+        root = root.base
+    rebuilt = np.frombuffer(memoryview(root), np.float64)  # only the exporter, not any array
+    del a, root
+    gc.collect()
+    assert _buffers.idle_bytes() == 0
+    other = _buffers.empty((1 << 14, 2), np.dtype("f8"))
+    other[...] = -1.0
+    assert (rebuilt == 3.0).all()

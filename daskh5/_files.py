@@ -78,12 +78,16 @@ def pread_exact(path: str, offset: int, size: int, image: bytes | None = None, o
             memoryview(out).cast("B")[:] = data
             data = memoryview(out).cast("B")
     else:
-        data = memoryview(out).cast("B") if out is not None else _scratch(size)
-        got = os.preadv(_fd(path), [data], offset) if size else 0
+        fd = _fd(path)
+        if offset + size > os.fstat(fd).st_size:  # before a buffer of a size the index may invent
+            data, got = memoryview(b""), 0
+        else:
+            data = memoryview(out).cast("B") if out is not None else _scratch(size)
+            got = os.preadv(fd, [data], offset) if size else 0
     if got != size:
         raise ChunkDecodeError(
             f"{path} ends before byte {offset + size} (wanted {size} bytes at offset {offset}): "
-            "the file is truncated"
+            "the file is truncated, or its chunk index is damaged"
         )
     return data
 

@@ -141,6 +141,20 @@ def test_chunk_past_end_of_file(sample_file, keep_mtime):
             x.compute(scheduler="sync")
 
 
+def test_chunk_index_claiming_a_huge_chunk(h5path):
+    """A stored size no file could hold is an error naming the chunk, not a huge allocation."""
+    from daskh5._nodes import describe_array
+    from daskh5._reader import NodeReader
+
+    write_node(
+        h5path, "carray", np.arange(100_000.0), filters=tables.Filters(5, "blosc:lz4"), chunkshape=(1000,)
+    )
+    reader = NodeReader(describe_array(h5path, "/data"))
+    reader.index.sizes[3] = 1 << 40  # what a damaged B-tree entry could say
+    with pytest.raises(daskh5.ChunkDecodeError, match=r"/data chunk \(3,\).*chunk index is damaged"):
+        reader[:]
+
+
 def test_truncated_file_at_open(sample_file):
     os.truncate(sample_file, os.path.getsize(sample_file) // 2)
     with pytest.raises(daskh5.NotHDF5Error, match="is a truncated HDF5 file"):

@@ -38,7 +38,7 @@ import tables
 import daskh5
 
 # Waiting for a marker longer than this means something hung: fail instead of blocking the suite.
-TIMEOUT = 30.0
+TIMEOUT = 60.0
 
 
 # -- helpers -------------------------------------------------------------------------------------
@@ -51,7 +51,11 @@ def private_client(allowed_failures: int | None = None):
     """
     import distributed
 
-    cfg = {} if allowed_failures is None else {"distributed.scheduler.allowed-failures": allowed_failures}
+    # A worker fetching a result from a peer that was just killed retries the connection for
+    # this long (distributed's default, 30 s, once stalled a kill test for its whole timeout).
+    cfg = {"distributed.comm.timeouts.connect": "5s"}
+    if allowed_failures is not None:
+        cfg["distributed.scheduler.allowed-failures"] = allowed_failures
     with (
         dask.config.set(cfg),
         distributed.LocalCluster(

@@ -22,7 +22,8 @@ _fds: dict[str, tuple[int, int, int]] = {}  # path -> (fd, dev, ino)
 _images: dict[tuple[str, int], bytes] = {}  # (path, mtime_ns) -> whole file, for driver="H5FD_CORE"
 
 
-def _fd(path: str) -> int:
+def _fd(path: str) -> tuple[int, int]:
+    """This process's descriptor for ``path`` (reopened if the file was replaced) and its size."""
     try:
         st = os.stat(path)
     except FileNotFoundError:
@@ -30,12 +31,12 @@ def _fd(path: str) -> int:
     with _lock:
         cached = _fds.get(path)
         if cached and cached[1:] == (st.st_dev, st.st_ino):
-            return cached[0]
+            return cached[0], st.st_size
         if cached:
             os.close(cached[0])
         fd = os.open(path, os.O_RDONLY)
         _fds[path] = (fd, st.st_dev, st.st_ino)
-        return fd
+        return fd, st.st_size
 
 
 def file_image(path: str, mtime_ns: int) -> bytes:
@@ -78,8 +79,8 @@ def pread_exact(path: str, offset: int, size: int, image: bytes | None = None, o
             memoryview(out).cast("B")[:] = data
             data = memoryview(out).cast("B")
     else:
-        fd = _fd(path)
-        if offset + size > os.fstat(fd).st_size:  # before a buffer of a size the index may invent
+        fd, file_size = _fd(path)
+        if offset + size > file_size:  # before a buffer of a size the index may invent
             data, got = memoryview(b""), 0
         else:
             data = memoryview(out).cast("B") if out is not None else _scratch(size)

@@ -1263,6 +1263,81 @@ def worker_main(task_file: str, start: int) -> None:
         i = current + 1
 
 
+# -- one entry point in a child with a time and memory limit -----------------------------------------------
+GiB = 1 << 30
+
+
+def _limits(memory: int | None, fsize: int | None):
+    """A ``preexec_fn`` capping the child's address space (``RLIMIT_AS``) and file size (``RLIMIT_FSIZE``)."""
+    import resource
+
+    def apply() -> None:
+        if memory is not None:
+            resource.setrlimit(resource.RLIMIT_AS, (memory, memory))
+        if fsize is not None:
+            resource.setrlimit(resource.RLIMIT_FSIZE, (fsize, fsize))
+            signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past the limit fails with EFBIG
+
+    return apply
+
+
+_CHILD = """
+import json, sys, traceback
+sys.path.insert(0, {tests!r})
+out = {{}}
+try:
+    import corpus
+    ns = {{"corpus": corpus}}
+    exec(compile({code!r}, "<limited>", "exec"), ns)
+    out = {{"status": "ok", "result": ns.get("result")}}
+except BaseException as exc:
+    import daskh5
+    out = {{
+        "status": "error",
+        "etype": f"{{type(exc).__module__}}.{{type(exc).__qualname__}}",
+        "daskh5_error": isinstance(exc, daskh5.Daskh5Error),
+        "message": str(exc),
+        "traceback": traceback.format_exc(),
+    }}
+sys.stdout.flush()
+print("\\n@@LIMITED@@" + json.dumps(out, default=repr), flush=True)
+"""
+
+
+def run_limited(
+    code: str, *, timeout: float = 60.0, memory: int | None = 3 * GiB, fsize: int | None = None, cwd=None
+) -> dict:
+    """Run ``code`` in a fresh interpreter under ``RLIMIT_AS=memory`` and a wall-clock ``timeout``.
+
+    ``code`` may set ``result`` (JSON-able) for the parent.  Returns ``{"status": "ok",
+    "result": ...}``, ``{"status": "error", "etype", "daskh5_error", "message", ...}`` for an
+    exception, ``{"status": "died", "returncode"}`` for a signal or an exit without a record
+    (``exit(0)`` inside a C decoder is one), or ``{"status": "timeout"}``; ``stdout``/``stderr`` too.
+    """
+    env = worker_env(hardened=False)
+    env["PYTHONPATH"] = str(Path(__file__).parent) + os.pathsep + env["PYTHONPATH"]
+    child = _CHILD.format(tests=str(Path(__file__).parent), code=code)
+    try:
+        proc = subprocess.run(
+            [sys.executable, "-c", child],
+            capture_output=True,
+            text=True,
+            env=env,
+            cwd=str(cwd or REPO),
+            timeout=timeout,
+            preexec_fn=_limits(memory, fsize),
+            start_new_session=True,
+        )
+    except subprocess.TimeoutExpired as exc:
+        return {"status": "timeout", "timeout": timeout, "stdout": str(exc.stdout), "stderr": str(exc.stderr)}
+    head, sep, tail = proc.stdout.rpartition("@@LIMITED@@")
+    if not sep:
+        return {"status": "died", "returncode": proc.returncode, "stdout": proc.stdout, "stderr": proc.stderr}
+    rec = json.loads(tail)
+    rec.update(stdout=head, stderr=proc.stderr, returncode=proc.returncode)
+    return rec
+
+
 # -- running the matrix ---------------------------------------------------------------------------------------
 def _node_for(v: Variant, entry: str) -> str | None:
     if entry == "from_pytables":

@@ -281,3 +281,15 @@ def test_command_line_on_damaged_files(hostile_corpus):
             v.id,
             proc,
         )
+
+
+# -- the limited child runner -------------------------------------------------------------------------------------
+def test_limited_runner_reports_every_outcome():
+    """``run_limited`` tells a result, an exception, an exit inside C code, a hang and a memory cap apart."""
+    assert corpus.run_limited("result = 1 + 1")["result"] == 2
+    err = corpus.run_limited("raise daskh5.NodeNotFound('x')".replace("daskh5.", "__import__('daskh5')."))
+    assert err["status"] == "error" and err["daskh5_error"]
+    assert corpus.run_limited("import os; os._exit(0)")["status"] == "died"  # what SZ's exit(0) looks like
+    assert corpus.run_limited("import time; time.sleep(30)", timeout=2)["status"] == "timeout"
+    big = corpus.run_limited("b = bytearray(4 << 30)", memory=2 * corpus.GiB)
+    assert big["status"] == "error" and big["etype"] == "builtins.MemoryError"

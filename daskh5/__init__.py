@@ -14,6 +14,7 @@ from daskh5.batches import iter_batches
 from daskh5.errors import (
     ChunkDecodeError,
     Daskh5Error,
+    ExternalDataError,
     FileBusyError,
     FileNotFound,
     IncompatibleArrayError,
@@ -34,6 +35,7 @@ __version__ = "0.1.0"
 __all__ = [
     "ChunkDecodeError",
     "Daskh5Error",
+    "ExternalDataError",
     "FileBusyError",
     "FileNotFound",
     "IncompatibleArrayError",

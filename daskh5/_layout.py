@@ -14,11 +14,13 @@ bad row is named in the error.
 
 from __future__ import annotations
 
+import os
 import posixpath
 from dataclasses import dataclass
 
 import numpy as np
 
+from daskh5._containment import check_storage
 from daskh5._nodes import describe_array, lookup, node_kind, open_h5
 from daskh5._reader import NodeReader, check_filters_available
 from daskh5.errors import NodeKindError, NodeNotFound, RaggedLayoutError
@@ -50,6 +52,7 @@ class RaggedLayout:
     start_stop_node: str | None
     shape_node: str | None
     driver: str | None = None  # "H5FD_CORE": each process reads the file into memory once
+    allow_external: bool = False  # the caller allowed values from outside the file
 
 
 def _text(value) -> str | None:
@@ -64,8 +67,20 @@ def _sibling(node: str, suffix: str) -> str:
     return posixpath.join(posixpath.dirname(node) or "/", posixpath.basename(node) + suffix)
 
 
-def _read_column(path: str, node: str, role: str, driver: str | None = None) -> np.ndarray:
-    info = describe_array(path, node)
+def _column(f, name: str, allow_external: bool) -> tuple[str, str] | None:
+    """``(file, node)`` where the side column ``name`` of ``f`` really is, or None if there is none."""
+    try:
+        obj = lookup(f, name, allow_external=allow_external)
+    except NodeNotFound:
+        return None
+    return os.path.abspath(obj.file.filename), obj.name
+
+
+def _read_column(
+    where: tuple[str, str], role: str, driver: str | None = None, allow_external: bool = False
+) -> np.ndarray:
+    path, node = where
+    info = describe_array(path, node, allow_external=allow_external)
     if info.dtype.kind not in "iu":
         raise RaggedLayoutError(f"{path}:{node}: the {role} column holds {info.dtype}, not integers")
     return NodeReader(info, driver=driver)[...]
@@ -75,6 +90,8 @@ def _first_bad(mask: np.ndarray) -> int:
     return int(np.flatnonzero(mask)[0])
 
 
+# The messages below name rows and counts, never values: a side column's values are data of
+# the file (and, with allow_external, of other files), which an error line must not echo.
 def _check_shapes(path: str, node: str, shapes: np.ndarray, n: int) -> None:
     if shapes.ndim != 2:
         raise RaggedLayoutError(f"{path}:{node}: the shape column must be (N, k), it is {shapes.shape}")
@@ -85,21 +102,21 @@ def _check_shapes(path: str, node: str, shapes: np.ndarray, n: int) -> None:
         )
     if (shapes < 0).any():
         row = _first_bad((shapes < 0).any(axis=1))
-        raise RaggedLayoutError(f"{path}:{node}: row {row} has a negative shape {shapes[row].tolist()}")
+        raise RaggedLayoutError(f"{path}:{node}: row {row} has a negative extent")
 
 
 def _validate_flat(path, node, ss_node, shape_node, starts, stops, shapes, flat_len) -> None:
     where = f"{path}:{ss_node}"
     if (stops < starts).any():
         row = _first_bad(stops < starts)
-        raise RaggedLayoutError(f"{where}: row {row} has stop {stops[row]} < start {starts[row]}")
+        raise RaggedLayoutError(f"{where}: row {row} stops before it starts")
     if (starts < 0).any():
         row = _first_bad(starts < 0)
-        raise RaggedLayoutError(f"{where}: row {row} has a negative start {starts[row]}")
+        raise RaggedLayoutError(f"{where}: row {row} has a negative start")
     if (stops > flat_len).any():
         row = _first_bad(stops > flat_len)
         raise RaggedLayoutError(
-            f"{where}: row {row} stops at {stops[row]}, beyond the {flat_len} values of {node}; "
+            f"{where}: row {row} stops beyond the {flat_len} values of {node}; "
             "the offsets and the data do not belong together"
         )
     if shapes is not None:
@@ -108,21 +125,36 @@ def _validate_flat(path, node, ss_node, shape_node, starts, stops, shapes, flat_
         if bad.any():
             row = _first_bad(bad)
             raise RaggedLayoutError(
-                f"{path}:{shape_node}: row {row} has shape {shapes[row].tolist()} ({sizes[row]} values) "
-                f"but {ss_node} gives it {stops[row] - starts[row]} values"
+                f"{path}:{shape_node}: row {row} gives the sample another number of values than {ss_node} does"
             )
 
 
 def find_layout(
-    path: str, node: str, start_stop: str | None = None, shape: str | None = None, driver: str | None = None
+    path: str,
+    node: str,
+    start_stop: str | None = None,
+    shape: str | None = None,
+    driver: str | None = None,
+    *,
+    allow_external: bool = False,
 ) -> RaggedLayout:
-    """Detect, read and validate the ragged layout whose data node is ``node``."""
+    """Detect, read and validate the ragged layout whose data node is ``node``.
+
+    ``start_stop``/``shape`` given here are paths in ``path``; names stored on the
+    data node, and the default ``<node>_start_and_stop``/``<node>_shape``, are in the
+    file that really holds the data node (another file only through an external link,
+    with ``allow_external``).  Any of them stored outside the file raises
+    :class:`~daskh5.errors.ExternalDataError` unless ``allow_external``.
+    """
     import h5py
 
-    with open_h5(path) as f:
-        obj = lookup(f, node)
+    with open_h5(path) as given:
+        asked = {role: (name, _column(given, name, allow_external)) for role, name in
+                 (("start_stop", start_stop), ("shape", shape)) if name}  # fmt: skip
+        obj = lookup(given, node, allow_external=allow_external)
         node = obj.name
-        path = f.filename
+        path = os.path.abspath(obj.file.filename)
+        f = obj.file
         kind = node_kind(obj)
         attrs = obj.attrs
         n_committed = int(attrs[ATTR_NSAMPLES]) if ATTR_NSAMPLES in attrs else None
@@ -141,6 +173,7 @@ def find_layout(
             base = h5py.check_vlen_dtype(obj.dtype)
             if base is None:
                 raise NodeKindError(f"{path}:{node}: a VLArray whose rows are not variable-length arrays")
+            check_storage(obj, f"{path}:{node}", allow_external=allow_external)
             tid = obj.id.get_type().get_super()
             atom_shape = ()
             if base.subdtype is not None:
@@ -162,32 +195,40 @@ def find_layout(
                     "node (use daskh5.from_pytables for regular arrays)"
                 )
             start_stop = start_stop or _sibling(node, "_start_and_stop")
-            if start_stop not in f:
-                raise NodeNotFound(
-                    f"{path}: {node} is a {kind} without a start/stop column: no node {start_stop!r}. "
-                    "Pass start_stop='/path/to/offsets' if it has another name"
-                )
             base, atom_shape, layout_kind, n = None, (), "flat", None
         else:
             raise NodeKindError(
                 f"{path}:{node} is a {kind}; ragged data is a VLArray or a 1-d array with side columns"
             )
+
+        def where(role: str, name: str | None):
+            if role in asked:
+                return asked[role][1]
+            return _column(f, name, allow_external) if name else None
+
+        ss_at = where("start_stop", start_stop) if layout_kind == "flat" else None
+        if layout_kind == "flat" and ss_at is None:
+            raise NodeNotFound(
+                f"{path}: {node} is a {kind} without a start/stop column: no node {start_stop!r}. "
+                "Pass start_stop='/path/to/offsets' if it has another name"
+            )
         shape_default = _sibling(node, "_shape")
-        if shape is None and shape_default in f:
+        if shape is None and _column(f, shape_default, allow_external) is not None:
             shape = shape_default
-        if shape is not None and shape not in f:
+        shape_at = where("shape", shape)
+        if shape is not None and shape_at is None:
             raise NodeNotFound(f"{path}: no shape column {shape!r} for {node}")
 
     if layout_kind == "flat":
-        info = describe_array(path, node)
+        info = describe_array(path, node, allow_external=allow_external)
         base = info.dtype
-        ss = _read_column(path, start_stop, "start/stop", driver)
+        ss = _read_column(ss_at, "start/stop", driver, allow_external)
         if ss.ndim != 2 or ss.shape[1] != 2:
             raise RaggedLayoutError(
-                f"{path}:{start_stop}: a start/stop column is (N, 2), this one is {ss.shape}"
+                f"{ss_at[0]}:{start_stop}: a start/stop column is (N, 2), this one is {ss.shape}"
             )
         n = len(ss)
-    shapes = _read_column(path, shape, "shape", driver) if shape else None
+    shapes = _read_column(shape_at, "shape", driver, allow_external) if shape else None
     if n_committed is not None:
         if n_committed > n:
             raise RaggedLayoutError(f"{path}:{node} says {n_committed} samples were written but has only {n}")
@@ -215,4 +256,5 @@ def find_layout(
         start_stop_node=start_stop if layout_kind == "flat" else None,
         shape_node=shape,
         driver=driver,
+        allow_external=allow_external,
     )

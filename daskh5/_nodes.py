@@ -17,6 +17,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from daskh5._containment import check_storage, follow
+from daskh5._external import external_segments
 from daskh5.errors import (
     Daskh5Error,
     FileNotFound,
@@ -46,8 +48,6 @@ _ELSEWHERE = {
     "Group": "daskh5.from_pytables(path, '<group>/<leaf>') on one of its leaves",
 }
 
-_LAYOUTS = {0: "compact", 1: "contiguous", 2: "chunked", 3: "virtual"}
-
 
 @dataclass(frozen=True)
 class NodeInfo:
@@ -67,6 +67,8 @@ class NodeInfo:
     extdim: int | None
     mtime_ns: int
     file_size: int
+    external: tuple[tuple[str, int, int], ...] = ()  # EXTERNAL storage: (file, offset, size) segments
+    allow_external: bool = False  # the caller allowed values from outside the file
 
     @property
     def itemsize(self) -> int:
@@ -185,25 +187,27 @@ def _nearest(f, node: str, n: int = 5) -> list[str]:
     return close or sorted(names)[:n]
 
 
-def lookup(f, node: str):
-    """The h5py object at ``node`` or a :class:`NodeNotFound` naming the nearest nodes."""
+def lookup(f, node: str, *, allow_external: bool = False):
+    """The h5py object at ``node`` or a :class:`NodeNotFound` naming the nearest nodes.
+
+    Links are checked one path component at a time and never followed out of
+    the file unless ``allow_external`` (:func:`daskh5._containment.follow`): an
+    external link raises :class:`~daskh5.errors.ExternalDataError`.
+    """
     if not isinstance(node, str) or not node:
         raise NodeNotFound(f"{f.filename}: node must be a path like '/data', got {node!r}")
     key = node if node.startswith("/") else "/" + node
     try:
-        return f[key]
-    except KeyError as exc:
-        if "doesn't exist" not in str(exc) and "not found" not in str(exc).lower():
-            raise NotHDF5Error(
-                f"{f.filename}: node {key!r} is listed but cannot be opened ({exc}); the file's "
-                "metadata is damaged: re-copy it"
-            ) from exc
+        return follow(f, key, allow_external=allow_external)
+    except NodeNotFound:
         try:
             near = _nearest(f, key)
         except Exception:  # a damaged file may not even be walkable: no hints then
             near = []
         hint = f"; nearest existing nodes: {', '.join(near)}" if near else "; the file has no nodes"
         raise NodeNotFound(f"{f.filename}: no node {key!r}{hint}") from None
+    except Daskh5Error:
+        raise
     except Exception as exc:  # damaged metadata surfaces here
         raise NotHDF5Error(f"{f.filename}: could not read node {key!r}: {exc}") from exc
 
@@ -318,21 +322,34 @@ ATTR_APPENDING = "DASKH5_APPENDING"  # on an EArray while daskh5.append writes: 
 
 
 def describe_array(
-    path: str | os.PathLike, node: str, driver: str | None = None, *, allow_table: bool = False, f=None
+    path: str | os.PathLike,
+    node: str,
+    driver: str | None = None,
+    *,
+    allow_table: bool = False,
+    f=None,
+    allow_external: bool = False,
 ) -> NodeInfo:
     """Describe the array node ``node`` of ``path`` (metadata only, never data).
 
     Raises a daskh5 error naming the file and node when the file is missing or
     not HDF5, the node does not exist, or it is not an array node.  ``f``: an
     h5py handle to ``path`` that is already open (e.g. when describing many nodes).
+    Values stored outside the file (external links, EXTERNAL storage, virtual
+    sources elsewhere) raise :class:`~daskh5.errors.ExternalDataError` unless
+    ``allow_external``; then the result describes the node where it really is
+    (``info.path`` is the target file of an external link).
     """
     import h5py
 
     path = _absolute(path)
     st = os.stat(path) if os.path.exists(path) else None
     with maybe_open(path, f) as f:
-        obj = lookup(f, node)
+        obj = lookup(f, node, allow_external=allow_external)
         name = obj.name
+        if os.path.abspath(obj.file.filename) != path:  # reached through an external link
+            path = os.path.abspath(obj.file.filename)
+            st = os.stat(path)
         where = f"{path}:{name}"
         kind = node_kind(obj)
         table_ok = allow_table and kind == "Table" and isinstance(obj, h5py.Dataset)
@@ -344,9 +361,10 @@ def describe_array(
         if kind == "Unimplemented":
             raise NodeKindError(f"{where} is a node PyTables cannot map to an array")
         dtype, disk = _dtypes(obj, where, allow_compound=table_ok)
+        layout = check_storage(obj, where, allow_external=allow_external)
         try:
             dcpl = obj.id.get_create_plist()
-            layout = _LAYOUTS.get(dcpl.get_layout(), "unknown")
+            external = external_segments(dcpl, path) if layout == "external" else ()
             filters = tuple(
                 (int(fid), tuple(int(c) for c in cd))
                 for fid, _flags, cd, _name in (dcpl.get_filter(i) for i in range(dcpl.get_nfilters()))
@@ -380,4 +398,6 @@ def describe_array(
             extdim=None if extdim is None else int(extdim),
             mtime_ns=st.st_mtime_ns,
             file_size=st.st_size,
+            external=external,
+            allow_external=allow_external,
         )

@@ -28,6 +28,8 @@ import numpy as np
 
 from daskh5 import _buffers
 from daskh5._codecs import BLOSC2_ID, decode_blosc2_region, decode_pipeline, pipeline_supported
+from daskh5._containment import check_storage, with_origin
+from daskh5._external import read_external
 from daskh5._files import file_image, pread_exact
 from daskh5._nodes import NodeInfo, describe_array, lookup, open_file
 from daskh5._storage import ChunkIndex, current_index, read_chunk_index
@@ -168,7 +170,9 @@ class NodeReader:
             out[...] = np.frombuffer(info.fillvalue, dtype=info.disk_dtype)[0] if out.size else 0
             return _finish(out, info, drop)
         try:
-            if not self.fast:
+            if info.layout == "external":
+                out = read_external(info, sel)
+            elif not self.fast:
                 out = self._read_library(sel)
             elif info.layout == "contiguous":
                 out = self._read_contiguous(sel)
@@ -585,7 +589,13 @@ def _h5_dataset(info: NodeInfo, driver: str | None):
             _h5_files.pop(old).close()
         f = open_file(info.path, driver={"H5FD_CORE": "core"}.get(driver or ""))
         _h5_files[key] = f
-    return lookup(f, info.node)
+    # checked again: the file may have been replaced since the node was described
+    ds = lookup(f, info.node, allow_external=info.allow_external)
+    layout = check_storage(ds, f"{info.path}:{info.node}", allow_external=info.allow_external)
+    if layout != "virtual":
+        return ds
+    del ds
+    return with_origin(f, info.node, layout)
 
 
 def _memmap(path: str, offset: int, nbytes: int, dtype: np.dtype) -> np.ndarray:

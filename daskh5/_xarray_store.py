@@ -29,10 +29,11 @@ import warnings
 
 import numpy as np
 
+from daskh5._containment import child_names, walk
 from daskh5._nodes import describe_array, lookup, node_kind, open_h5
 from daskh5._reader import NodeReader
 from daskh5._safe_tables import restricted_loads
-from daskh5.errors import Daskh5Error, NodeNotFound
+from daskh5.errors import Daskh5Error, ExternalDataError, NodeNotFound
 
 __all__ = ["ATTR_COORDS", "ATTR_DIMS", "group_variables", "list_groups"]
 
@@ -94,22 +95,28 @@ def _text(v) -> str:
     return v.decode("utf-8", "replace") if isinstance(v, (bytes, np.bytes_)) else str(v)
 
 
-def list_groups(path: str, group: str | None = None) -> list[str]:
-    """Every group path under ``group`` (itself first), sorted, skipping PyTables index containers."""
+def list_groups(path: str, group: str | None = None, allow_external: bool = False) -> list[str]:
+    """Every group path under ``group`` (itself first), sorted, skipping PyTables index containers.
+
+    Only groups reached through hard links are listed (as ``H5Ovisit`` does): links
+    to other files are never entered, and a link name containing ``/`` is not a group.
+    """
     import h5py
 
     root = group or "/"
     with open_h5(path) as f:
-        start = lookup(f, root) if root != "/" else f
+        start = lookup(f, root, allow_external=allow_external) if root != "/" else f
         if not isinstance(start, h5py.Group):
             raise NodeNotFound(f"{path}: {root!r} is not a group")
-        out = [start.name]
-
-        def visit(name, obj):
-            if isinstance(obj, h5py.Group) and not any(p in _GROUP_SKIP for p in name.split("/")):
-                out.append(f"{start.name.rstrip('/')}/{name}")
-
-        start.visititems(visit)
+        top = "/" + "/".join(p for p in root.split("/") if p)  # as given: it may lead through links
+        out = [top]
+        for name, kind, obj in walk(start):
+            if (
+                kind == "hard"
+                and isinstance(obj, h5py.Group)
+                and not any(p in _GROUP_SKIP for p in name.split("/"))
+            ):
+                out.append(f"{top.rstrip('/')}/{name}")
     return sorted(out, key=lambda p: (p.count("/"), p))
 
 
@@ -158,14 +165,13 @@ def _array_encoding(info, system: dict) -> dict:
     return enc
 
 
-def _leaf_entries(path, obj, kind, decode_pickles) -> list[Entry]:
+def _leaf_entries(obj, name, decode_pickles, allow_external) -> list[Entry]:
     f = obj.file
-    info = describe_array(path, obj.name, f=f)
+    info = describe_array(f.filename, obj.name, f=f, allow_external=allow_external)
     user, system = split_attrs(obj.attrs, decode_pickles)
     stored = system.get(ATTR_DIMS)
     hint = tuple(stored.split(",")) if isinstance(stored, str) and stored else None
     axis_names = hint or _scale_names(obj)
-    name = obj.name.rsplit("/", 1)[-1]
     return [Entry(name, NodeReader(info, f=f), None, None, user, _array_encoding(info, system), info.shape, info.dtype,
                   obj.name, axis_names)]  # fmt: skip
 
@@ -182,8 +188,9 @@ def _flatten_fields(dtype: np.dtype, prefix=()) -> list[tuple[tuple[str, ...], n
     return out
 
 
-def _table_entries(path, obj, decode_pickles, prefix: str) -> list[Entry]:
-    info = describe_array(path, obj.name, allow_table=True, f=obj.file)
+def _table_entries(obj, decode_pickles, prefix: str, allow_external: bool) -> list[Entry]:
+    f = obj.file
+    info = describe_array(f.filename, obj.name, allow_table=True, f=f, allow_external=allow_external)
     user, system = split_attrs(obj.attrs, decode_pickles)
     reader = NodeReader(info, f=obj.file)
     enc = _array_encoding(info, system)
@@ -224,7 +231,9 @@ def _opaque_attr(value):
         return None
 
 
-def _pandas_entries(path, group, decode_pickles) -> tuple[list[Entry], list[Entry], list[str]] | None:
+def _pandas_entries(
+    group, decode_pickles, allow_external
+) -> tuple[list[Entry], list[Entry], list[str]] | None:
     """(data variables, index coordinates, names of the extra coordinates) of a pandas table, or None.
 
     ``df.to_hdf(format="table")`` frames and series: columns under their real
@@ -233,10 +242,12 @@ def _pandas_entries(path, group, decode_pickles) -> tuple[list[Entry], list[Entr
     them as data columns), so ``ds.set_index(index=[...])`` rebuilds it.
     """
     gattrs = group.attrs
-    if _text(gattrs.get("pandas_type", b"")) not in _PANDAS_TABLES or "table" not in group:
+    if _text(gattrs.get("pandas_type", b"")) not in _PANDAS_TABLES or "table" not in child_names(group)[0]:
         return None
-    table = group["table"]
-    info = describe_array(path, table.name, allow_table=True, f=group.file)
+    table = lookup(group.file, f"{group.name.rstrip('/')}/table", allow_external=allow_external)
+    info = describe_array(
+        table.file.filename, table.name, allow_table=True, f=table.file, allow_external=allow_external
+    )
     reader = NodeReader(info, f=group.file)
     tattrs = table.attrs
     ginfo = _opaque_attr(gattrs.get("info", b""))
@@ -284,27 +295,43 @@ def _pandas_entries(path, group, decode_pickles) -> tuple[list[Entry], list[Entr
     return data, coords, [c.name for c in coords if c.name != dim]
 
 
-def group_variables(path: str, group: str, decode_pickles: bool = False):
-    """(entries, group attributes, skipped-node messages, stored coordinate names) of one group."""
+def group_variables(path: str, group: str, decode_pickles: bool = False, allow_external: bool = False):
+    """(entries, group attributes, skipped-node messages, stored coordinate names) of one group.
+
+    A child whose values live outside the file raises
+    :class:`~daskh5.errors.ExternalDataError` unless ``allow_external``; a link
+    name containing ``/`` (it would alias another node) is skipped with a note.
+    """
     import h5py
 
     with open_h5(path) as f:
-        g = lookup(f, group) if group not in ("/", "") else f
+        g = lookup(f, group, allow_external=allow_external) if group not in ("/", "") else f
         if not isinstance(g, h5py.Group):
             raise NodeNotFound(f"{path}: {group!r} is a {node_kind(g)}, not a group")
         gattrs, gsystem = split_attrs(g.attrs, decode_pickles)
-        pandas = _pandas_entries(path, g, decode_pickles)
+        pandas = _pandas_entries(g, decode_pickles, allow_external)
         if pandas is not None:  # pandas' bookkeeping (pickled column lists...) is not user metadata
             data, coords, coord_names = pandas
             for e in coords + data:
                 e.encoding["pandas_attrs"] = gattrs
             return coords + data, {}, [], coord_names
         entries, skipped = [], []
-        children = sorted(g.keys())
-        tables = [c for c in children if isinstance(g[c], h5py.Dataset) and node_kind(g[c]) == "Table"]
-        leaf_names = {c for c in children if c not in tables}
-        for child in children:
-            obj = g[child]
+        names, bad = child_names(g)
+        skipped += [
+            f"a link named {b!r} in {g.name} (a '/' in a link name would alias another node)" for b in bad
+        ]
+        objs = {}
+        for child in sorted(names):
+            try:
+                objs[child] = lookup(g.file, f"{g.name.rstrip('/')}/{child}", allow_external=allow_external)
+            except ExternalDataError:
+                raise
+            except Daskh5Error as exc:  # e.g. a dangling soft link
+                skipped.append(f"{g.name.rstrip('/')}/{child} ({exc})")
+        tables = [c for c, obj in objs.items() if isinstance(obj, h5py.Dataset) and node_kind(obj) == "Table"]
+        leaf_names = {c for c in objs if c not in tables}
+        ragged = []
+        for child, obj in objs.items():
             if not isinstance(obj, h5py.Dataset):
                 continue
             kind = node_kind(obj)
@@ -312,16 +339,21 @@ def group_variables(path: str, group: str, decode_pickles: bool = False):
                 if kind == "Table":
                     names = [".".join(fp) for fp, _ in _flatten_fields(obj.dtype)] if obj.dtype.names else []
                     clash = len(tables) > 1 or any(n in leaf_names for n in names)
-                    entries += _table_entries(path, obj, decode_pickles, f"{child}." if clash else "")
+                    entries += _table_entries(
+                        obj, decode_pickles, f"{child}." if clash else "", allow_external
+                    )
                 elif kind == "VLArray":
                     skipped.append(f"{obj.name} (VLArray: read it with daskh5.read_ragged)")
                 elif kind in ("Array", "CArray", "EArray", "Dataset"):
-                    entries += _leaf_entries(path, obj, kind, decode_pickles)
+                    entries += _leaf_entries(obj, child, decode_pickles, allow_external)
+                    if f"{child}_start_and_stop" in objs:
+                        ragged.append(obj.name)
                 else:
                     skipped.append(f"{obj.name} ({kind})")
+            except ExternalDataError:
+                raise
             except Daskh5Error as exc:
                 skipped.append(f"{obj.name} ({exc})")
-        ragged = [e.node for e in entries if f"{e.node}_start_and_stop" in f]
         if ragged:
             skipped.append(
                 "flat ragged layouts "

@@ -54,6 +54,7 @@ def from_pytables(
     driver: str | None = None,
     name: str | None = None,
     inline_array: bool = False,
+    allow_external: bool = False,
 ) -> da.Array:
     """A lazy dask array over an Array, CArray or EArray node of an HDF5 file.
 
@@ -86,6 +87,14 @@ def from_pytables(
         file mtime and size, shape, dtype and chunks.
     inline_array : bool
         Passed to :func:`dask.array.from_array`.
+    allow_external : bool
+        Also read nodes whose values are stored outside the file: an external
+        link (the node is read in its target file, found relative to this
+        file's directory), EXTERNAL raw storage (files relative to this file's
+        directory) and virtual datasets over other files or over such storage.
+        Off by default, because a crafted file can point at any file the
+        process can read: such nodes raise :class:`daskh5.ExternalDataError`
+        (see :doc:`/user-guide/safety`).
 
     Returns
     -------
@@ -95,7 +104,9 @@ def from_pytables(
     Raises
     ------
     FileNotFoundError, KeyError, TypeError, OSError
-        As daskh5 subclasses (:mod:`daskh5.errors`) naming the file and node.
+        As daskh5 subclasses (:mod:`daskh5.errors`) naming the file and node;
+        :class:`daskh5.ExternalDataError` (a ``PermissionError``) for values
+        stored outside the file without ``allow_external``.
 
     Examples
     --------
@@ -121,7 +132,7 @@ def from_pytables(
         if node is None:
             raise TypeError("from_pytables(path, node): give the node path, e.g. '/data'")
     driver = _normalize_driver(driver)
-    info = describe_array(path, node)
+    info = describe_array(path, node, allow_external=allow_external)
     reader = NodeReader(info, driver=driver)
     chunks = resolve_chunks(chunks, info.shape, info.chunkshape, info.dtype)
     name = name or "from-pytables-" + tokenize(reader, chunks)

@@ -68,10 +68,11 @@ def _size(n: float | None) -> str:
     return f"{n:.1f} TiB"  # pragma: no cover
 
 
-def _node_record(obj, budget: int) -> dict:
+def _node_record(obj, budget: int, allow_external: bool = False) -> dict:
     import h5py
 
     from daskh5._chunking import budget_chunks
+    from daskh5._containment import layout_name, outside_reason
     from daskh5._nodes import node_kind, size_problem
 
     kind = node_kind(obj)
@@ -85,9 +86,13 @@ def _node_record(obj, budget: int) -> dict:
         shape=list(obj.shape),
         dtype=str(obj.dtype) if obj.dtype.names is None else "compound",
         chunkshape=list(obj.chunks) if obj.chunks else None,
+        layout=layout_name(obj),
         filters=describe_filters(filters),
         stored_bytes=stored,
     )
+    outside = outside_reason(obj)
+    if outside:  # what it points to (names from the file's metadata), never its values
+        rec.update(outside=outside, refused=not allow_external)
     if obj.dtype.names is not None:
         rec["columns"] = list(obj.dtype.names)
     if kind == "VLArray" or obj.dtype.kind == "O":
@@ -112,16 +117,33 @@ def _node_record(obj, budget: int) -> dict:
     return rec
 
 
-def _ragged_records(path: str, f, records: list[dict]) -> list[dict]:
+def _link_record(f, path: str, value: tuple[str, str], budget: int, allow_external: bool) -> dict:
+    """An external link: where it points, and with ``allow_external`` what is there."""
+    from daskh5._nodes import lookup
+
+    file_name, target = value
+    outside = f"is an external link to {target!r} in the file {file_name!r}"
+    rec: dict = {"path": path, "kind": "ExternalLink"}
+    if allow_external:
+        obj = lookup(f, path, allow_external=True)
+        rec = _node_record(obj, budget, allow_external) | {"path": path}
+    rec.update(
+        layout="external link", target=f"{file_name}:{target}", outside=outside, refused=not allow_external
+    )
+    return rec
+
+
+def _ragged_records(path: str, f, records: list[dict], allow_external: bool = False) -> list[dict]:
     """Ragged layouts in the file: flat EArrays with side columns, and VLArrays."""
     from daskh5._layout import ATTR_KIND, find_layout
+    from daskh5._nodes import lookup
 
     found = []
     names = {r["path"] for r in records}
     for r in records:
-        if r["kind"] in ("Group",) or r["path"].endswith(("_start_and_stop", "_shape")):
+        if r["kind"] in ("Group",) or r["path"].endswith(("_start_and_stop", "_shape")) or "target" in r:
             continue
-        obj = f[r["path"]]
+        obj = lookup(f, r["path"])
         flat = f"{r['path']}_start_and_stop" in names or ATTR_KIND in obj.attrs
         vl = r["kind"] == "VLArray"
         if not (flat or vl):
@@ -133,7 +155,7 @@ def _ragged_records(path: str, f, records: list[dict]) -> list[dict]:
             found.append(entry)
             continue
         try:
-            lay = find_layout(path, r["path"])
+            lay = find_layout(path, r["path"], allow_external=allow_external)
             entry.update(samples=int(lay.nsamples), sample_ndim=int(lay.ndim), dtype=str(lay.dtype))
         except Daskh5Error as exc:
             entry["error"] = str(exc)
@@ -141,28 +163,46 @@ def _ragged_records(path: str, f, records: list[dict]) -> list[dict]:
     return found
 
 
-def info(path: str, node: str | None = None, budget: str = "64MiB", *, show_all: bool = False) -> dict:
+def info(
+    path: str,
+    node: str | None = None,
+    budget: str = "64MiB",
+    *,
+    show_all: bool = False,
+    allow_external: bool = False,
+) -> dict:
     """What ``daskh5 info`` reports, as plain data (read with h5py only: nothing is unpickled).
 
     PyTables' index containers (``_i_<table>`` groups) are left out unless ``show_all``.
+    Nodes whose values are stored outside the file are listed with their layout
+    (``external``, ``virtual``, ``external link``) and what they point to; links are
+    not followed out of the file unless ``allow_external``.
     """
     import h5py
 
     from daskh5._chunking import resolve_budget
+    from daskh5._containment import walk
     from daskh5._nodes import lookup, open_h5
 
     nbytes = resolve_budget(budget)
+    refused: list[str] = []
     with open_h5(path) as f:
-        root = lookup(f, node) if node not in (None, "", "/") else f
-        records = [_node_record(root, nbytes)]
+        root = lookup(f, node, allow_external=allow_external) if node not in (None, "", "/") else f
+        records = [_node_record(root, nbytes, allow_external)]
         if isinstance(root, h5py.Group):
-            names: list[str] = []
-            root.visit(names.append)
-            hidden = [n for n in names if any(part.startswith("_i_") for part in n.split("/"))]
-            if not show_all:
-                names = [n for n in names if n not in set(hidden)]
-            records += [_node_record(root[name], nbytes) for name in names]
-        ragged = _ragged_records(f.filename, f, records)
+            base = root.name.rstrip("/")
+            found = [(name, kind, value) for name, kind, value in walk(root)]
+            hidden = [n for n, _k, _v in found if any(part.startswith("_i_") for part in n.split("/"))]
+            for name, kind, value in found:
+                if not show_all and name in set(hidden):
+                    continue
+                if kind == "hard":
+                    records.append(_node_record(value, nbytes, allow_external))
+                elif kind == "external":
+                    records.append(_link_record(root.file, f"{base}/{name}", value, nbytes, allow_external))
+                elif kind in ("invalid", "other"):
+                    refused.append(f"{base}/{name}")
+        ragged = _ragged_records(f.filename, f, records, allow_external)
         filename = f.filename
     return {
         "file": filename,
@@ -171,6 +211,7 @@ def info(path: str, node: str | None = None, budget: str = "64MiB", *, show_all:
         "nodes": records,
         "ragged": ragged,
         "hidden_index_nodes": 0 if show_all or not isinstance(root, h5py.Group) else len(hidden),
+        "unreadable_links": refused,
     }
 
 
@@ -184,12 +225,18 @@ def format_info(report: dict) -> str:
         depth = r["path"].rstrip("/").count("/") - top
         name = (r["path"] if depth == 0 else r["path"].rsplit("/", 1)[-1]) or "/"
         head = f"{'  ' * depth}{name}"
-        if r["kind"] == "Group":
-            lines.append(f"{head:<32} Group")
+        if r["kind"] == "Group" or "shape" not in r:
+            where = f" {r['layout']} -> {r['target']}" if "target" in r else ""
+            lines.append(f"{head:<32} {r['kind']}{where}{_outside_note(r)}")
             continue
         shape = "(" + ", ".join(map(str, r["shape"])) + ("," if len(r["shape"]) == 1 else "") + ")"
         text = f"{head:<32} {r['kind']:<8} {shape:<18} {r['dtype']:<9}"
-        text += f" chunks {tuple(r['chunkshape'])}" if r["chunkshape"] else " contiguous"
+        if "target" in r:
+            text += f" {r['layout']} -> {r['target']}"
+        elif r["chunkshape"]:
+            text += f" chunks {tuple(r['chunkshape'])}"
+        else:
+            text += f" {r.get('layout', 'contiguous')}"
         text += f"  {r['filters']}"
         if r.get("raw_bytes") is not None:
             ratio = f" ({r['ratio']:.3g}x)" if r.get("ratio") else ""
@@ -203,10 +250,15 @@ def format_info(report: dict) -> str:
             text += f"  columns: {', '.join(r['columns'])}"
         if "warning" in r:
             text += f"  WARNING: {r['warning']}"
-        lines.append(text)
+        lines.append(text + _outside_note(r))
     if report.get("hidden_index_nodes"):
         lines.append(
             f"({report['hidden_index_nodes']} nodes of PyTables' table indexes not shown; --all shows them)"
+        )
+    if report.get("unreadable_links"):
+        lines.append(
+            "links daskh5 does not follow (a '/' in a link name would alias another node; "
+            "user-defined link classes): " + ", ".join(map(repr, report["unreadable_links"]))
         )
     if report["ragged"]:
         lines.append("ragged layouts (read with daskh5.read_ragged / open_ragged):")
@@ -220,8 +272,16 @@ def format_info(report: dict) -> str:
     return "\n".join(lines)
 
 
+def _outside_note(r: dict) -> str:
+    """The note on a node whose values are stored outside the file: where, and whether it is read."""
+    if "outside" not in r:
+        return ""
+    verdict = "refused (--allow-external reads it)" if r["refused"] else "read because of --allow-external"
+    return f"  OUTSIDE THE FILE: {r['outside']}; {verdict}"
+
+
 def _cmd_info(args) -> int:
-    report = info(args.file, args.node, args.budget, show_all=args.all)
+    report = info(args.file, args.node, args.budget, show_all=args.all, allow_external=args.allow_external)
     print(json.dumps(report, indent=2) if args.json else format_info(report))
     return 0
 
@@ -271,15 +331,21 @@ def _scheduler(address: str | None, workers: int):
     return ctx()
 
 
-def run_stats(path, data="/data", labels="/clusters", budget="64MiB", compute_kwargs=None):
-    """Per-label statistics of ``data`` by ``labels`` in one file (what ``daskh5 stats`` prints)."""
+def run_stats(
+    path, data="/data", labels="/clusters", budget="64MiB", compute_kwargs=None, allow_external=False
+):
+    """Per-label statistics of ``data`` by ``labels`` in one file (what ``daskh5 stats`` prints).
+
+    ``allow_external``: read nodes whose values are stored outside the file (see
+    :func:`daskh5.from_pytables`).
+    """
     from daskh5.array import from_pytables
     from daskh5.stats import label_stats
 
-    x = from_pytables(path, data, chunks=budget)
-    y = from_pytables(path, labels, chunks=budget)
-    if y.ndim == 1 and y.shape[0] == x.shape[0]:
-        y = from_pytables(path, labels, chunks=(x.chunks[0],))  # row for row with the data blocks
+    x = from_pytables(path, data, chunks=budget, allow_external=allow_external)
+    y = from_pytables(path, labels, chunks=budget, allow_external=allow_external)
+    if y.ndim == 1 and y.shape[0] == x.shape[0]:  # row for row with the data blocks
+        y = from_pytables(path, labels, chunks=(x.chunks[0],), allow_external=allow_external)
     if y.ndim != 1:
         raise CommandError(f"{path}:{labels} has shape {y.shape}; labels must be one value per row of {data}")
     if y.shape[0] != x.shape[0]:
@@ -300,7 +366,9 @@ def _stats_json(stats) -> dict:
 
 def _cmd_stats(args) -> int:
     with _scheduler(args.scheduler, args.workers) as (kwargs, _client):
-        stats, seconds, nbytes, x = run_stats(args.file, args.data, args.labels, args.budget, kwargs)
+        stats, seconds, nbytes, x = run_stats(
+            args.file, args.data, args.labels, args.budget, kwargs, allow_external=args.allow_external
+        )
     if args.json:
         print(json.dumps(_stats_json(stats), indent=2))
     else:
@@ -491,6 +559,7 @@ def _parser() -> argparse.ArgumentParser:
     q.add_argument("--budget", default="64MiB", help="memory budget per dask block (default 64MiB)")
     q.add_argument("--json", action="store_true", help="machine-readable output")
     q.add_argument("--all", action="store_true", help="also list PyTables' table index nodes")
+    _external_flag(q)
     q.set_defaults(run=_cmd_info)
 
     q = sub.add_parser(
@@ -524,8 +593,18 @@ def _parser() -> argparse.ArgumentParser:
     q.add_argument("--workers", type=_positive, default=2, help="worker processes with --scheduler local")
     q.add_argument("--json", action="store_true", help="machine-readable output")
     q.add_argument("--plot", metavar="PNG", help="also save a plot of the statistics")
+    _external_flag(q)
     q.set_defaults(run=_cmd_stats)
     return p
+
+
+def _external_flag(q: argparse.ArgumentParser) -> None:
+    q.add_argument(
+        "--allow-external",
+        action="store_true",
+        help="follow external links and read data stored in other files (EXTERNAL storage, virtual "
+        "datasets); only for files you trust: a crafted file can point at any file you can read",
+    )
 
 
 def _positive(text: str) -> int:

@@ -11,6 +11,7 @@ from __future__ import annotations
 __all__ = [
     "ChunkDecodeError",
     "Daskh5Error",
+    "ExternalDataError",
     "FileNotFound",
     "NodeKindError",
     "IncompatibleArrayError",
@@ -68,6 +69,14 @@ class NodeExistsError(Daskh5Error, ValueError):
 
 class IncompatibleArrayError(Daskh5Error, ValueError):
     """An array's dtype or shape does not fit the node it is appended to."""
+
+
+class ExternalDataError(Daskh5Error, PermissionError):
+    """The node's values live outside the file (external storage, virtual sources, external links).
+
+    Refused unless the caller passes ``allow_external=True`` (``--allow-external`` on the
+    command line): a crafted file could otherwise read any file the process can read.
+    """
 
 
 class FileBusyError(Daskh5Error, OSError):

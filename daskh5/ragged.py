@@ -17,6 +17,7 @@ import numpy as np
 
 from daskh5 import _files
 from daskh5._chunking import resolve_budget
+from daskh5._containment import check_storage, with_origin
 from daskh5._layout import RaggedLayout, find_layout
 from daskh5._nodes import describe_array, lookup, open_file
 from daskh5._reader import NodeReader, load_plugins
@@ -67,8 +68,13 @@ def _close_vl_files() -> None:
 _files._close_hooks.append(_close_vl_files)
 
 
-def _vl_rows(path: str, node: str, rows, driver: str | None = None) -> list[np.ndarray]:
-    """VLArray rows ``rows`` (a slice or sorted index array) in one h5py read."""
+def _vl_rows(
+    path: str, node: str, rows, driver: str | None = None, allow_external: bool = False
+) -> list[np.ndarray]:
+    """VLArray rows ``rows`` (a slice or sorted index array) in one h5py read.
+
+    The node's links and storage are checked again (the file may have been replaced).
+    """
     load_plugins()
     mtime = os.stat(path).st_mtime_ns
     with _vl_lock:
@@ -78,8 +84,13 @@ def _vl_rows(path: str, node: str, rows, driver: str | None = None) -> list[np.n
                 _vl_files.pop(key).close()
             h5driver = "core" if driver == "H5FD_CORE" else None
             f = _vl_files[(path, mtime, driver)] = open_file(path, h5driver)
+        ds = lookup(f, node, allow_external=allow_external)
+        layout = check_storage(ds, f"{path}:{node}", allow_external=allow_external)
+        if layout in ("external", "virtual"):  # HDF5 reads these itself: names relative to the file
+            del ds
+            ds = with_origin(f, node, layout)
         try:
-            return list(lookup(f, node)[rows])
+            return list(ds[rows])
         except OSError as exc:
             raise RaggedLayoutError(f"{path}:{node}: could not read rows {rows}: {exc}") from exc
 
@@ -94,18 +105,21 @@ def _fix_vl(rows, layout_dtype: np.dtype, shapes, atom_shape, first: int, path: 
             r = r.astype(layout_dtype)
         if shapes is not None:
             want = tuple(shapes[i]) + tuple(atom_shape)
-            if int(np.prod(want)) != r.size:
+            if int(np.prod(want)) != r.size:  # the shape's values are data: not in the message
                 raise RaggedLayoutError(
-                    f"{path}:{node}: row {first + i} holds {r.size} values but its shape column says "
-                    f"{list(shapes[i])}"
+                    f"{path}:{node}: row {first + i} holds {r.size} values, another number than its "
+                    "shape column gives"
                 )
             r = r.reshape(want)
         out.append(r)
     return out
 
 
-def _read_vl_run(path, node, dtype, i0: int, i1: int, shapes, atom_shape, driver=None) -> list[np.ndarray]:
-    return _fix_vl(_vl_rows(path, node, slice(i0, i1), driver), dtype, shapes, atom_shape, i0, path, node)
+def _read_vl_run(
+    path, node, dtype, i0: int, i1: int, shapes, atom_shape, driver=None, allow_external=False
+) -> list[np.ndarray]:
+    rows = _vl_rows(path, node, slice(i0, i1), driver, allow_external)
+    return _fix_vl(rows, dtype, shapes, atom_shape, i0, path, node)
 
 
 class RaggedArray(Sequence):
@@ -129,7 +143,10 @@ class RaggedArray(Sequence):
         self.layout = layout
         self.dtype = layout.dtype
         self._flat = (
-            NodeReader(describe_array(layout.path, layout.node), driver=layout.driver)
+            NodeReader(
+                describe_array(layout.path, layout.node, allow_external=layout.allow_external),
+                driver=layout.driver,
+            )
             if layout.kind == "flat"
             else None
         )
@@ -200,7 +217,9 @@ class RaggedArray(Sequence):
         shapes = None if lay.shapes is None else lay.shapes[i0:i1]
         if lay.kind == "flat":
             return _split_flat(self._flat, lay.starts[i0:i1], lay.stops[i0:i1], shapes, lay.ndim)
-        return _read_vl_run(lay.path, lay.node, lay.dtype, i0, i1, shapes, lay.atom_shape, lay.driver)
+        return _read_vl_run(
+            lay.path, lay.node, lay.dtype, i0, i1, shapes, lay.atom_shape, lay.driver, lay.allow_external
+        )
 
     def _take(self, idx: np.ndarray) -> list[np.ndarray]:
         """Samples at ``idx`` (any order, repeats allowed) in one bulk read."""
@@ -218,7 +237,7 @@ class RaggedArray(Sequence):
             shapes = None if lay.shapes is None else lay.shapes[idx]
             return _split(values, ends - lengths, ends, shapes, lay.ndim)
         order = np.unique(idx)
-        rows = _vl_rows(lay.path, lay.node, order, lay.driver)
+        rows = _vl_rows(lay.path, lay.node, order, lay.driver, lay.allow_external)
         shapes = None if lay.shapes is None else lay.shapes[order]
         fixed = _fix_vl(rows, lay.dtype, shapes, lay.atom_shape, 0, lay.path, lay.node)
         where = np.searchsorted(order, idx)
@@ -334,6 +353,7 @@ class RaggedArray(Sequence):
                     shapes,
                     lay.atom_shape,
                     lay.driver,
+                    lay.allow_external,
                 )
         if not runs:
             layer[(name, 0)] = (list, ())
@@ -350,7 +370,7 @@ class RaggedArray(Sequence):
         target = tuple(shapes.max(axis=0)) if shape is None and len(shapes) else tuple(shape or ())
         if len(shapes) and (shapes > np.asarray(target)).any():
             row = int(np.flatnonzero((shapes > np.asarray(target)).any(axis=1))[0])
-            raise ValueError(f"sample {row} has shape {tuple(shapes[row])}, larger than {target}")
+            raise ValueError(f"sample {row} is larger than {target} along some axis; pass a bigger shape")
         out = np.full(
             (len(self), *target), fill_value, dtype=np.result_type(self.dtype, np.min_scalar_type(fill_value))
         )
@@ -409,6 +429,7 @@ def open_ragged(
     start_stop: str | None = None,
     shape: str | None = None,
     driver: str | None = None,
+    allow_external: bool = False,
 ) -> RaggedArray:
     """Open a ragged collection for random access.
 
@@ -422,6 +443,11 @@ def open_ragged(
     driver : str, optional
         ``"H5FD_CORE"`` reads the whole file into memory once per process (as
         for :func:`daskh5.from_pytables`); default: read what is needed.
+    allow_external : bool
+        Read the data node and side columns even when their values are stored
+        outside the file (external links, EXTERNAL storage, virtual datasets
+        over other files), relative to the file's directory. Off by default:
+        :class:`daskh5.ExternalDataError` (see :doc:`/user-guide/safety`).
 
     Examples
     --------
@@ -436,7 +462,10 @@ def open_ragged(
     from daskh5.array import _normalize_driver
 
     driver = _normalize_driver(driver)
-    return RaggedArray(find_layout(os.path.abspath(os.fspath(path)), node, start_stop, shape, driver))
+    layout = find_layout(
+        os.path.abspath(os.fspath(path)), node, start_stop, shape, driver, allow_external=allow_external
+    )
+    return RaggedArray(layout)
 
 
 def read_ragged(
@@ -447,14 +476,15 @@ def read_ragged(
     start_stop: str | None = None,
     shape: str | None = None,
     driver: str | None = None,
+    allow_external: bool = False,
 ) -> db.Bag:
     """A dask bag of the samples of a ragged collection, reshaped to their true shapes.
 
     Each partition is a run of consecutive samples within ``partition_size``
     bytes (``"64MiB"``, an int number of bytes, or dask's ``array.chunk-size``
     by default, as for :func:`daskh5.from_pytables`) and is read in one bulk
-    read, then split in memory. ``start_stop``, ``shape`` and ``driver`` are
-    as for :func:`open_ragged`.
+    read, then split in memory. ``start_stop``, ``shape``, ``driver`` and
+    ``allow_external`` are as for :func:`open_ragged`.
 
     Examples
     --------
@@ -464,4 +494,7 @@ def read_ragged(
     >>> daskh5.read_ragged(path, "/tokens").map(len).compute()
     [1, 2, 3, 4, 5]
     """
-    return open_ragged(path, node, start_stop=start_stop, shape=shape, driver=driver).to_bag(partition_size)
+    ragged = open_ragged(
+        path, node, start_stop=start_stop, shape=shape, driver=driver, allow_external=allow_external
+    )
+    return ragged.to_bag(partition_size)

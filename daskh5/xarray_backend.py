@@ -60,9 +60,17 @@ class PyTablesArray(BackendArray):
 class PyTablesStore(AbstractDataStore):
     """One group of a PyTables file, as xarray's store protocol wants it."""
 
-    def __init__(self, path: str, group: str = "/", dims: dict | None = None, decode_pickles: bool = False):
+    def __init__(
+        self,
+        path: str,
+        group: str = "/",
+        dims: dict | None = None,
+        decode_pickles: bool = False,
+        allow_external: bool = False,
+    ):
         self.path, self.group = path, group or "/"
-        entries, self.attrs, skipped, self.coord_names = group_variables(path, self.group, decode_pickles)
+        found = group_variables(path, self.group, decode_pickles, allow_external)
+        entries, self.attrs, skipped, self.coord_names = found
         warn_skipped(path, self.group, skipped)
         assign_dims(entries, dims)
         self.entries = entries
@@ -98,7 +106,10 @@ class PyTablesBackendEntrypoint(BackendEntrypoint):
 
     Extra parameters: ``group`` (a group path), ``dims`` (``{"/node" or
     "name": ("dim", ...)}``), ``decode_pickles`` (rebuild pickled attributes that
-    hold only plain builtins; off by default: they stay undecoded bytes).
+    hold only plain builtins; off by default: they stay undecoded bytes),
+    ``allow_external`` (read variables whose values are stored outside the file:
+    external links, EXTERNAL storage, virtual datasets over other files; off by
+    default: :class:`daskh5.ExternalDataError`).
     """
 
     description = (
@@ -108,7 +119,7 @@ class PyTablesBackendEntrypoint(BackendEntrypoint):
     supports_groups = True
     open_dataset_parameters = (
         "filename_or_obj", "drop_variables", "mask_and_scale", "decode_times", "concat_characters",
-        "decode_coords", "use_cftime", "decode_timedelta", "group", "dims", "decode_pickles",
+        "decode_coords", "use_cftime", "decode_timedelta", "group", "dims", "decode_pickles", "allow_external",
     )  # fmt: skip
 
     def guess_can_open(self, filename_or_obj) -> bool:
@@ -137,9 +148,10 @@ class PyTablesBackendEntrypoint(BackendEntrypoint):
         group: str | None = None,
         dims: dict | None = None,
         decode_pickles: bool = False,
+        allow_external: bool = False,
     ) -> xr.Dataset:
         path = os.path.abspath(os.fspath(filename_or_obj))
-        store = PyTablesStore(path, group or "/", dims, decode_pickles)
+        store = PyTablesStore(path, group or "/", dims, decode_pickles, allow_external)
         ds = StoreBackendEntrypoint().open_dataset(
             store,
             mask_and_scale=mask_and_scale,
@@ -167,16 +179,19 @@ class PyTablesBackendEntrypoint(BackendEntrypoint):
         group: str | None = None,
         dims: dict | None = None,
         decode_pickles: bool = False,
+        allow_external: bool = False,
     ) -> dict[str, xr.Dataset]:
         path = os.path.abspath(os.fspath(filename_or_obj))
         kwargs = dict(
             drop_variables=drop_variables, mask_and_scale=mask_and_scale, decode_times=decode_times,
             concat_characters=concat_characters, decode_coords=decode_coords, use_cftime=use_cftime,
             decode_timedelta=decode_timedelta, dims=dims, decode_pickles=decode_pickles,
+            allow_external=allow_external,
         )  # fmt: skip
-        root = list_groups(path, group)[0]
+        groups = list_groups(path, group, allow_external)
+        root = groups[0]
         out = {}
-        for g in list_groups(path, group):  # parents come before their children
+        for g in groups:  # parents come before their children
             rel = "/" + g[len(root) :].strip("/") if g != root else "/"
             out[rel] = _unclash(self.open_dataset(path, group=g, **kwargs), rel, out)
         return out

@@ -341,10 +341,10 @@ def corrupt(path, node, rows):
 @pytest.mark.parametrize(
     ("node", "rows", "message"),
     [
-        ("/data_start_and_stop", {3: [50, 40]}, r"row 3 has stop 40 < start 50"),
-        ("/data_start_and_stop", {4: [0, 10**9]}, r"row 4 stops at 1000000000, beyond"),
+        ("/data_start_and_stop", {3: [50, 40]}, r"row 3 stops before it starts"),
+        ("/data_start_and_stop", {4: [0, 10**9]}, r"row 4 stops beyond the \d+ values"),
         ("/data_start_and_stop", {2: [-5, 3]}, r"row 2 has a negative start"),
-        ("/data_shape", {5: [7, 7]}, r"data_shape: row 5 has shape \[7, 7\]"),
+        ("/data_shape", {5: [7, 7]}, r"data_shape: row 5 gives the sample another number of values"),
     ],
 )
 def test_inconsistent_layouts(h5path, rng, node, rows, message):
@@ -353,6 +353,7 @@ def test_inconsistent_layouts(h5path, rng, node, rows, message):
     with pytest.raises(daskh5.RaggedLayoutError, match=message) as info:
         daskh5.open_ragged(h5path, "/data")
     assert isinstance(info.value, ValueError) and h5path in str(info.value)
+    assert "1000000000" not in str(info.value)  # rows and counts, never the side columns' values
     with pytest.raises(daskh5.RaggedLayoutError):
         daskh5.read_ragged(h5path, "/data")
 

@@ -293,3 +293,361 @@ def test_limited_runner_reports_every_outcome():
     assert corpus.run_limited("import time; time.sleep(30)", timeout=2)["status"] == "timeout"
     big = corpus.run_limited("b = bytearray(4 << 30)", memory=2 * corpus.GiB)
     assert big["status"] == "error" and big["etype"] == "builtins.MemoryError"
+
+
+# -- issue 12, section 1: data lives in the file, or it is refused ------------------------------------------------
+# A file can make HDF5 read other files: EXTERNAL raw storage, virtual datasets (VDS) and external links.
+# Each case crafts its file in tmp_path next to a "secret" with known bytes and runs every entry point in a
+# limited child: by default a daskh5 error naming the node and none of the secret's bytes anywhere; with
+# allow_external=True (--allow-external) the values h5py reads (for an external link, the target's data).
+SECRET = (b"QZXJ7741-private-key-material-" * 8)[:160]  # 20 int64 words, 160 uint8 values
+
+ENTRIES = (
+    "from_pytables", "read_ragged", "open_ragged", "xr.open_dataset", "xr.open_datatree",
+    "daskh5 info", "daskh5 info --json", "daskh5 stats --json",
+)  # fmt: skip
+
+_ENTRY_CHILD = r"""
+import contextlib, io, json, warnings
+import numpy as np
+import daskh5
+import xarray as xr
+from daskh5 import cli
+
+path, node, labels, allow, entries = ARGS
+kw = {"allow_external": True} if allow else {}
+
+
+def values(a):
+    a = np.asarray(a)
+    return a.astype(float).tolist() if a.dtype.kind in "biuf" else a.astype(str).tolist()
+
+
+def run(entry):
+    if entry == "from_pytables":
+        return values(daskh5.from_pytables(path, node, **kw).compute())
+    if entry == "read_ragged":
+        return [values(s) for s in daskh5.read_ragged(path, node, **kw).compute(scheduler="sync")]
+    if entry == "open_ragged":
+        with daskh5.open_ragged(path, node, **kw) as r:
+            return [values(s) for s in r[:]]
+    if entry == "xr.open_dataset":
+        with xr.open_dataset(path, engine="daskh5", **kw) as ds:
+            return {k: values(v.values) for k, v in ds.variables.items()}
+    if entry == "xr.open_datatree":
+        tree = xr.open_datatree(path, engine="daskh5", **kw)
+        return {f"{t.path}:{k}": values(v.values) for t in tree.subtree for k, v in t.to_dataset().variables.items()}
+    argv = entry.split()[1:2] + [path] + entry.split()[2:] + (["--allow-external"] if allow else [])
+    if "stats" in entry:
+        argv += ["--data", node, "--labels", labels]
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        rc = cli.main(argv)
+    return {"rc": rc, "stdout": out.getvalue(), "stderr": err.getvalue()}
+
+
+result = {}
+for entry in entries:
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            rec = {"ok": True, "value": run(entry)}
+        except Exception as exc:
+            rec = {"ok": False, "etype": type(exc).__name__, "daskh5_error": isinstance(exc, daskh5.Daskh5Error),
+                   "message": str(exc)}
+    rec["warnings"] = [str(w.message) for w in caught]
+    result[entry] = rec
+"""
+
+
+def _run_entries(path, node, *, labels="/clusters", allow=False, entries=ENTRIES) -> dict:
+    args = (str(path), node, labels, allow, list(entries))
+    out = corpus.run_limited(_ENTRY_CHILD.replace("ARGS", repr(args)), timeout=240)
+    assert out["status"] == "ok", out
+    out["result"]["_streams"] = out["stdout"] + out["stderr"]
+    return out["result"]
+
+
+def _leak_patterns(secret: bytes) -> list[str]:
+    """Ways the secret could show in text: itself, its words as int64/float64, its bytes as numbers."""
+    words = np.frombuffer(secret, "<i8")
+    floats = [repr(float(x)) for x in np.frombuffer(secret, "<f8") if np.isfinite(x) and abs(x) > 1e6]
+    as_bytes = [", ".join(str(b) for b in secret[:6]), ", ".join(f"{float(b)}" for b in secret[:6])]
+    as_rows = [json.dumps([[float(b)] for b in secret[:3]])[1:-1]]  # stats --json: one label per row
+    return [secret[:12].decode("ascii"), *(str(int(w)) for w in words), *floats, *as_bytes, *as_rows]
+
+
+def _assert_no_leak(results: dict, secret: bytes = SECRET) -> None:
+    text = json.dumps(results)
+    found = [p for p in _leak_patterns(secret) if p in text or p in results["_streams"]]
+    assert not found, f"the secret's bytes appear in the output: {found[:3]}"
+    for entry, rec in results.items():  # no entry returned the secret's bytes as values, in order
+        if entry != "_streams" and rec.get("ok") and not entry.startswith("daskh5"):
+            for run in _arrays(rec["value"]):
+                for needle in (np.frombuffer(secret, "u1")[:16], np.frombuffer(secret, "<i8")[:4]):
+                    windows = (
+                        np.lib.stride_tricks.sliding_window_view(run, len(needle))
+                        if len(run) >= len(needle)
+                        else []
+                    )
+                    assert not any((w == needle.astype(float)).all() for w in windows), entry
+
+
+def _arrays(value) -> list[np.ndarray]:
+    """Every flat run of numbers in a returned value (nested dicts and lists)."""
+    if isinstance(value, dict):
+        return [a for v in value.values() for a in _arrays(v)]
+    if isinstance(value, list) and value and all(isinstance(v, (int, float)) for v in value):
+        return [np.asarray(value, dtype=float)]
+    if isinstance(value, list):
+        return [a for v in value for a in _arrays(v)] + [np.asarray(_flat_numbers(value), dtype=float)]
+    return []
+
+
+def _flat_numbers(value) -> list:
+    if isinstance(value, list):
+        return [x for v in value for x in _flat_numbers(v)]
+    return [value] if isinstance(value, (int, float)) else []
+
+
+def _outside_files(tmp_path) -> dict:
+    """The crafted files, ``{case: (path, node, nodes a refusal may name)}`` (the first: the one the node's
+    own entry points name), next to ``tmp_path/secret.key``."""
+    import h5py
+
+    secret = tmp_path / "secret.key"
+    secret.write_bytes(SECRET)
+    with h5py.File(tmp_path / "other.h5", "w") as g:
+        g["target"] = np.arange(160.0) * 3
+        g.create_group("grp")["x"] = np.arange(160, dtype="i8") + 1000
+    cases = {}
+
+    def new(case, node, names):
+        path = tmp_path / f"{case}.h5"
+        cases[case] = (str(path), node, names)
+        f = h5py.File(path, "w")
+        f["clusters"] = np.arange(160)  # one label per row: per-label minima would be the values
+        return f
+
+    with new("external", "/data", ("/data",)) as f:  # EXTERNAL raw storage straight at the secret
+        f.create_dataset("data", shape=(160,), dtype="u1", external=[(str(secret), 0, 160)])
+    with new("vds", "/data", ("/data", "/raw")) as f:  # the exploit: a same-file VDS over EXTERNAL storage
+        f.create_dataset("raw", shape=(160,), dtype="u1", external=[(str(secret), 0, 160)])
+        layout = h5py.VirtualLayout(shape=(160,), dtype="u1")
+        layout[:] = h5py.VirtualSource(".", "raw", shape=(160,))
+        f.create_virtual_dataset("data", layout)
+    with new("vds_other_file", "/data", ("/data",)) as f:  # a VDS whose source is another file
+        layout = h5py.VirtualLayout(shape=(160,), dtype="f8")
+        layout[:] = h5py.VirtualSource("other.h5", "target", shape=(160,))
+        f.create_virtual_dataset("data", layout)
+    with new("external_link", "/data", ("/data",)) as f:
+        f["data"] = h5py.ExternalLink("other.h5", "/target")
+    with new("link_chain", "/data", ("/ext",)) as f:  # soft link -> a path through an external link
+        f["ext"] = h5py.ExternalLink("other.h5", "/grp")
+        f["data"] = h5py.SoftLink("/ext/x")
+    with new(
+        "ragged_flat", "/tok", ("/tok_start_and_stop", "/raw_ss")
+    ) as f:  # offsets from a VDS over the secret
+        f["tok"] = np.arange(50, dtype="i8")
+        f.create_dataset("raw_ss", shape=(10, 2), dtype="<i8", external=[(str(secret), 0, 160)])
+        layout = h5py.VirtualLayout(shape=(10, 2), dtype="<i8")
+        layout[:] = h5py.VirtualSource(".", "raw_ss", shape=(10, 2))
+        f.create_virtual_dataset("tok_start_and_stop", layout)
+    with new("ragged_vlarray", "/vl", ("/vl_shape",)) as f:  # a VLArray whose shape column is the secret
+        vl = f.create_dataset("vl", shape=(20,), dtype=h5py.vlen_dtype("i4"))
+        for i in range(20):
+            vl[i] = np.arange(i + 1, dtype="i4")
+        vl.attrs["CLASS"] = np.bytes_(b"VLARRAY")
+        f.create_dataset("vl_shape", shape=(20, 1), dtype="<i8", external=[(str(secret), 0, 160)])
+    return cases
+
+
+@pytest.fixture(scope="module")
+def outside(tmp_path_factory):
+    return _outside_files(tmp_path_factory.mktemp("outside"))
+
+
+OUTSIDE_CASES = (
+    "external", "vds", "vds_other_file", "external_link", "link_chain", "ragged_flat", "ragged_vlarray",
+)  # fmt: skip
+_LAYOUT_WORD = {"external": "external", "vds": "virtual", "vds_other_file": "virtual",
+                "external_link": "external link", "link_chain": "external link"}  # fmt: skip
+
+
+@pytest.mark.parametrize("case", OUTSIDE_CASES)
+def test_data_outside_the_file_is_refused(outside, case):
+    """Every entry point refuses, naming the node; no byte of the secret reaches any output."""
+    path, node, names = outside[case]
+    ragged = case.startswith("ragged")
+    res = _run_entries(path, node)
+    _assert_no_leak(res)
+    api = ["read_ragged", "open_ragged"] if ragged else ["from_pytables"]
+    for entry in [*api, "xr.open_dataset", "xr.open_datatree"]:
+        rec = res[entry]
+        assert not rec["ok"] and rec["etype"] == "ExternalDataError", (entry, rec)
+        named = names[:1] if entry in api else names
+        assert any(n in rec["message"] for n in named), (entry, rec["message"])
+        assert "allow_external=True" in rec["message"], (entry, rec["message"])
+    if not ragged:
+        stats = res["daskh5 stats --json"]["value"]
+        assert stats["rc"] == 1 and stats["stdout"] == "", stats
+        assert stats["stderr"].startswith("daskh5: error: ") and names[0] in stats["stderr"], stats
+    text = res["daskh5 info"]["value"]
+    assert text["rc"] == 0 and "OUTSIDE THE FILE" in text["stdout"] and "refused" in text["stdout"], text
+    report = json.loads(res["daskh5 info --json"]["value"]["stdout"])
+    if ragged:  # the layout is NOT VALID, saying why without the side column's values
+        (entry,) = [g for g in report["ragged"] if g["node"] == node]
+        assert names[0] in entry["error"] and "allow_external=True" in entry["error"], entry
+        assert f"{node} (" in text["stdout"] and "NOT VALID" in text["stdout"]
+    else:
+        (rec,) = [r for r in report["nodes"] if r["path"] == names[0]]
+        assert rec["layout"] == _LAYOUT_WORD[case] and rec["refused"] is True, rec
+        line = next(ln for ln in text["stdout"].splitlines() if ln.split()[:1] == [names[0].lstrip("/")])
+        assert f" {_LAYOUT_WORD[case]} " in line and " contiguous" not in line, line
+
+
+def _h5py_reference(outside, case):
+    import h5py
+
+    path, node, _names = outside[case]
+    base = os.path.dirname(path)
+    if case == "external_link":
+        with h5py.File(os.path.join(base, "other.h5"), "r") as g:
+            return g["/target"][()]
+    if case == "link_chain":
+        with h5py.File(os.path.join(base, "other.h5"), "r") as g:
+            return g["/grp/x"][()]
+    with h5py.File(path, "r") as f:
+        return f[node][()]
+
+
+@pytest.mark.parametrize("case", ["external", "vds", "vds_other_file", "external_link", "link_chain"])
+def test_allow_external_reads_the_real_values(outside, case):
+    """With the opt-in, the values are what h5py reads (an external link: the target file's data)."""
+    path, node, names = outside[case]
+    expected = _h5py_reference(outside, case).astype(float)
+    res = _run_entries(path, node, allow=True, entries=[e for e in ENTRIES if "ragged" not in e])
+    for entry in ("from_pytables", "xr.open_dataset", "xr.open_datatree"):
+        assert res[entry]["ok"], (entry, res[entry])
+    np.testing.assert_array_equal(res["from_pytables"]["value"], expected)
+    np.testing.assert_array_equal(res["xr.open_dataset"]["value"]["data"], expected)
+    np.testing.assert_array_equal(res["xr.open_datatree"]["value"]["/:data"], expected)
+    stats = json.loads(res["daskh5 stats --json"]["value"]["stdout"])
+    np.testing.assert_array_equal(np.asarray(stats["min"])[:, 0], expected)  # one label per row
+    report = json.loads(res["daskh5 info --json"]["value"]["stdout"])
+    (rec,) = [r for r in report["nodes"] if r["path"] == names[0]]
+    assert rec["layout"] == _LAYOUT_WORD[case] and rec["refused"] is False, rec
+    assert "read because of --allow-external" in res["daskh5 info"]["value"]["stdout"]
+
+
+def test_allow_external_reads_ragged_side_columns(tmp_path):
+    """Side columns in external files (relative names: next to the HDF5 file, not the current directory)."""
+    import h5py
+
+    samples = [np.arange(k, dtype="i8") * 10 + k for k in (3, 1, 4, 1, 5)]
+    offsets = np.cumsum([0] + [len(s) for s in samples])
+    ss = np.stack([offsets[:-1], offsets[1:]], axis=1).astype("<i8")
+    (tmp_path / "offsets.bin").write_bytes(b"\0" * 16 + ss.tobytes())  # 16 bytes in: offsets are honoured
+    (tmp_path / "shapes.bin").write_bytes(np.array([len(s) for s in samples], "<i8").tobytes())
+    path = tmp_path / "ragged.h5"
+    with h5py.File(path, "w") as f:
+        f["tok"] = np.concatenate(samples)
+        f.create_dataset(
+            "tok_start_and_stop", shape=ss.shape, dtype="<i8", external=[("offsets.bin", 16, ss.nbytes)]
+        )
+        f.create_dataset("tok_shape", shape=(5, 1), dtype="<i8", external=[("shapes.bin", 0, 40)])
+        vl = f.create_dataset("vl", shape=(5,), dtype=h5py.vlen_dtype("i8"))
+        for i, s in enumerate(samples):
+            vl[i] = s
+        vl.attrs["CLASS"] = np.bytes_(b"VLARRAY")
+        f["vl_shape"] = h5py.SoftLink("/tok_shape")  # a soft link inside the file is fine
+    want = [s.astype(float).tolist() for s in samples]
+    for node in ("/tok", "/vl"):
+        refused = _run_entries(path, node, entries=["open_ragged"])["open_ragged"]
+        assert refused["etype"] == "ExternalDataError" and "/tok_" in refused["message"], refused
+        res = _run_entries(
+            path, node, allow=True, entries=["read_ragged", "open_ragged", "daskh5 info --json"]
+        )
+        assert res["read_ragged"]["value"] == want and res["open_ragged"]["value"] == want, (node, res)
+        report = json.loads(res["daskh5 info --json"]["value"]["stdout"])
+        assert {g["node"]: g.get("samples") for g in report["ragged"]} == {"/tok": 5, "/vl": 5}, report
+
+
+def test_same_file_virtual_dataset_over_internal_storage_is_read(tmp_path):
+    """A VDS whose sources are ordinary datasets of the same file (even through a soft link) stays allowed."""
+    import h5py
+
+    path = tmp_path / "vds.h5"
+    with h5py.File(path, "w") as f:
+        f.create_dataset("a", data=np.arange(6.0), chunks=(2,))
+        f["g/b"] = np.arange(6.0) + 100
+        f["alias"] = h5py.SoftLink("/g/b")
+        layout = h5py.VirtualLayout(shape=(2, 6), dtype="f8")
+        layout[0] = h5py.VirtualSource(".", "a", shape=(6,))
+        layout[1] = h5py.VirtualSource(".", "alias", shape=(6,))
+        f.create_virtual_dataset("data", layout)
+        expected = f["data"][()]
+    res = _run_entries(path, "/data", entries=["from_pytables", "daskh5 info --json"])
+    assert res["from_pytables"]["ok"], res
+    np.testing.assert_array_equal(res["from_pytables"]["value"], expected)
+    (rec,) = [
+        r for r in json.loads(res["daskh5 info --json"]["value"]["stdout"])["nodes"] if r["path"] == "/data"
+    ]
+    assert rec["layout"] == "virtual" and "outside" not in rec, rec
+
+
+def test_link_to_a_fifo_neither_hangs_nor_opens_it(tmp_path):
+    """Following an external link to a FIFO blocks forever in HDF5; daskh5 refuses before opening anything."""
+    import h5py
+
+    fifo = tmp_path / "pipe"
+    os.mkfifo(fifo)
+    path = tmp_path / "fifo.h5"
+    with h5py.File(path, "w") as f:
+        f["data"] = h5py.ExternalLink(str(fifo), "/x")
+    res = _run_entries(path, "/data", entries=["from_pytables", "xr.open_dataset", "daskh5 info"])
+    assert (
+        res["from_pytables"]["etype"] == "ExternalDataError"
+        and res["xr.open_dataset"]["etype"] == "ExternalDataError"
+    )
+    opted = _run_entries(path, "/data", allow=True, entries=["from_pytables"])["from_pytables"]
+    assert opted["etype"] == "NotHDF5Error" and "not a regular file" in opted["message"], opted
+
+
+def test_soft_link_loops_are_an_error(tmp_path):
+    import h5py
+
+    path = tmp_path / "loop.h5"
+    with h5py.File(path, "w") as f:
+        f["a"] = h5py.SoftLink("/b")
+        f["b"] = h5py.SoftLink("/a/x")
+    rec = _run_entries(path, "/a", entries=["from_pytables"])["from_pytables"]
+    assert rec["daskh5_error"] and "links" in rec["message"] and "/a" in rec["message"], rec
+
+
+def test_link_name_with_a_slash_never_aliases_another_node(tmp_path):
+    """A crafted link named ``grp/child`` at the root must not show ``/grp/child``'s data as a root variable."""
+    import h5py
+
+    path = tmp_path / "slash.h5"
+    with h5py.File(path, "w", libver="earliest") as f:  # v1 groups: names in a local heap, no checksums
+        f["grp/child"] = np.arange(5) + 500
+        f["grpXchild"] = np.arange(3)
+    data = path.read_bytes()
+    assert data.count(b"grpXchild") == 1
+    path.write_bytes(data.replace(b"grpXchild", b"grp/child"))
+    with h5py.File(path, "r") as f:
+        assert "grp/child" in list(f.keys())  # h5py lists the crafted name as it is
+    res = _run_entries(
+        path, "/grp/child", entries=["xr.open_dataset", "xr.open_datatree", "daskh5 info --json"]
+    )
+    root = res["xr.open_dataset"]
+    assert root["ok"] and root["value"] == {}, root  # nothing at the root: /grp/child is not a root variable
+    assert any("grp/child" in w and "alias" in w for w in root["warnings"]), root["warnings"]
+    tree = res["xr.open_datatree"]["value"]
+    assert [k for k in tree if k.endswith(":child")] == ["/grp:child"], tree
+    report = json.loads(res["daskh5 info --json"]["value"]["stdout"])
+    assert (
+        report["unreadable_links"] == ["/grp/child"]
+        and [r["path"] for r in report["nodes"]].count("/grp/child") == 1
+    )

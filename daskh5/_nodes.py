@@ -19,6 +19,7 @@ import numpy as np
 
 from daskh5._containment import check_storage, follow
 from daskh5._external import external_segments
+from daskh5._virtual import virtual_boxes
 from daskh5.errors import (
     Daskh5Error,
     FileNotFound,
@@ -68,6 +69,7 @@ class NodeInfo:
     mtime_ns: int
     file_size: int
     external: tuple[tuple[str, int, int], ...] = ()  # EXTERNAL storage: (file, offset, size) segments
+    virtual: tuple = ()  # a VDS of boxes: (start, shape, source file, source node, source start) each
     allow_external: bool = False  # the caller allowed values from outside the file
 
     @property
@@ -365,6 +367,7 @@ def describe_array(
         try:
             dcpl = obj.id.get_create_plist()
             external = external_segments(dcpl, path) if layout == "external" else ()
+            virtual = (virtual_boxes(dcpl, path, obj.ndim) or ()) if layout == "virtual" else ()
             filters = tuple(
                 (int(fid), tuple(int(c) for c in cd))
                 for fid, _flags, cd, _name in (dcpl.get_filter(i) for i in range(dcpl.get_nfilters()))
@@ -399,5 +402,6 @@ def describe_array(
             mtime_ns=st.st_mtime_ns,
             file_size=st.st_size,
             external=external,
+            virtual=virtual,
             allow_external=allow_external,
         )

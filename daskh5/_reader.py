@@ -9,9 +9,13 @@ chunked nodes, the :class:`~daskh5._storage.ChunkIndex`.  Reading a selection:
   one call) and decoded by GIL-releasing decoders, straight into the output
   where the chunk maps onto a contiguous part of it;
 * contiguous nodes: a read-only memory map of the data block;
-* anything else (fletcher32, LZ4/zstd HDF5 plugins, compact or virtual
-  layouts): h5py (with hdf5plugin when installed), which is correct but
-  serialised behind h5py's global lock.
+* EXTERNAL raw storage (only with ``allow_external``): ``pread`` of the
+  external files (:mod:`daskh5._external`);
+* virtual datasets of boxes: each source through its own reader
+  (:mod:`daskh5._virtual`);
+* anything else (fletcher32, LZ4/zstd HDF5 plugins, compact layouts, other
+  virtual datasets): h5py (with hdf5plugin when installed), which is correct
+  but serialised behind h5py's global lock.
 
 Selections follow outer-indexing rules (one integer array per axis is applied
 independently), like PyTables and h5py.
@@ -33,6 +37,7 @@ from daskh5._external import read_external
 from daskh5._files import file_image, pread_exact
 from daskh5._nodes import NodeInfo, describe_array, lookup, open_file
 from daskh5._storage import ChunkIndex, current_index, read_chunk_index
+from daskh5._virtual import NeedsLibrary, open_source, read_virtual
 from daskh5.errors import ChunkDecodeError, Daskh5Error, NotHDF5Error, UnsupportedFilterError
 
 __all__ = ["NodeReader"]
@@ -172,6 +177,8 @@ class NodeReader:
         try:
             if info.layout == "external":
                 out = read_external(info, sel)
+            elif info.virtual:
+                out = self._read_virtual(sel)
             elif not self.fast:
                 out = self._read_library(sel)
             elif info.layout == "contiguous":
@@ -480,6 +487,20 @@ class NodeReader:
             part = self._decode(raw, mask, coords, region)
             out[dst] = part[np.ix_(*[x - r.start for x, r in zip(local, region)])]
         return out
+
+    # -- virtual datasets of boxes: each source through its own reader ------------------
+    def _read_virtual(self, sel) -> np.ndarray:
+        sources = self.__dict__.setdefault("_sources", {})
+
+        def source(i: int):
+            if i not in sources:
+                sources[i] = open_source(self.info, i, describe_array, NodeReader)
+            return sources[i]
+
+        try:
+            return read_virtual(self.info, sel, source)
+        except NeedsLibrary:
+            return self._read_library(sel)
 
     # -- everything else: h5py ---------------------------------------------------------
     def _read_library(self, sel) -> np.ndarray:

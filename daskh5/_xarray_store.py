@@ -248,7 +248,7 @@ def _pandas_entries(
     info = describe_array(
         table.file.filename, table.name, allow_table=True, f=table.file, allow_external=allow_external
     )
-    reader = NodeReader(info, f=group.file)
+    reader = NodeReader(info, f=table.file)
     tattrs = table.attrs
     ginfo = _opaque_attr(gattrs.get("info", b""))
     ginfo = ginfo if isinstance(ginfo, dict) else {}

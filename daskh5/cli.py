@@ -193,8 +193,9 @@ def info(
             base = root.name.rstrip("/")
             found = [(name, kind, value) for name, kind, value in walk(root)]
             hidden = [n for n, _k, _v in found if any(part.startswith("_i_") for part in n.split("/"))]
+            skip = set() if show_all else set(hidden)
             for name, kind, value in found:
-                if not show_all and name in set(hidden):
+                if name in skip:
                     continue
                 if kind == "hard":
                     records.append(_node_record(value, nbytes, allow_external))
@@ -202,7 +203,7 @@ def info(
                     records.append(_link_record(root.file, f"{base}/{name}", value, nbytes, allow_external))
                 elif kind in ("invalid", "other"):
                     refused.append(f"{base}/{name}")
-        ragged = _ragged_records(f.filename, f, records, allow_external)
+        ragged = _ragged_records(root.file.filename, root.file, records, allow_external)
         filename = f.filename
     return {
         "file": filename,

@@ -18,8 +18,10 @@ without traversing it, and :func:`check_storage` looks at a dataset's
 creation property list before anything reads it.  Both refuse with
 :class:`~daskh5.errors.ExternalDataError` unless the caller opted in with
 ``allow_external=True``; then external links are resolved by daskh5 itself,
-relative to the linking file's directory, and external storage and virtual
-sources relative to the dataset's file (``${ORIGIN}``), read through h5py.
+relative to the linking file's directory, EXTERNAL storage is read by
+:mod:`daskh5._external` and virtual datasets by :mod:`daskh5._virtual`, relative
+names next to the dataset's file (h5py, where it still reads, is told the same
+with ``${ORIGIN}``: :func:`with_origin`).
 
 A virtual dataset whose every source is a dataset of the same file (``"."``)
 with ordinary storage of its own is inside the file, and is allowed.

@@ -149,9 +149,13 @@ def idle_bytes() -> int:
 
 
 def release() -> None:
-    """Give every idle buffer back to the kernel now."""
+    """Give every idle buffer back to the kernel now (and stop the trimming timer: nothing is left)."""
+    global _timer
     with _lock:
         _idle.clear()
+        if _timer is not None:
+            _timer.cancel()
+            _timer = None
 
 
 def _after_fork() -> None:

@@ -27,11 +27,16 @@ from typing import Any
 
 import numpy as np
 
+from daskh5 import _buffers
 from daskh5._chunking import resolve_budget
 
 __all__ = ["iter_batches"]
 
 _BLOCKS_PER_HALF_WINDOW = 32  # default block size: a half window holds about this many blocks
+# How the window's bytes are shared: two windows of rows with their shuffled order (7/16 each), and
+# the group of blocks being read before it is copied into a window (1/16).
+_WINDOW_SHARE = 7 / 16
+_GROUP_SHARE = 1 / 16
 
 
 # -- the arrays being batched ---------------------------------------------------------------------------
@@ -104,6 +109,23 @@ def _materialize(parts: list, compute_kwargs: dict) -> list:
         if i not in lazy:
             out[i] = p() if isinstance(p, _Thunk) else np.asarray(p)
     return out
+
+
+def _trim_heap() -> None:
+    """Give the C heap's free memory back to the system (glibc keeps freed reads of a few MiB)."""
+    global _malloc_trim
+    if _malloc_trim is None:
+        try:
+            import ctypes
+
+            _malloc_trim = ctypes.CDLL("libc.so.6").malloc_trim
+        except (OSError, AttributeError):
+            _malloc_trim = False
+    if _malloc_trim:
+        _malloc_trim(0)
+
+
+_malloc_trim = None
 
 
 def _node_reader(x):
@@ -396,11 +418,13 @@ def iter_batches(
         Passes over the data; each shuffled epoch has its own order.
     window : int or str
         Memory for the shuffle, ``"256MiB"`` by default (an int is bytes): the
-        window being drawn from and the next one being read take half each.
+        window being drawn from and the next one being read share it (see Notes).
     block_size : int, optional
         Rows of a block, the unit whose order is shuffled and that is read in
-        one piece. By default a half window holds about 32 blocks, each a
-        whole number of the first array's HDF5 chunks.
+        one piece. By default a window holds about 32 blocks, each a whole
+        number of HDF5 chunks for :func:`daskh5.from_pytables` arrays; other
+        dask arrays are computed a whole chunk at a time, so their blocks are
+        their chunks along the first axis.
     prefetch : int
         Batches prepared ahead while the caller holds the current one (0: in
         order, read on demand).
@@ -423,12 +447,15 @@ def iter_batches(
 
     Shuffled, the rows are cut into blocks of ``block_size`` rows. Each epoch
     shuffles the order of the blocks, groups consecutive blocks of that order
-    into windows of half of ``window``, reads each window (one read per
-    block, all blocks in parallel, the next window while the current one is
-    used) and draws batches from a random permutation of the window's rows.
-    Rows left over at the end of a window join the next one. So every row is
-    visited exactly once per epoch, a batch mixes rows of every block of its
-    window, and memory stays within ``window`` plus ``prefetch`` batches.
+    into windows, reads each window (one read per block, several blocks in
+    parallel, the next window while the current one is used) and draws
+    batches from a random permutation of the window's rows. Rows left over at
+    the end of a window join the next one. So every row is visited exactly
+    once per epoch and a batch mixes rows of every block of its window.
+    Memory stays within ``window`` plus ``prefetch`` batches by construction:
+    the window being used and the one being read take 7/16 of ``window``
+    each (their rows and their shuffled order, 8 bytes a row), and the group
+    of blocks read before it is copied into a window takes 1/16.
     Unlike a full shuffle, two rows of one block always fall in the same
     window: with ``k`` blocks per window, a batch never mixes rows more than
     ``k`` blocks apart in the block order. Smaller blocks (or a larger window)
@@ -466,8 +493,8 @@ def iter_batches(
 
     rows = _rows_per_batch(cols, batch_size)
     row_bytes = sum(c.row_bytes() for c in cols)
-    half = resolve_budget(window) // 2
-    window_rows = half // row_bytes
+    budget = resolve_budget(window)
+    window_rows = int(budget * _WINDOW_SHARE) // (row_bytes + np.dtype(np.int64).itemsize)  # + its order
     if window_rows < rows:
         raise ValueError(
             f"window={window!r} holds {2 * window_rows} rows of {row_bytes} bytes, fewer than two batches "
@@ -485,11 +512,38 @@ def iter_batches(
         block_rows = max(unit, (window_rows // _BLOCKS_PER_HALF_WINDOW) // unit * unit)
     blocks = _blocks(n, min(block_rows, window_rows), cuts)
 
+    ragged = [c.ragged for c in cols]
+    group_rows = max(1, int(budget * _GROUP_SHARE) // row_bytes)
+
     def load_window(blocks: np.ndarray) -> _Window:
-        lazy = [c.lazy(int(a), int(b)) for a, b in blocks for c in cols]
-        got = _materialize(lazy, compute_kwargs)
-        k = len(cols)
-        return _Window([got[i : i + k] for i in range(0, len(got), k)], [c.ragged for c in cols])
+        """The rows of ``blocks`` in one buffer per column, read a group of blocks at a time.
+
+        Each group's blocks are read in parallel and copied into the buffer at once, so
+        memory is the buffer plus one group, and the buffer is one large allocation
+        that goes back to the system when the window is done.
+        """
+        sizes = blocks[:, 1] - blocks[:, 0]
+        total = int(sizes.sum())
+        parts: list = [
+            [] if c.ragged else _buffers.empty((total,) + tuple(c.x.shape[1:]), np.dtype(c.x.dtype)) for c in cols
+        ]
+        pos, g0 = 0, 0
+        while g0 < len(blocks):
+            g1 = g0 + 1
+            while g1 < len(blocks) and sizes[g0 : g1 + 1].sum() <= group_rows:
+                g1 += 1
+            got = _materialize([c.lazy(int(a), int(b)) for a, b in blocks[g0:g1] for c in cols], compute_kwargs)
+            for j, size in enumerate(sizes[g0:g1]):
+                for k, c in enumerate(cols):
+                    if c.ragged:
+                        parts[k].extend(got[j * len(cols) + k])
+                    else:
+                        parts[k][pos : pos + size] = got[j * len(cols) + k]
+                pos += int(size)
+            del got  # before the next group is read
+            g0 = g1
+        _trim_heap()
+        return _Window([parts], ragged)
 
     batches = _shuffled_batches(
         cols,

@@ -72,10 +72,11 @@ def from_pytables(
         Path of the node inside the file, e.g. ``"/data"``.
     chunks : "auto", str, int, tuple or dict
         ``"auto"`` (dask's ``array.chunk-size``), or a memory budget per block
-        as a string (``"64MiB"``, ``"1 GB"``) or an **int number of bytes**:
-        blocks are then whole multiples of the node's HDF5 chunkshape, each
-        within the budget (a single HDF5 chunk bigger than the budget makes one
-        block).  A tuple or dict gives explicit chunks, as in dask, honoured as
+        as a string (``"64MiB"``, ``"1 GB"``): blocks are then whole multiples
+        of the node's HDF5 chunkshape, each within the budget (a single HDF5
+        chunk bigger than the budget makes one block).  As in
+        :func:`dask.array.from_array`, an int is a number of elements along
+        every axis, and a tuple or dict gives explicit chunks, honoured as
         given.
     driver : str, optional
         ``"H5FD_CORE"`` loads the whole file into each process's memory once

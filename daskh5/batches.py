@@ -416,9 +416,10 @@ def iter_batches(
         ``(seed, e)``. Without it, a fresh seed is drawn once per call.
     epochs : int
         Passes over the data; each shuffled epoch has its own order.
-    window : int or str
-        Memory for the shuffle, ``"256MiB"`` by default (an int is bytes): the
-        window being drawn from and the next one being read share it (see Notes).
+    window : str or int
+        Memory for the shuffle, ``"256MiB"`` by default: the window being
+        drawn from and the next one being read share it (see Notes). An int
+        is a number of rows, shared the same way.
     block_size : int, optional
         Rows of a block, the unit whose order is shuffled and that is read in
         one piece. By default a window holds about 32 blocks, each a whole
@@ -465,11 +466,11 @@ def iter_batches(
 
     Examples
     --------
-    >>> import numpy as np
+    >>> import numpy as np, daskh5
     >>> x, y = np.arange(10) * 10, np.arange(10)
-    >>> for xb, yb in iter_batches((x, y), 4, shuffle=True, seed=0, block_size=2):
+    >>> for xb, yb in daskh5.iter_batches((x, y), 4, shuffle=True, seed=0, block_size=2):
     ...     assert (xb == 10 * yb).all()
-    >>> sorted(np.concatenate([b for b in iter_batches(y, 3, shuffle=True, seed=1)]).tolist())
+    >>> sorted(np.concatenate(list(daskh5.iter_batches(y, 3, shuffle=True, seed=1))).tolist())
     [0, 1, 2, 3, 4, 5, 6, 7, 8, 9]
     """
     if prefetch < 0:
@@ -493,8 +494,16 @@ def iter_batches(
 
     rows = _rows_per_batch(cols, batch_size)
     row_bytes = sum(c.row_bytes() for c in cols)
-    budget = resolve_budget(window)
-    window_rows = int(budget * _WINDOW_SHARE) // (row_bytes + np.dtype(np.int64).itemsize)  # + its order
+    if isinstance(window, (int, np.integer)) and not isinstance(window, bool):
+        if window < 2:
+            raise ValueError(f"window: an int is a number of rows (at least 2), got {window}")
+        window_rows, group_rows = int(window) // 2, max(1, int(window) // 14)
+    elif isinstance(window, str):
+        budget = resolve_budget(window)
+        window_rows = int(budget * _WINDOW_SHARE) // (row_bytes + np.dtype(np.int64).itemsize)  # + its order
+        group_rows = max(1, int(budget * _GROUP_SHARE) // row_bytes)
+    else:
+        raise TypeError(f"window is a memory budget like '256MiB' or a number of rows, not {window!r}")
     if window_rows < rows:
         raise ValueError(
             f"window={window!r} holds {2 * window_rows} rows of {row_bytes} bytes, fewer than two batches "
@@ -513,7 +522,6 @@ def iter_batches(
     blocks = _blocks(n, min(block_rows, window_rows), cuts)
 
     ragged = [c.ragged for c in cols]
-    group_rows = max(1, int(budget * _GROUP_SHARE) // row_bytes)
 
     def load_window(blocks: np.ndarray) -> _Window:
         """The rows of ``blocks`` in one buffer per column, read a group of blocks at a time.

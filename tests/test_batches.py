@@ -33,15 +33,15 @@ def test_every_row_once_per_epoch_in_a_new_order(carray):
     # a 48 KB window: 656 rows of 24 bytes (+ 8 for their order) each, blocks of 100 rows (the HDF5 chunks)
     orders = []
     for epoch_batches in _split_epochs(
-        daskh5.iter_batches(x, 64, shuffle=True, seed=3, epochs=3, window=48_000, scheduler="sync"), 6000
+        daskh5.iter_batches(x, 64, shuffle=True, seed=3, epochs=3, window="48kB", scheduler="sync"), 6000
     ):
         order = np.concatenate([_rows(b) for b in epoch_batches])
         assert np.array_equal(np.sort(order), np.arange(6000))  # every row exactly once
         orders.append(order)
     assert not np.array_equal(orders[0], orders[1]) and not np.array_equal(orders[1], orders[2])
-    again = np.concatenate([_rows(b) for b in daskh5.iter_batches(x, 64, shuffle=True, seed=3, window=48_000)])
+    again = np.concatenate([_rows(b) for b in daskh5.iter_batches(x, 64, shuffle=True, seed=3, window="48kB")])
     np.testing.assert_array_equal(again, orders[0])  # the seed makes it reproducible
-    other = np.concatenate([_rows(b) for b in daskh5.iter_batches(x, 64, shuffle=True, seed=4, window=48_000)])
+    other = np.concatenate([_rows(b) for b in daskh5.iter_batches(x, 64, shuffle=True, seed=4, window="48kB")])
     assert not np.array_equal(other, orders[0])
 
 
@@ -60,7 +60,7 @@ def test_shuffle_statistics(carray):
     """Batches mix many blocks; positions in the epoch are unrelated to positions in the file."""
     path, _x = carray
     x = daskh5.from_pytables(path, "/data")
-    batches = list(daskh5.iter_batches(x, 64, shuffle=True, seed=0, window=96_000, block_size=100))
+    batches = list(daskh5.iter_batches(x, 64, shuffle=True, seed=0, window="96kB", block_size=100))
     blocks_per_batch = [len(np.unique(_rows(b) // 100)) for b in batches[:-1]]
     # a window holds 1312 rows = 13 blocks: 64 rows drawn from it hit nearly all of them
     assert min(blocks_per_batch) >= 8 and np.mean(blocks_per_batch) > 11
@@ -85,7 +85,7 @@ def test_shuffled_reads_are_whole_blocks(carray, monkeypatch):
 
     monkeypatch.setattr(NodeReader, "__getitem__", counting)
     x = daskh5.from_pytables(path, "/data", chunks=(1000, 3))
-    got = list(daskh5.iter_batches(x, 50, shuffle=True, seed=1, epochs=2, window=48_000, scheduler="sync"))
+    got = list(daskh5.iter_batches(x, 50, shuffle=True, seed=1, epochs=2, window="48kB", scheduler="sync"))
     assert sum(len(b) for b in got) == 12_000
     assert len(calls) == 2 * 60  # 60 blocks of 100 rows (its HDF5 chunks), each one read
     assert set(calls) == {100}
@@ -155,7 +155,7 @@ def test_memory_stays_within_the_window(monkeypatch):
     n = 20_000
     x = da.arange(n, chunks=100, dtype=np.int64)
     total = 0
-    for batch in daskh5.iter_batches(x, 50, shuffle=True, seed=2, window=16_000, prefetch=2):
+    for batch in daskh5.iter_batches(x, 50, shuffle=True, seed=2, window="16kB", prefetch=2):
         time.sleep(0.0005)
         total += len(batch)
     assert total == n
@@ -168,7 +168,7 @@ def test_memory_stays_within_the_window(monkeypatch):
 def test_reading_overlaps_the_callers_work():
     started = []
     x = da.arange(4000, chunks=100).map_blocks(lambda b: started.append(1) or b, meta=np.empty(0, int))
-    it = daskh5.iter_batches(x, 100, shuffle=True, seed=0, window=16_000, block_size=100, scheduler="sync")
+    it = daskh5.iter_batches(x, 100, shuffle=True, seed=0, window="16kB", block_size=100, scheduler="sync")
     next(it)  # the first window (4 blocks) was needed for it
     deadline = time.monotonic() + 5
     while len(started) < 8 and time.monotonic() < deadline:
@@ -204,5 +204,15 @@ def test_an_error_in_a_read_reaches_the_caller():
 def test_shuffled_epochs_on_a_cluster(carray, cluster_client):
     path, _x = carray
     x = daskh5.from_pytables(path, "/data")
-    order = np.concatenate([_rows(b) for b in daskh5.iter_batches(x, 128, shuffle=True, seed=9, window=48_000)])
+    order = np.concatenate([_rows(b) for b in daskh5.iter_batches(x, 128, shuffle=True, seed=9, window="48kB")])
     assert np.array_equal(np.sort(order), np.arange(6000))
+
+
+def test_an_int_window_is_rows():
+    """As in dask, an int is a count: ``window=200`` rows are two windows of 100 (here 10 blocks each)."""
+    y = np.arange(1000)
+    order = np.concatenate(list(daskh5.iter_batches(y, 10, shuffle=True, seed=0, window=200, block_size=10)))
+    assert len(np.unique(order[:100] // 10)) == 10  # the first 100 rows: whole blocks, ten of them
+    assert len(np.unique(order[:110] // 10)) > 10
+    with pytest.raises(TypeError, match="budget"):
+        list(daskh5.iter_batches(y, 10, shuffle=True, window=2.5))

@@ -33,10 +33,11 @@ from daskh5._chunking import resolve_budget
 __all__ = ["iter_batches"]
 
 _BLOCKS_PER_HALF_WINDOW = 32  # default block size: a half window holds about this many blocks
-# How the window's bytes are shared: two windows of rows with their shuffled order (7/16 each), and
-# the group of blocks being read before it is copied into a window (1/16).
-_WINDOW_SHARE = 7 / 16
-_GROUP_SHARE = 1 / 16
+# How the window's bytes are shared: two windows of rows with their shuffled order (13/32 each), the
+# group of blocks being read before it is copied into a window (1/32), and the rest (5/32) for what
+# reading a group needs besides its result (compressed bytes, decoder and allocator overhead).
+_WINDOW_SHARE = 13 / 32
+_GROUP_SHARE = 1 / 32
 
 
 # -- the arrays being batched ---------------------------------------------------------------------------
@@ -454,9 +455,10 @@ def iter_batches(
     the end of a window join the next one. So every row is visited exactly
     once per epoch and a batch mixes rows of every block of its window.
     Memory stays within ``window`` plus ``prefetch`` batches by construction:
-    the window being used and the one being read take 7/16 of ``window``
-    each (their rows and their shuffled order, 8 bytes a row), and the group
-    of blocks read before it is copied into a window takes 1/16.
+    the window being used and the one being read take 13/32 of ``window``
+    each (their rows and their shuffled order, 8 bytes a row), the group of
+    blocks read before it is copied into a window 1/32, and the rest is left
+    for reading (compressed bytes, decoders).
     Unlike a full shuffle, two rows of one block always fall in the same
     window: with ``k`` blocks per window, a batch never mixes rows more than
     ``k`` blocks apart in the block order. Smaller blocks (or a larger window)
@@ -497,7 +499,7 @@ def iter_batches(
     if isinstance(window, (int, np.integer)) and not isinstance(window, bool):
         if window < 2:
             raise ValueError(f"window: an int is a number of rows (at least 2), got {window}")
-        window_rows, group_rows = int(window) // 2, max(1, int(window) // 14)
+        window_rows, group_rows = int(window) // 2, max(1, int(window) // 26)
     elif isinstance(window, str):
         budget = resolve_budget(window)
         window_rows = int(budget * _WINDOW_SHARE) // (row_bytes + np.dtype(np.int64).itemsize)  # + its order

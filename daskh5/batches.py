@@ -336,7 +336,7 @@ def _shuffled_batches(cols, n, rows, *, drop_last, epochs, seed, window_rows, bl
                     yield win.take(perm[k : k + rows])
                 rest = perm[full:]
                 carry = _Window([win.take(rest)], ragged) if rest.size else None
-                del win
+                del win, perm, rest  # before the next window and its order exist
             if carry is not None and not drop_last:
                 yield carry.parts[0]
 

@@ -17,6 +17,7 @@ import numpy as np
 
 from daskh5 import _files
 from daskh5._chunking import resolve_budget
+from daskh5._inputs import resolve
 from daskh5._layout import RaggedLayout, find_layout
 from daskh5._nodes import describe_array, lookup, open_file
 from daskh5._reader import NodeReader, load_plugins
@@ -448,7 +449,8 @@ def open_ragged(
     from daskh5.array import _normalize_driver
 
     driver = _normalize_driver(driver)
-    return RaggedArray(find_layout(os.path.abspath(os.fspath(path)), node, start_stop, shape, driver))
+    path, node, _ = resolve(path, node)
+    return RaggedArray(find_layout(path, node, start_stop, shape, driver))
 
 
 def read_ragged(

@@ -18,6 +18,7 @@ import numpy as np
 
 from daskh5._chunking import budget_chunks
 from daskh5._encode import encoder_for
+from daskh5._inputs import resolve
 from daskh5._nodes import ATTR_APPENDING
 from daskh5._safe_tables import atomic_target, open_tables
 from daskh5.errors import (
@@ -388,10 +389,11 @@ def to_pytables(
             )
         from daskh5._xarray_write import write_xarray
 
+        path, node, _ = resolve(path, node or "/")
         return write_xarray(
             x,
             path,
-            node or "/",
+            node,
             filters=filters or _default_filters(),
             mode=mode,
             overwrite=overwrite,
@@ -399,6 +401,7 @@ def to_pytables(
         )
     if node is None:
         raise TypeError("to_pytables(x, path, node): give the node path for an array, e.g. '/result'")
+    path, node, _ = resolve(path, node)  # "result" means "/result"; open files give their name
     if not compute:
         return _deferred(
             to_pytables, x, path, node, kind=kind, filters=filters, chunkshape=chunkshape, title=title,
@@ -512,7 +515,7 @@ def append(x: Any, path: str | os.PathLike, node: str, *, progress: bool = True,
         return _deferred(append, x, path, node, progress=progress, compute=True)
     import tables
 
-    path = os.path.abspath(os.fspath(path))
+    path, node, _ = resolve(path, node)
     if not os.path.exists(path):
         raise NodeNotFound(
             f"{path}: no such file to append to; create the EArray with to_pytables(kind='earray')"

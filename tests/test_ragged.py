@@ -472,21 +472,31 @@ def test_in_memory_driver(h5path, layout):
 
 
 def test_bags_default_to_threads_and_keep_it(h5path):
-    """Bags of samples, and what their methods derive, run on threads unless a scheduler is chosen."""
-    import dask
-    import dask.threaded
-    from dask.base import get_scheduler
+    """Bags of samples, and what their methods derive, run on threads unless a scheduler is chosen.
+
+    Checked in a fresh interpreter: the session's cluster fixture may have left a default client here.
+    """
+    import subprocess
+    import sys
 
     daskh5.write_ragged([np.arange(n) for n in range(1, 9)], h5path, "/s", progress=False)
-    bag = daskh5.read_ragged(h5path, "/s", partition_size=3)
-    assert isinstance(bag, daskh5.SampleBag) and bag.npartitions == 3
-    derived = [bag, bag.map(len), bag.filter(lambda s: len(s) > 2), bag.map(len).sum(), bag.pluck(0).max()]
-    for c in derived:
-        assert get_scheduler(collections=[c]) is dask.threaded.get, c
+    code = f"""
+import dask, dask.threaded, distributed, daskh5
+from dask.base import get_scheduler
+bag = daskh5.read_ragged({h5path!r}, "/s", partition_size=3)
+assert isinstance(bag, daskh5.SampleBag) and bag.npartitions == 3
+for c in [bag, bag.map(len), bag.filter(lambda s: len(s) > 2), bag.map(len).sum(), bag.pluck(0).max()]:
+    assert get_scheduler(collections=[c]) is dask.threaded.get, c
+assert bag.map(len).sum().compute() == 36
+with dask.config.set(scheduler="sync"):
+    assert get_scheduler(collections=[bag.map(len)]) is dask.get  # config wins
+with distributed.Client(processes=False, dashboard_address=None) as client:
+    assert get_scheduler(collections=[bag.map(len)]) == client.get  # and a client
     assert bag.map(len).sum().compute() == 36
-    with dask.config.set(scheduler="sync"):
-        assert get_scheduler(collections=[bag.map(len)]) is dask.get  # config wins
-    assert bag.map(len).sum().compute(scheduler="sync") == 36
+print("ok")
+"""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.stdout.strip().endswith("ok"), out.stderr
 
 
 def test_a_script_without_main_guard_runs_once(tmp_path):

@@ -145,7 +145,9 @@ def main(argv: list[str] | None = None) -> int:
         results = [("daskh5 iter_batches(shuffle=True), whole epoch", ours)]
         for name in ("pytables", "h5py"):
             r = in_child(name, path, args.batch, args.seconds)
-            results.append((f"{name}: random indices per batch, {args.seconds:.0f} s", r["rows"] / r["seconds"]))
+            results.append(
+                (f"{name}: random indices per batch, {args.seconds:.0f} s", r["rows"] / r["seconds"])
+            )
         print(f"\n{'reader':<52}{'rows/s':>14}{'daskh5 / it':>14}")
         for name, speed in results:
             print(f"{name:<52}{speed:>14,.0f}{ours / speed:>13.1f}x")

@@ -76,7 +76,9 @@ def resolve_chunks(chunks, shape, chunkshape, dtype: np.dtype):
         raise TypeError(f"chunks: give a budget like '64MiB', elements per axis, or a tuple, not {chunks!r}")
     if isinstance(chunks, (int, np.integer)):
         if chunks <= 0 and chunks != -1:
-            raise ValueError(f"chunks: an int is a number of elements along every axis (>0 or -1), got {chunks}")
+            raise ValueError(
+                f"chunks: an int is a number of elements along every axis (>0 or -1), got {chunks}"
+            )
         return normalize_chunks(int(chunks), shape, dtype=dtype)
     if isinstance(chunks, dict):
         chunks = tuple(chunks.get(i, chunks.get(i - len(shape), "auto")) for i in range(len(shape)))

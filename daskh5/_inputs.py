@@ -23,7 +23,7 @@ def normalize_node(node: str, where: str = "") -> str:
     >>> normalize_node("grp/data"), normalize_node("/data/"), normalize_node("/")
     ('/grp/data', '/data', '/')
     """
-    if not isinstance(node, str) or not node.strip("/") and node != "/":
+    if not isinstance(node, str) or (not node.strip("/") and node != "/"):
         raise NodeNotFound(f"{where}node must be a path like '/data', got {node!r}")
     if "\x00" in node:
         raise NodeNotFound(f"{where}node {node!r} has a NUL character, which HDF5 names cannot hold")

@@ -16,6 +16,7 @@ per block, and rows are shuffled inside the window (see :func:`iter_batches`).
 
 from __future__ import annotations
 
+import itertools
 import math
 import queue
 import threading
@@ -163,7 +164,6 @@ def _column(x) -> _Column:
 
 def _columns(arrays) -> tuple[list[_Column], Any]:
     """The columns of ``arrays`` and a function packing one part per column as the caller gave them."""
-    from daskh5.ragged import RaggedArray
 
     if isinstance(arrays, Mapping):
         keys, items = list(arrays), list(arrays.values())
@@ -254,7 +254,7 @@ def _blocks(n: int, block_rows: int, cuts: list[np.ndarray]) -> np.ndarray:
     """
     bounds = np.unique(np.concatenate([[0, n], *cuts]).astype(np.int64))
     pieces = []
-    for a, b in zip(bounds[:-1], bounds[1:]):
+    for a, b in itertools.pairwise(bounds):
         starts = np.arange(a, b, block_rows, dtype=np.int64)
         pieces.append(np.stack([starts, np.minimum(starts + block_rows, b)], axis=1))
     return np.concatenate(pieces) if pieces else np.zeros((0, 2), np.int64)
@@ -535,14 +535,17 @@ def iter_batches(
         sizes = blocks[:, 1] - blocks[:, 0]
         total = int(sizes.sum())
         parts: list = [
-            [] if c.ragged else _buffers.empty((total,) + tuple(c.x.shape[1:]), np.dtype(c.x.dtype)) for c in cols
+            [] if c.ragged else _buffers.empty((total,) + tuple(c.x.shape[1:]), np.dtype(c.x.dtype))
+            for c in cols
         ]
         pos, g0 = 0, 0
         while g0 < len(blocks):
             g1 = g0 + 1
             while g1 < len(blocks) and sizes[g0 : g1 + 1].sum() <= group_rows:
                 g1 += 1
-            got = _materialize([c.lazy(int(a), int(b)) for a, b in blocks[g0:g1] for c in cols], compute_kwargs)
+            got = _materialize(
+                [c.lazy(int(a), int(b)) for a, b in blocks[g0:g1] for c in cols], compute_kwargs
+            )
             for j, size in enumerate(sizes[g0:g1]):
                 for k, c in enumerate(cols):
                     if c.ragged:

@@ -15,6 +15,7 @@ import time
 
 import numpy as np
 
+from daskh5._optional import require
 from daskh5.errors import Daskh5Error
 
 __all__ = ["main"]
@@ -239,9 +240,9 @@ def _scheduler(address: str | None, workers: int):
             yield {"scheduler": address or "threads"}, None
             return
         try:
-            import distributed
+            distributed = require("distributed", "a cluster (--scheduler local or an address)")
         except ImportError as exc:
-            raise CommandError("a cluster needs dask.distributed: pip install 'daskh5[demo]'") from exc
+            raise CommandError(str(exc)) from exc
 
         if address == "local":
             if workers < 1:
@@ -299,6 +300,8 @@ def _stats_json(stats) -> dict:
 
 
 def _cmd_stats(args) -> int:
+    if args.plot:
+        _pyplot()  # a missing matplotlib fails before the statistics are computed
     with _scheduler(args.scheduler, args.workers) as (kwargs, _client):
         stats, seconds, nbytes, x = run_stats(args.file, args.data, args.labels, args.budget, kwargs)
     if args.json:
@@ -320,13 +323,10 @@ def _cmd_stats(args) -> int:
 
 def _pyplot():
     try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
+        require("matplotlib", "plots (--plot, daskh5 demo)").use("Agg")
+        return require("matplotlib.pyplot", "plots (--plot, daskh5 demo)")
     except ImportError as exc:
-        raise CommandError("plots need matplotlib: pip install 'daskh5[demo]'") from exc
-    return plt
+        raise CommandError(str(exc)) from exc
 
 
 def plot_stats(stats, out: str) -> None:
@@ -437,6 +437,8 @@ def write_tokens(path: str, n: int = 20_000, seed: int = 0) -> np.ndarray:
 def _cmd_demo(args) -> int:
     from daskh5.array import from_pytables
     from daskh5.ragged import open_ragged
+
+    _pyplot()  # the demo draws pictures: a missing matplotlib fails before any work
 
     os.makedirs(args.out, exist_ok=True)
     path = os.path.join(args.out, "clusters.h5")

@@ -20,6 +20,7 @@ from daskh5._chunking import resolve_budget
 from daskh5._inputs import resolve
 from daskh5._layout import RaggedLayout, find_layout
 from daskh5._nodes import describe_array, lookup, open_file
+from daskh5._optional import require
 from daskh5._reader import NodeReader, load_plugins
 from daskh5.errors import RaggedLayoutError
 
@@ -306,7 +307,6 @@ class RaggedArray(Sequence):
         for :func:`daskh5.iter_batches`.  The bag runs on dask's threaded
         scheduler by default (see :class:`daskh5.SampleBag`).
         """
-        import dask.bag as db
         from dask.base import tokenize
         from dask.highlevelgraph import HighLevelGraph
 
@@ -380,10 +380,7 @@ class RaggedArray(Sequence):
         When the samples are stored back to back (the layout daskh5 writes),
         the flat data is read once and wrapped without per-sample copies.
         """
-        try:
-            import awkward as ak
-        except ImportError as exc:
-            raise ImportError("to_awkward needs awkward: pip install awkward") from exc
+        ak = require("awkward", "RaggedArray.to_awkward")
         lay = self.layout
         n = len(self)
         contiguous = lay.kind == "flat" and (n == 0 or (np.array_equal(lay.starts[1:], lay.stops[:-1])))

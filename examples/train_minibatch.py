@@ -75,7 +75,9 @@ class MiniBatchKMeans:
             self.centers = self._seed(xb)
         nearest = self.assign(xb)
         counts = np.bincount(nearest, minlength=self.k)
-        sums = np.stack([np.bincount(nearest, weights=xb[:, j], minlength=self.k) for j in range(xb.shape[1])], 1)
+        sums = np.stack(
+            [np.bincount(nearest, weights=xb[:, j], minlength=self.k) for j in range(xb.shape[1])], 1
+        )
         self.seen += counts
         moved = counts > 0
         rate = counts[moved] / self.seen[moved]

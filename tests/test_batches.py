@@ -39,9 +39,13 @@ def test_every_row_once_per_epoch_in_a_new_order(carray):
         assert np.array_equal(np.sort(order), np.arange(6000))  # every row exactly once
         orders.append(order)
     assert not np.array_equal(orders[0], orders[1]) and not np.array_equal(orders[1], orders[2])
-    again = np.concatenate([_rows(b) for b in daskh5.iter_batches(x, 64, shuffle=True, seed=3, window="48kB")])
+    again = np.concatenate(
+        [_rows(b) for b in daskh5.iter_batches(x, 64, shuffle=True, seed=3, window="48kB")]
+    )
     np.testing.assert_array_equal(again, orders[0])  # the seed makes it reproducible
-    other = np.concatenate([_rows(b) for b in daskh5.iter_batches(x, 64, shuffle=True, seed=4, window="48kB")])
+    other = np.concatenate(
+        [_rows(b) for b in daskh5.iter_batches(x, 64, shuffle=True, seed=4, window="48kB")]
+    )
     assert not np.array_equal(other, orders[0])
 
 
@@ -65,7 +69,9 @@ def test_shuffle_statistics(carray):
     # a window holds 1218 rows = 12 blocks: 64 rows drawn from it hit nearly all of them
     assert min(blocks_per_batch) >= 7 and np.mean(blocks_per_batch) > 10
     order = np.concatenate([_rows(b) for b in batches])
-    small = np.concatenate([_rows(b) for b in daskh5.iter_batches(x, 64, shuffle=True, seed=0, block_size=20)])
+    small = np.concatenate(
+        [_rows(b) for b in daskh5.iter_batches(x, 64, shuffle=True, seed=0, block_size=20)]
+    )
     rank = np.argsort(small)  # where each row was visited: unrelated to where it is (1 in file order)
     assert abs(np.corrcoef(rank, np.arange(6000))[0, 1]) < 0.25  # 300 blocks: 4 standard deviations
     first_block = order[:1200] // 100  # the first window is 12 blocks taken from all over the file
@@ -204,7 +210,9 @@ def test_an_error_in_a_read_reaches_the_caller():
 def test_shuffled_epochs_on_a_cluster(carray, cluster_client):
     path, _x = carray
     x = daskh5.from_pytables(path, "/data")
-    order = np.concatenate([_rows(b) for b in daskh5.iter_batches(x, 128, shuffle=True, seed=9, window="48kB")])
+    order = np.concatenate(
+        [_rows(b) for b in daskh5.iter_batches(x, 128, shuffle=True, seed=9, window="48kB")]
+    )
     assert np.array_equal(np.sort(order), np.arange(6000))
 
 

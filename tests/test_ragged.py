@@ -512,7 +512,9 @@ def test_a_script_without_main_guard_runs_once(tmp_path):
         "daskh5.append(np.ones((5, 3)), 'speech.h5', '/grown', progress=False)\n"
         "print(daskh5.read_ragged('speech.h5', '/u', partition_size=10).map(len).sum().compute())\n"
     )
-    out = subprocess.run([sys.executable, str(script)], cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    out = subprocess.run(
+        [sys.executable, str(script)], cwd=tmp_path, capture_output=True, text=True, timeout=120
+    )
     assert out.returncode == 0, out.stderr
     assert out.stdout.split()[-1] == str(sum(range(1, 50)))
     assert daskh5.from_pytables(str(tmp_path / "speech.h5"), "/grown").shape == (7, 3)  # appended once

@@ -31,7 +31,16 @@ class SampleItem(db.Item):
 
 
 class SampleBag(db.Bag):
-    """A ``dask.bag.Bag`` of NumPy samples computed on threads by default (see the module notes).
+    """A ``dask.bag.Bag`` of NumPy samples computed on threads by default.
+
+    :func:`daskh5.read_ragged` and :meth:`daskh5.RaggedArray.to_bag` return one.
+    dask's bags default to processes, which suit pure-Python objects; NumPy
+    samples release the GIL, so threads are as fast, start at once and need
+    no ``if __name__ == "__main__"`` guard (with processes, a plain script is
+    re-run by every child, its writes too). Bags and items derived through
+    its methods (``map``, ``filter``, ``sum``, ...) keep the threaded default;
+    ``compute(scheduler=...)``, ``dask.config.set(scheduler=...)`` and a
+    ``distributed`` client take precedence, as for any dask collection.
 
     >>> import dask.bag as db
     >>> bag = SampleBag.of(db.from_sequence([1, 2, 3], npartitions=2))

@@ -7,6 +7,7 @@
 
 from __future__ import annotations
 
+from daskh5._bag import SampleBag
 from daskh5._files import close_files
 from daskh5._ragged_write import write_ragged
 from daskh5.array import from_pytables
@@ -46,6 +47,7 @@ __all__ = [
     "NotHDF5Error",
     "RaggedArray",
     "RaggedLayoutError",
+    "SampleBag",
     "UnsupportedDtypeError",
     "UnsupportedFilterError",
     "__version__",

@@ -54,17 +54,32 @@ def _split(n: int, b: int) -> tuple[int, ...]:
 def resolve_chunks(chunks, shape, chunkshape, dtype: np.dtype):
     """Normalise the ``chunks`` argument of :func:`daskh5.from_pytables`.
 
-    ``"auto"`` uses dask's ``array.chunk-size``; a string or an int is a byte
-    budget; a tuple or dict is passed to dask as explicit chunks (``"auto"``
-    or ``None`` entries inside it follow the budget, -1 means the whole axis).
+    ``"auto"`` uses dask's ``array.chunk-size``; a string is a byte budget
+    (blocks of whole HDF5 chunks); as in :func:`dask.array.from_array`, an
+    int is a number of elements along every axis, and a tuple or dict gives
+    explicit chunks (``"auto"`` or ``None`` entries inside it follow the
+    budget, -1 means the whole axis).
+
+    >>> resolve_chunks(1000, (2500, 3), (100, 3), np.dtype("f8"))
+    ((1000, 1000, 500), (3,))
+    >>> resolve_chunks("8KiB", (2500, 3), (100, 3), np.dtype("f8"))
+    ((300, 300, 300, 300, 300, 300, 300, 300, 100), (3,))
     """
     if chunks is None or chunks == "auto":
         chunks = dask.config.get("array.chunk-size")
-    if isinstance(chunks, (str, int, np.integer)) and not isinstance(chunks, bool):
-        budget = parse_bytes(chunks) if isinstance(chunks, str) else int(chunks)
+    if isinstance(chunks, str):
+        budget = parse_bytes(chunks)
         if budget <= 0:
             raise ValueError(f"chunks: a memory budget must be positive, got {chunks!r}")
         return budget_chunks(shape, chunkshape, dtype.itemsize, budget)
+    if isinstance(chunks, bool):
+        raise TypeError(f"chunks: give a budget like '64MiB', elements per axis, or a tuple, not {chunks!r}")
+    if isinstance(chunks, (int, np.integer)):
+        if chunks <= 0 and chunks != -1:
+            raise ValueError(
+                f"chunks: an int is a number of elements along every axis (>0 or -1), got {chunks}"
+            )
+        return normalize_chunks(int(chunks), shape, dtype=dtype)
     if isinstance(chunks, dict):
         chunks = tuple(chunks.get(i, chunks.get(i - len(shape), "auto")) for i in range(len(shape)))
     if isinstance(chunks, (tuple, list)) and len(chunks) != len(shape):

@@ -15,6 +15,7 @@ from collections.abc import Iterable, Iterator
 import numpy as np
 
 from daskh5._chunking import resolve_budget
+from daskh5._inputs import resolve
 from daskh5._layout import ATTR_KIND, ATTR_NDIM, ATTR_NSAMPLES, ATTR_SHAPE, ATTR_START_STOP
 from daskh5._safe_tables import atomic_target, open_tables
 from daskh5.errors import NodeKindError, RaggedLayoutError
@@ -224,6 +225,7 @@ def write_ragged(
     """
     if mode not in ("a", "w"):
         raise ValueError(f"write_ragged: mode must be 'a' or 'w', got {mode!r}")
+    path, node, _ = resolve(path, node)  # "data" means "/data"; open files give their name
     if not isinstance(node, str) or not node.startswith("/") or node == "/":
         raise ValueError(f"write_ragged: node must be an absolute node path like '/data', got {node!r}")
     path = os.path.abspath(os.fspath(path))

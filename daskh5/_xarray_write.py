@@ -7,6 +7,7 @@ import os
 
 import numpy as np
 
+from daskh5._optional import require
 from daskh5._safe_tables import atomic_target, open_tables
 from daskh5._xarray_store import ATTR_COORDS, ATTR_DIMS
 from daskh5.errors import NodeExistsError
@@ -31,7 +32,7 @@ def _filters_from_encoding(encoding: dict, default):
 
 def _encoded(obj):
     """CF-encoded variables and attributes (datetimes -> numbers + units, unicode -> utf-8 bytes)."""
-    import xarray as xr
+    xr = require("xarray", "writing xarray objects")
 
     ds = (
         obj.to_dataset(name=obj.name if obj.name is not None else "data")

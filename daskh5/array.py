@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from daskh5._chunking import resolve_chunks
+from daskh5._inputs import resolve
 from daskh5._nodes import describe_array
 from daskh5._reader import NodeReader
 from daskh5.errors import Daskh5Error
@@ -32,18 +33,17 @@ def _normalize_driver(driver: str | None) -> str | None:
     return _DRIVERS[key]
 
 
-def _from_leaf(leaf) -> tuple[str, str, str | None]:
-    """(path, node, driver) of an open ``tables.Leaf``, flushing pending writes."""
-    f = leaf._v_file
+def _tables_driver(f, node: str) -> str | None:
+    """The driver to read an open ``tables.File`` with, flushing its pending writes first."""
     if f.mode != "r":
         f.flush()
     driver = "H5FD_CORE" if f.params.get("DRIVER") == "H5FD_CORE" else None
     if driver and not f.params.get("DRIVER_CORE_BACKING_STORE", 1) and f.mode != "r":
         raise Daskh5Error(
-            f"{f.filename}:{leaf._v_pathname} lives in an in-memory file with no backing store; "
+            f"{f.filename}:{node} lives in an in-memory file with no backing store; "
             "workers cannot see it. Write the file to disk first"
         )
-    return f.filename, leaf._v_pathname, driver
+    return driver
 
 
 def from_pytables(
@@ -66,17 +66,20 @@ def from_pytables(
 
     Parameters
     ----------
-    source : path or tables.Leaf
-        The file, or an open PyTables leaf (then ``node`` is taken from it and
-        pending writes are flushed first).
+    source : path, tables.File, tables.Leaf, h5py.File, h5py.Group or h5py.Dataset
+        The file. An open PyTables or h5py object gives its file name (and,
+        for a leaf or dataset, the node); nothing is read through it, and a
+        PyTables file's pending writes are flushed first.
     node : str
-        Path of the node inside the file, e.g. ``"/data"``.
+        Path of the node inside the file (or group), e.g. ``"/data"``;
+        ``"data"`` means the same.
     chunks : "auto", str, int, tuple or dict
         ``"auto"`` (dask's ``array.chunk-size``), or a memory budget per block
-        as a string (``"64MiB"``, ``"1 GB"``) or an **int number of bytes**:
-        blocks are then whole multiples of the node's HDF5 chunkshape, each
-        within the budget (a single HDF5 chunk bigger than the budget makes one
-        block).  A tuple or dict gives explicit chunks, as in dask, honoured as
+        as a string (``"64MiB"``, ``"1 GB"``): blocks are then whole multiples
+        of the node's HDF5 chunkshape, each within the budget (a single HDF5
+        chunk bigger than the budget makes one block).  As in
+        :func:`dask.array.from_array`, an int is a number of elements along
+        every axis, and a tuple or dict gives explicit chunks, honoured as
         given.
     driver : str, optional
         ``"H5FD_CORE"`` loads the whole file into each process's memory once
@@ -124,13 +127,11 @@ def from_pytables(
     import dask.array as da
     from dask.base import tokenize
 
-    if not isinstance(source, (str, os.PathLike)) and hasattr(source, "_v_pathname"):
-        path, node, leaf_driver = _from_leaf(source)
-        driver = driver or leaf_driver
-    else:
-        path = os.fspath(source)
-        if node is None:
-            raise TypeError("from_pytables(path, node): give the node path, e.g. '/data'")
+    path, node, handle = resolve(source, node, need_node=False)
+    if node is None:
+        raise TypeError("from_pytables(path, node): give the node path, e.g. '/data'")
+    if handle is not None:
+        driver = driver or _tables_driver(handle, node)
     driver = _normalize_driver(driver)
     info = describe_array(path, node, allow_external=allow_external)
     reader = NodeReader(info, driver=driver)

@@ -15,6 +15,7 @@ import time
 
 import numpy as np
 
+from daskh5._optional import require
 from daskh5.errors import Daskh5Error
 
 __all__ = ["main"]
@@ -300,9 +301,9 @@ def _scheduler(address: str | None, workers: int):
             yield {"scheduler": address or "threads"}, None
             return
         try:
-            import distributed
+            distributed = require("distributed", "a cluster (--scheduler local or an address)")
         except ImportError as exc:
-            raise CommandError("a cluster needs dask.distributed: pip install 'daskh5[demo]'") from exc
+            raise CommandError(str(exc)) from exc
 
         if address == "local":
             if workers < 1:
@@ -333,13 +334,23 @@ def _scheduler(address: str | None, workers: int):
 
 
 def run_stats(
-    path, data="/data", labels="/clusters", budget="64MiB", compute_kwargs=None, allow_external=False
+    path,
+    data="/data",
+    labels="/clusters",
+    budget="64MiB",
+    compute_kwargs=None,
+    allow_external=False,
+    *,
+    client=None,
+    progress=False,
 ):
     """Per-label statistics of ``data`` by ``labels`` in one file (what ``daskh5 stats`` prints).
 
     ``allow_external``: read nodes whose values are stored outside the file (see
-    :func:`daskh5.from_pytables`).
+    :func:`daskh5.from_pytables`). ``progress``: a bar over the blocks as their
+    partial statistics finish (on ``client``'s cluster when one is given).
     """
+    from daskh5._progress import compute_with_progress
     from daskh5.array import from_pytables
     from daskh5.stats import label_stats
 
@@ -354,7 +365,10 @@ def run_stats(
             f"{path}: {data} has {x.shape[0]:,} rows but {labels} has {y.shape[0]:,}; pick a labels node with one value per row"
         )
     t0 = time.perf_counter()
-    stats = label_stats(x, y, **(compute_kwargs or {}))
+    pending = label_stats(x, y, compute=False)
+    stats = compute_with_progress(
+        pending, "block_stats", "statistics", client=client, enabled=progress, **(compute_kwargs or {})
+    )
     return stats, time.perf_counter() - t0, x.nbytes + y.nbytes, x
 
 
@@ -366,9 +380,18 @@ def _stats_json(stats) -> dict:
 
 
 def _cmd_stats(args) -> int:
-    with _scheduler(args.scheduler, args.workers) as (kwargs, _client):
+    if args.plot:
+        _pyplot()  # a missing matplotlib fails before the statistics are computed
+    with _scheduler(args.scheduler, args.workers) as (kwargs, client):
         stats, seconds, nbytes, x = run_stats(
-            args.file, args.data, args.labels, args.budget, kwargs, allow_external=args.allow_external
+            args.file,
+            args.data,
+            args.labels,
+            args.budget,
+            kwargs,
+            allow_external=args.allow_external,
+            client=client,
+            progress=not args.no_progress,
         )
     if args.json:
         print(json.dumps(_stats_json(stats), indent=2))
@@ -389,13 +412,10 @@ def _cmd_stats(args) -> int:
 
 def _pyplot():
     try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
+        require("matplotlib", "plots (--plot, daskh5 demo)").use("Agg")
+        return require("matplotlib.pyplot", "plots (--plot, daskh5 demo)")
     except ImportError as exc:
-        raise CommandError("plots need matplotlib: pip install 'daskh5[demo]'") from exc
-    return plt
+        raise CommandError(str(exc)) from exc
 
 
 def plot_stats(stats, out: str) -> None:
@@ -419,24 +439,45 @@ def plot_stats(stats, out: str) -> None:
         else:
             ax.errorbar([i], [mean[0]], yerr=[stats.std[i][0]], fmt="o", color=colours[i], label=f"{label}")
     ax.set_title("mean and 1-, 2-sigma ellipses per label")
+    ax.set_xlabel("column 0" if stats.mean.shape[1] >= 2 else "label index")
+    ax.set_ylabel("column 1" if stats.mean.shape[1] >= 2 else "column 0")
     ax.autoscale_view()
     ax.set_aspect("equal", adjustable="datalim")
     ax.legend(title="label", fontsize="small")
     bars.bar([str(v) for v in stats.labels.tolist()], stats.count, color=colours)
     bars.set_title("rows per label")
     bars.set_xlabel("label")
+    bars.set_ylabel("rows")
+    _plain_counts(bars)
     fig.tight_layout()
     fig.savefig(out, dpi=110)
     plt.close(fig)
 
 
+def _plain_counts(ax) -> None:
+    """Counts on the y axis as plain numbers with thousands separators (no offset or 1e7 notation)."""
+    from matplotlib.ticker import FuncFormatter
+
+    ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _pos: f"{v:,.0f}"))
+
+
 def plot_scatter(points: np.ndarray, labels: np.ndarray, out: str, total: int) -> None:
     plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(6, 6))
-    ax.scatter(
-        points[:, 0], points[:, 1], c=labels, cmap="tab10", vmin=0, vmax=9, s=2, alpha=0.5, linewidths=0
-    )
+    fig, ax = plt.subplots(figsize=(7.6, 6))
+    colours = plt.cm.tab10(np.arange(10))
+    for i, label in enumerate(np.unique(labels).tolist()):
+        mine = labels == label
+        ax.scatter(
+            points[mine, 0], points[mine, 1], color=colours[i % 10], s=2, alpha=0.5, linewidths=0,
+            label=f"{label} ({int(mine.sum()):,})",
+        )  # fmt: skip
     ax.set_title(f"{len(points):,} of {total:,} points, coloured by cluster")
+    ax.set_xlabel("column 0 of /data")
+    ax.set_ylabel("column 1 of /data")
+    ax.legend(
+        title="cluster\n(points shown)", markerscale=6, fontsize="small", loc="upper left",
+        bbox_to_anchor=(1.02, 1), borderaxespad=0,
+    )  # fmt: skip
     ax.set_aspect("equal")
     fig.tight_layout()
     fig.savefig(out, dpi=110)
@@ -446,9 +487,12 @@ def plot_scatter(points: np.ndarray, labels: np.ndarray, out: str, total: int) -
 def plot_lengths(lengths: np.ndarray, out: str) -> None:
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(7, 4))
-    ax.hist(lengths, bins=60, color="tab:blue")
-    ax.set_xlabel("sample length")
+    ax.hist(lengths, bins=60, color="tab:blue", label="token streams")
+    ax.axvline(np.median(lengths), color="tab:red", linestyle="--", label="median")
+    ax.set_xlabel("sample length (tokens)")
     ax.set_ylabel("samples")
+    ax.legend()
+    _plain_counts(ax)
     ax.set_title(f"lengths of {len(lengths):,} ragged samples (median {int(np.median(lengths))})")
     fig.tight_layout()
     fig.savefig(out, dpi=110)
@@ -503,9 +547,25 @@ def write_tokens(path: str, n: int = 20_000, seed: int = 0) -> np.ndarray:
     return lengths
 
 
+def _keep_open(client) -> None:
+    """Wait for Ctrl-C (SIGINT) or SIGTERM with the cluster up, so its dashboard can be looked at."""
+    import signal
+
+    where = f"dashboard {client.dashboard_link}" if client is not None else "no cluster (--workers 0)"
+    print(f"  keeping the cluster open: {where}; press Ctrl-C to stop", flush=True)
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
+    try:
+        while True:
+            time.sleep(3600)
+    except KeyboardInterrupt:
+        print("  stopping the cluster", flush=True)
+
+
 def _cmd_demo(args) -> int:
     from daskh5.array import from_pytables
     from daskh5.ragged import open_ragged
+
+    _pyplot()  # the demo draws pictures: a missing matplotlib fails before any work
 
     os.makedirs(args.out, exist_ok=True)
     path = os.path.join(args.out, "clusters.h5")
@@ -521,7 +581,11 @@ def _cmd_demo(args) -> int:
         t0 = time.perf_counter()
         write_clusters(path, n, budget=args.budget, progress=not args.no_progress)
         print(f"  wrote in {time.perf_counter() - t0:.1f} s; file is {os.path.getsize(path) / 1e9:.2f} GB")
-        stats, seconds, nbytes, x = run_stats(path, "/data", "/clusters", args.budget, kwargs)
+        stats, seconds, nbytes, x = run_stats(
+            path, "/data", "/clusters", args.budget, kwargs, client=client, progress=not args.no_progress
+        )
+        if args.keep:
+            _keep_open(client)
     print(
         f"per-cluster statistics ({x.npartitions} blocks of <= {args.budget}, {nbytes / 1e9 / seconds:.2f} GB/s):"
     )
@@ -578,6 +642,7 @@ def _parser() -> argparse.ArgumentParser:
         "--ragged", type=_positive, default=20_000, help="samples in the ragged dataset (default 20,000)"
     )
     q.add_argument("--no-progress", action="store_true", help="no progress bars")
+    q.add_argument("--keep", action="store_true", help="keep the cluster and its dashboard open until Ctrl-C")
     q.set_defaults(run=_cmd_demo)
 
     q = sub.add_parser("stats", help="per-label count, mean, std, min, max and covariance of your own file")
@@ -594,6 +659,7 @@ def _parser() -> argparse.ArgumentParser:
     q.add_argument("--workers", type=_positive, default=2, help="worker processes with --scheduler local")
     q.add_argument("--json", action="store_true", help="machine-readable output")
     q.add_argument("--plot", metavar="PNG", help="also save a plot of the statistics")
+    q.add_argument("--no-progress", action="store_true", help="no progress bar")
     _external_flag(q)
     q.set_defaults(run=_cmd_stats)
     return p

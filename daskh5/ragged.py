@@ -18,8 +18,10 @@ import numpy as np
 from daskh5 import _files
 from daskh5._chunking import resolve_budget
 from daskh5._containment import check_storage, with_origin
+from daskh5._inputs import resolve
 from daskh5._layout import RaggedLayout, find_layout
 from daskh5._nodes import describe_array, lookup, open_file
+from daskh5._optional import require
 from daskh5._reader import NodeReader, load_plugins
 from daskh5.errors import RaggedLayoutError
 
@@ -318,17 +320,17 @@ class RaggedArray(Sequence):
     def to_bag(self, partition_size: int | str | None = None) -> db.Bag:
         """A dask bag of the samples, partitions of consecutive samples within ``partition_size``.
 
-        ``partition_size`` is a byte budget with the same meaning as
-        :func:`daskh5.from_pytables` chunks: ``"64MiB"``, an int number of bytes,
-        or ``None``/``"auto"`` for dask's ``array.chunk-size``.  A sample bigger
-        than the budget makes a partition of its own.
+        ``partition_size`` is a byte budget (``"64MiB"``; ``None``/``"auto"``
+        for dask's ``array.chunk-size``; a sample bigger than the budget makes
+        a partition of its own) or an int number of samples per partition, as
+        for :func:`daskh5.iter_batches`.  The bag runs on dask's threaded
+        scheduler by default (see :class:`daskh5.SampleBag`).
         """
-        import dask.bag as db
         from dask.base import tokenize
         from dask.highlevelgraph import HighLevelGraph
 
         lay = self.layout
-        runs = self._runs(partition_size)
+        runs = self._partitions(partition_size)
         name = "read-ragged-" + tokenize(lay.path, lay.node, os.stat(lay.path).st_mtime_ns, runs)
         layer = {}
         for p, (i0, i1) in enumerate(runs):
@@ -358,7 +360,18 @@ class RaggedArray(Sequence):
         if not runs:
             layer[(name, 0)] = (list, ())
         graph = HighLevelGraph.from_collections(name, layer, dependencies=[])
-        return db.Bag(graph, name, max(1, len(runs)))
+        from daskh5._bag import SampleBag
+
+        return SampleBag(graph, name, max(1, len(runs)))
+
+    def _partitions(self, size: int | str | None) -> list[tuple[int, int]]:
+        """Runs of samples: ``size`` samples each (an int), or within a byte budget (a str)."""
+        if isinstance(size, (int, np.integer)) and not isinstance(size, bool):
+            if size <= 0:
+                raise ValueError(f"partition_size must be a positive number of samples, got {size}")
+            n = len(self)
+            return [(i, min(n, i + int(size))) for i in range(0, n, int(size))]
+        return self._runs(size)
 
     def pad(self, fill_value=0, shape: tuple[int, ...] | None = None) -> np.ndarray:
         """Every sample in one dense ``(N, *shape)`` array, padded with ``fill_value``.
@@ -387,10 +400,7 @@ class RaggedArray(Sequence):
         When the samples are stored back to back (the layout daskh5 writes),
         the flat data is read once and wrapped without per-sample copies.
         """
-        try:
-            import awkward as ak
-        except ImportError as exc:
-            raise ImportError("to_awkward needs awkward: pip install awkward") from exc
+        ak = require("awkward", "RaggedArray.to_awkward")
         lay = self.layout
         n = len(self)
         contiguous = lay.kind == "flat" and (n == 0 or (np.array_equal(lay.starts[1:], lay.stops[:-1])))
@@ -462,10 +472,8 @@ def open_ragged(
     from daskh5.array import _normalize_driver
 
     driver = _normalize_driver(driver)
-    layout = find_layout(
-        os.path.abspath(os.fspath(path)), node, start_stop, shape, driver, allow_external=allow_external
-    )
-    return RaggedArray(layout)
+    path, node, _ = resolve(path, node)
+    return RaggedArray(find_layout(path, node, start_stop, shape, driver, allow_external=allow_external))
 
 
 def read_ragged(
@@ -481,10 +489,14 @@ def read_ragged(
     """A dask bag of the samples of a ragged collection, reshaped to their true shapes.
 
     Each partition is a run of consecutive samples within ``partition_size``
-    bytes (``"64MiB"``, an int number of bytes, or dask's ``array.chunk-size``
-    by default, as for :func:`daskh5.from_pytables`) and is read in one bulk
-    read, then split in memory. ``start_stop``, ``shape``, ``driver`` and
-    ``allow_external`` are as for :func:`open_ragged`.
+    (a byte budget such as ``"64MiB"``, dask's ``array.chunk-size`` by
+    default, or an int number of samples) and is read in one bulk read, then
+    split in memory.  The bag and every bag or result derived from it run on
+    dask's threaded scheduler unless a scheduler is given (``scheduler=``,
+    ``dask.config``, a ``distributed`` client): samples are NumPy arrays, so
+    threads run in parallel, and a script needs no ``__main__`` guard.
+    ``start_stop``, ``shape``, ``driver`` and ``allow_external`` are as for
+    :func:`open_ragged`.
 
     Examples
     --------

@@ -24,6 +24,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from daskh5._optional import require
+
 __all__ = ["LabelStats", "label_stats"]
 
 
@@ -50,7 +52,7 @@ class LabelStats:
 
     def to_dataset(self):
         """The statistics as an :class:`xarray.Dataset` with a ``label`` dimension."""
-        import xarray as xr
+        xr = require("xarray", "LabelStats.to_dataset")
 
         d = self.mean.shape[1]
         coords = {"label": self.labels, "dim": np.arange(d), "dim2": np.arange(d)}
@@ -63,7 +65,7 @@ class LabelStats:
 
     def to_frame(self):
         """The statistics as a :class:`pandas.DataFrame`, one row per label."""
-        import pandas as pd
+        pd = require("pandas", "LabelStats.to_frame")
 
         d = self.mean.shape[1]
         cols = {"count": self.count}

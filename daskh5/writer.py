@@ -11,6 +11,7 @@ import contextlib
 import os
 import queue
 import threading
+import warnings
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -18,6 +19,7 @@ import numpy as np
 
 from daskh5._chunking import budget_chunks
 from daskh5._encode import encoder_for
+from daskh5._inputs import resolve
 from daskh5._nodes import ATTR_APPENDING
 from daskh5._safe_tables import atomic_target, open_tables
 from daskh5.errors import (
@@ -388,10 +390,11 @@ def to_pytables(
             )
         from daskh5._xarray_write import write_xarray
 
+        path, node, _ = resolve(path, node or "/")
         return write_xarray(
             x,
             path,
-            node or "/",
+            node,
             filters=filters or _default_filters(),
             mode=mode,
             overwrite=overwrite,
@@ -399,6 +402,7 @@ def to_pytables(
         )
     if node is None:
         raise TypeError("to_pytables(x, path, node): give the node path for an array, e.g. '/result'")
+    path, node, _ = resolve(path, node)  # "result" means "/result"; open files give their name
     if not compute:
         return _deferred(
             to_pytables, x, path, node, kind=kind, filters=filters, chunkshape=chunkshape, title=title,
@@ -491,12 +495,23 @@ def _create_node(
     return leaf._v_pathname, exists, tuple(int(c) for c in leaf.chunkshape)
 
 
-def append(x: Any, path: str | os.PathLike, node: str, *, progress: bool = True, compute: bool = True):
+def append(
+    x: Any,
+    path: str | os.PathLike,
+    node: str,
+    *,
+    casting: str = "same_kind",
+    progress: bool = True,
+    compute: bool = True,
+):
     """Append a numpy or dask array to an existing EArray along its extendable axis.
 
-    The dtype and every non-extendable dimension must match the EArray. If
-    the computation fails, the EArray is truncated back to its previous
-    length.
+    Every non-extendable dimension must match the EArray. Values are cast to
+    the EArray's dtype when numpy allows it under ``casting`` (numpy's
+    meaning; ``"same_kind"`` by default, as for ufuncs: float64 into a float32
+    EArray is cast, float into an int EArray is refused); a cast that may
+    lose information is reported with a ``UserWarning``. If the computation
+    fails, the EArray is truncated back to its previous length.
 
     Examples
     --------
@@ -509,10 +524,10 @@ def append(x: Any, path: str | os.PathLike, node: str, *, progress: bool = True,
     True [0.0, 0.0, 0.0, 1.0, 1.0, 1.0, 1.0, 1.0]
     """
     if not compute:
-        return _deferred(append, x, path, node, progress=progress, compute=True)
+        return _deferred(append, x, path, node, casting=casting, progress=progress, compute=True)
     import tables
 
-    path = os.path.abspath(os.fspath(path))
+    path, node, _ = resolve(path, node)
     if not os.path.exists(path):
         raise NodeNotFound(
             f"{path}: no such file to append to; create the EArray with to_pytables(kind='earray')"
@@ -526,7 +541,7 @@ def append(x: Any, path: str | os.PathLike, node: str, *, progress: bool = True,
         where = f"{path}:{node}"
         if not isinstance(leaf, tables.EArray):
             raise NodeKindError(f"{where} is a {type(leaf).__name__}, not an EArray; only EArrays can grow")
-        _check_append(leaf, x, where)
+        _check_append(leaf, x, where, casting)
         axis, before = leaf.extdim, leaf.nrows
         if ATTR_APPENDING in leaf.attrs:  # an earlier append was killed: drop its partial rows
             before = min(before, int(leaf.attrs[ATTR_APPENDING]))
@@ -568,12 +583,21 @@ def append(x: Any, path: str | os.PathLike, node: str, *, progress: bool = True,
         del f.get_node(node).attrs[ATTR_APPENDING]
 
 
-def _check_append(leaf, x, where: str) -> None:
+def _check_append(leaf, x, where: str, casting: str = "same_kind") -> None:
     stored = leaf.atom.dtype
-    if np.dtype(x.dtype).newbyteorder("=") != stored.newbyteorder("="):
-        raise IncompatibleArrayError(
-            f"{where} holds {stored}; cannot append {x.dtype} (convert with .astype first)"
-        )
+    given = np.dtype(x.dtype)
+    if given.newbyteorder("=") != stored.newbyteorder("="):
+        if not np.can_cast(given, stored, casting=casting):
+            raise IncompatibleArrayError(
+                f"{where} holds {stored}; cannot append {given} with casting={casting!r} "
+                "(convert with .astype first, or pass casting='unsafe')"
+            )
+        if not np.can_cast(given, stored, casting="safe"):
+            warnings.warn(
+                f"{where}: appending {given} values cast to the EArray's {stored} (casting={casting!r})",
+                UserWarning,
+                stacklevel=3,
+            )
     axis = leaf.extdim
     want = [int(n) for n in leaf.shape]
     if x.ndim != len(want) or any(

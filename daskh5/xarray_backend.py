@@ -19,7 +19,9 @@ from collections.abc import Iterable
 
 import numpy as np
 
+from daskh5._inputs import resolve
 from daskh5._xarray_store import assign_dims, group_variables, list_groups, warn_skipped
+from daskh5.errors import Daskh5Error
 
 __all__ = ["PyTablesBackendEntrypoint"]
 
@@ -30,7 +32,7 @@ try:  # xarray is optional for daskh5 as a whole, required here
     from xarray.backends.store import StoreBackendEntrypoint
     from xarray.core import indexing
 except ImportError as exc:  # pragma: no cover - exercised only without xarray
-    raise ImportError("the daskh5 xarray backend needs xarray: pip install xarray") from exc
+    raise ImportError('the daskh5 xarray backend needs xarray: pip install "daskh5[xarray]"') from exc
 
 
 class PyTablesArray(BackendArray):
@@ -123,6 +125,8 @@ class PyTablesBackendEntrypoint(BackendEntrypoint):
     )  # fmt: skip
 
     def guess_can_open(self, filename_or_obj) -> bool:
+        if _handle_name(filename_or_obj) is not None:
+            return True
         if not isinstance(filename_or_obj, (str, os.PathLike)):
             return False
         path = os.fspath(filename_or_obj)
@@ -150,7 +154,7 @@ class PyTablesBackendEntrypoint(BackendEntrypoint):
         decode_pickles: bool = False,
         allow_external: bool = False,
     ) -> xr.Dataset:
-        path = os.path.abspath(os.fspath(filename_or_obj))
+        path, group, _ = resolve(filename_or_obj, group, need_node=False)
         store = PyTablesStore(path, group or "/", dims, decode_pickles, allow_external)
         ds = StoreBackendEntrypoint().open_dataset(
             store,
@@ -181,7 +185,7 @@ class PyTablesBackendEntrypoint(BackendEntrypoint):
         decode_pickles: bool = False,
         allow_external: bool = False,
     ) -> dict[str, xr.Dataset]:
-        path = os.path.abspath(os.fspath(filename_or_obj))
+        path, group, _ = resolve(filename_or_obj, group, need_node=False)
         kwargs = dict(
             drop_variables=drop_variables, mask_and_scale=mask_and_scale, decode_times=decode_times,
             concat_characters=concat_characters, decode_coords=decode_coords, use_cftime=use_cftime,
@@ -198,6 +202,16 @@ class PyTablesBackendEntrypoint(BackendEntrypoint):
 
     def open_datatree(self, filename_or_obj, **kwargs) -> xr.DataTree:
         return xr.DataTree.from_dict(self.open_groups_as_dict(filename_or_obj, **kwargs))
+
+
+def _handle_name(obj) -> str | None:
+    """The file name of an open PyTables or h5py object (read only by name), else None."""
+    if isinstance(obj, (str, bytes, os.PathLike)):
+        return None
+    try:
+        return resolve(obj, None, need_node=False)[0]
+    except (TypeError, Daskh5Error):
+        return None
 
 
 def _unclash(ds: xr.Dataset, path: str, opened: dict) -> xr.Dataset:

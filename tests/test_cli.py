@@ -167,3 +167,76 @@ def test_console_script_and_module(tmp_path):
         [sys.executable, "-m", "daskh5", "info", os.fspath(tmp_path / "x.h5")], capture_output=True, text=True
     )
     assert bad.returncode == 1 and bad.stderr.startswith("daskh5: error:") and "Traceback" not in bad.stderr
+
+
+# -- progress, plots, --keep ------------------------------------------------------------------------
+def _labelled(path, n=60_000):
+    rng = np.random.default_rng(0)
+    labels = rng.integers(0, 3, n).astype(np.int8)
+    write_node(path, "carray", rng.normal(size=(n, 2)) + labels[:, None], chunkshape=(4096, 2))
+    daskh5.to_pytables(labels, path, "/clusters", progress=False)
+
+
+@pytest.mark.parametrize("scheduler", ["threads", "local"])
+def test_stats_shows_a_bar_over_blocks(h5path, scheduler):
+    _labelled(h5path)
+    argv = [sys.executable, "-m", "daskh5", "stats", h5path, "--budget", "64KiB", "--scheduler", scheduler]
+    if scheduler == "local":
+        argv += ["--workers", "1"]
+    out = subprocess.run(argv, capture_output=True, text=True, timeout=180)
+    assert out.returncode == 0, out.stderr
+    assert "statistics" in out.stderr and "15/15" in out.stderr  # 60,000 rows in blocks of 4,096
+    quiet = subprocess.run(argv + ["--no-progress"], capture_output=True, text=True, timeout=180)
+    assert "statistics" not in quiet.stderr
+
+
+def test_plots_have_labels_legends_and_plain_counts(h5path, tmp_path, monkeypatch):
+    import matplotlib.pyplot as plt
+
+    from daskh5 import cli
+
+    _labelled(h5path)
+    figures = []
+    monkeypatch.setattr(plt, "close", figures.append)
+    stats = daskh5.label_stats(daskh5.from_pytables(h5path, "/data"), daskh5.from_pytables(h5path, "/clusters"))
+    cli.plot_stats(stats, str(tmp_path / "s.png"))
+    points, labels = np.random.default_rng(1).normal(size=(300, 2)), np.arange(300) % 3
+    cli.plot_scatter(points, labels, str(tmp_path / "p.png"), 300)
+    cli.plot_lengths(np.arange(1, 2_000_000, 7), str(tmp_path / "l.png"))
+    assert all((tmp_path / n).stat().st_size > 10_000 for n in ("s.png", "p.png", "l.png"))
+    for fig in figures:
+        fig.canvas.draw()
+        for ax in fig.axes:
+            assert ax.get_xlabel() and ax.get_ylabel(), ax.get_title()
+            assert ax.yaxis.get_offset_text().get_text() == ""  # no "1e6" above the axis
+    ellipses, bars = figures[0].axes
+    assert [t.get_text() for t in ellipses.get_legend().get_texts()] == ["0", "1", "2"]
+    assert any("," in t.get_text() for t in bars.get_yticklabels())  # 20,000 rather than 2e4
+    legend = [t.get_text() for t in figures[1].axes[0].get_legend().get_texts()]
+    assert legend == ["0 (100)", "1 (100)", "2 (100)"]  # each colour named
+    assert any("," in t.get_text() for t in figures[2].axes[0].get_yticklabels())
+
+
+def test_demo_keep_holds_the_dashboard_until_ctrl_c(tmp_path):
+    import signal
+    import urllib.request
+
+    argv = [sys.executable, "-m", "daskh5", "demo", "--points", "20000", "--ragged", "100", "--workers", "1",
+            "--out", str(tmp_path), "--keep", "--no-progress"]  # fmt: skip
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        link = None
+        for line in proc.stdout:
+            if "dashboard http" in line and link is None:
+                link = line.split("dashboard ")[1].split()[0].rstrip(";")
+            if "press Ctrl-C" in line:
+                break
+        assert link, "no dashboard link printed"
+        with urllib.request.urlopen(link, timeout=30) as page:  # bokeh serves it
+            assert page.status == 200
+        proc.send_signal(signal.SIGINT)
+        rest, err = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+    assert proc.returncode == 0, err
+    assert "stopping the cluster" in rest

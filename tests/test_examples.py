@@ -173,3 +173,12 @@ def test_distributed_cluster(tmp_path):
     assert abs(distance.mean() - printed) < 1e-4
     # Gaussian noise of sigma 0.2 in 2-d: the mean distance is 0.2 * sqrt(pi / 2).
     assert abs(printed - 0.2 * np.sqrt(np.pi / 2)) < 0.01
+
+
+def test_train_minibatch(tmp_path):
+    """Mini-batch k-means from a file three times the shuffle window finds the four centres."""
+    out = run_example("train_minibatch.py", tmp_path)
+    assert "1MiB window" in out and float(out.split("labels: ")[1].split()[0]) > 0.99
+    rows = [line.split() for line in out.splitlines() if len(line.split()) == 3 and line.split()[0].isdigit()]
+    centres = np.array([[float(r[1]), float(r[2])] for r in rows])
+    np.testing.assert_allclose(centres, [[-1, -1], [-1, 1], [1, -1], [1, 1]], atol=0.03)

@@ -192,7 +192,7 @@ def test_worker_killed_mid_read_ragged_map(tmp_path):
     marker_dir.mkdir()
     release = str(tmp_path / "release")
     nbytes = sum(s.nbytes for s in samples)
-    bag = daskh5.read_ragged(path, "/r", partition_size=nbytes // 24 + 1)
+    bag = daskh5.read_ragged(path, "/r", partition_size=f"{nbytes // 24 + 1}B")
     nparts = bag.npartitions
     assert nparts >= 20
     # the sample each partition starts with names the partition

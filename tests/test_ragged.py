@@ -75,15 +75,17 @@ def assert_samples_equal(got, want):
 
 
 @pytest.mark.parametrize("layout", LAYOUTS)
-@pytest.mark.parametrize("partition_size", [None, "1KiB", 700])
+@pytest.mark.parametrize("partition_size", [None, "1KiB", "700B", 70])
 def test_read_ragged_every_layout(h5path, layout, partition_size, rng):
     samples = expected_samples(layout, rng)
     write_by_hand(h5path, layout, samples)
     bag = daskh5.read_ragged(h5path, "/data", partition_size=partition_size)
     assert isinstance(bag, db.Bag)
-    if partition_size == 700 and layout.startswith("flat"):  # an int is bytes, as for from_pytables
+    if partition_size == "700B" and layout.startswith("flat"):  # a byte budget
         parts = bag.map_partitions(lambda p: [sum(a.nbytes for a in p)]).compute()
         assert len(parts) > 1 and all(n <= 700 for n in parts)
+    if partition_size == 70:  # an int is a number of samples, as for iter_batches
+        assert bag.map_partitions(lambda p: [len(p)]).compute()[:-1] == [70] * (len(samples) // 70)
     assert_samples_equal(bag.compute(scheduler="sync"), samples)
 
 
@@ -468,3 +470,52 @@ def test_in_memory_driver(h5path, layout):
     with pytest.raises(ValueError, match="driver"):
         daskh5.open_ragged(h5path, "/s", driver="H5FD_FAMILY")
     daskh5.close_files()
+
+
+def test_bags_default_to_threads_and_keep_it(h5path):
+    """Bags of samples, and what their methods derive, run on threads unless a scheduler is chosen.
+
+    Checked in a fresh interpreter: the session's cluster fixture may have left a default client here.
+    """
+    import subprocess
+    import sys
+
+    daskh5.write_ragged([np.arange(n) for n in range(1, 9)], h5path, "/s", progress=False)
+    code = f"""
+import dask, dask.threaded, distributed, daskh5
+from dask.base import get_scheduler
+bag = daskh5.read_ragged({h5path!r}, "/s", partition_size=3)
+assert isinstance(bag, daskh5.SampleBag) and bag.npartitions == 3
+for c in [bag, bag.map(len), bag.filter(lambda s: len(s) > 2), bag.map(len).sum(), bag.pluck(0).max()]:
+    assert get_scheduler(collections=[c]) is dask.threaded.get, c
+assert bag.map(len).sum().compute() == 36
+with dask.config.set(scheduler="sync"):
+    assert get_scheduler(collections=[bag.map(len)]) is dask.get  # config wins
+with distributed.Client(processes=False, dashboard_address=None) as client:
+    assert get_scheduler(collections=[bag.map(len)]) == client.get  # and a client
+    assert bag.map(len).sum().compute() == 36
+print("ok")
+"""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.stdout.strip().endswith("ok"), out.stderr
+
+
+def test_a_script_without_main_guard_runs_once(tmp_path):
+    """The README's ragged snippet as a plain script: no BrokenProcessPool, no second append by children."""
+    import subprocess
+    import sys
+
+    script = tmp_path / "plain.py"
+    script.write_text(
+        "import numpy as np, daskh5\n"
+        "daskh5.write_ragged([np.arange(n) for n in range(1, 50)], 'speech.h5', '/u', mode='w', progress=False)\n"
+        "daskh5.to_pytables(np.zeros((2, 3)), 'speech.h5', '/grown', kind='earray', progress=False)\n"
+        "daskh5.append(np.ones((5, 3)), 'speech.h5', '/grown', progress=False)\n"
+        "print(daskh5.read_ragged('speech.h5', '/u', partition_size=10).map(len).sum().compute())\n"
+    )
+    out = subprocess.run(
+        [sys.executable, str(script)], cwd=tmp_path, capture_output=True, text=True, timeout=120
+    )
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split()[-1] == str(sum(range(1, 50)))
+    assert daskh5.from_pytables(str(tmp_path / "speech.h5"), "/grown").shape == (7, 3)  # appended once

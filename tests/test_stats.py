@@ -58,8 +58,8 @@ def test_label_stats_matches_numpy_on_a_pytables_file(h5path):
     x, labels = clusters(20_000)
     write_node(h5path, "carray", x, chunkshape=(512, 2))
     write_node(h5path, "carray", labels, mode="a", name="clusters")
-    data = daskh5.from_pytables(h5path, "/data", chunks=64 << 10)  # many blocks
-    lab = daskh5.from_pytables(h5path, "/clusters", chunks=16 << 10)  # chunked differently
+    data = daskh5.from_pytables(h5path, "/data", chunks="64KiB")  # many blocks
+    lab = daskh5.from_pytables(h5path, "/clusters", chunks="16KiB")  # chunked differently
     assert data.numblocks[0] >= 5
     stats = daskh5.label_stats(data, lab, scheduler="threads")
     check(stats, reference(x, labels))
@@ -123,7 +123,7 @@ def test_label_stats_on_a_distributed_cluster(h5path, cluster_client):
     write_node(h5path, "carray", x)
     write_node(h5path, "carray", labels.astype(np.int8), mode="a", name="clusters")
     stats = daskh5.label_stats(
-        daskh5.from_pytables(h5path, "/data", chunks=100 << 10), daskh5.from_pytables(h5path, "/clusters")
+        daskh5.from_pytables(h5path, "/data", chunks="100KiB"), daskh5.from_pytables(h5path, "/clusters")
     )
     check(stats, reference(x, labels))
 

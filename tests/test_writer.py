@@ -157,14 +157,32 @@ def test_append_along_extendable_axis(h5path, extdim, first, rng):
 
 def test_append_refusals(h5path):
     daskh5.to_pytables(np.zeros((10, 3), "f8"), h5path, "/e", kind="earray", progress=False)
-    with pytest.raises(daskh5.IncompatibleArrayError, match="float64"):
-        daskh5.append(np.zeros((2, 3), "i4"), h5path, "/e", progress=False)
+    with pytest.raises(daskh5.IncompatibleArrayError, match="casting='same_kind'"):
+        daskh5.append(np.zeros((2, 3), "c16"), h5path, "/e", progress=False)
     with pytest.raises(daskh5.IncompatibleArrayError, match=r"\('n', 3\)"):
         daskh5.append(np.zeros((2, 4)), h5path, "/e", progress=False)
     with pytest.raises(KeyError):
         daskh5.append(np.zeros((2, 3)), h5path, "/nope", progress=False)
     got, _ = read_back(h5path, "/e")
     assert got.shape == (10, 3)
+
+
+def test_append_casts_as_numpy_does(h5path):
+    """``casting=`` has numpy's meaning: same_kind by default, a lossy cast is reported, unsafe on request."""
+    daskh5.to_pytables(np.zeros((2, 3), "f4"), h5path, "/f", kind="earray", progress=False)
+    with pytest.warns(UserWarning, match="float64 values cast to the EArray's float32"):
+        daskh5.append(np.full((2, 3), 1.5), h5path, "/f", progress=False)  # as PyTables would
+    daskh5.append(np.full((1, 3), 2, "i2"), h5path, "/f", progress=False)  # safe: nothing said
+    with pytest.raises(daskh5.IncompatibleArrayError, match="casting='safe'"):
+        daskh5.append(np.ones((1, 3)), h5path, "/f", casting="safe", progress=False)
+    daskh5.to_pytables(np.zeros((1, 3), "i4"), h5path, "/i", kind="earray", progress=False)
+    with pytest.raises(daskh5.IncompatibleArrayError, match="same_kind"):
+        daskh5.append(np.ones((1, 3)), h5path, "/i", progress=False)  # float into int: another kind
+    with pytest.warns(UserWarning, match="cast"):
+        daskh5.append(np.full((1, 3), 7.9), h5path, "/i", casting="unsafe", progress=False)
+    got, _ = read_back(h5path, "/f")
+    np.testing.assert_array_equal(got[:, 0], np.array([0, 0, 1.5, 1.5, 2], "f4"))
+    assert read_back(h5path, "/i")[0][:, 0].tolist() == [0, 7]
 
 
 def test_refuse_existing_node_and_replace_only_when_complete(h5path):

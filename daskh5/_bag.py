@@ -42,8 +42,8 @@ class SampleBag(db.Bag):
     ``compute(scheduler=...)``, ``dask.config.set(scheduler=...)`` and a
     ``distributed`` client take precedence, as for any dask collection.
 
-    >>> import dask.bag as db
-    >>> bag = SampleBag.of(db.from_sequence([1, 2, 3], npartitions=2))
+    >>> import dask.bag as db, daskh5
+    >>> bag = daskh5.SampleBag.of(db.from_sequence([1, 2, 3], npartitions=2))
     >>> type(bag.map(lambda v: v * 2).sum()).__name__
     'SampleItem'
     >>> bag.map(lambda v: v * 2).sum().compute()

@@ -45,7 +45,7 @@ def big(h5path):
     return h5path
 
 
-@pytest.mark.parametrize(("chunks", "budget"), [("64MiB", "64MiB"), ("1 MB", "1 MB"), (300_000, 300_000)])
+@pytest.mark.parametrize(("chunks", "budget"), [("64MiB", "64MiB"), ("1 MB", "1 MB"), ("300000B", 300_000)])
 def test_budget_argument(big, chunks, budget):
     x = daskh5.from_pytables(big, "/data", chunks=chunks)
     budget = parse_bytes(budget) if isinstance(budget, str) else budget
@@ -53,6 +53,17 @@ def test_budget_argument(big, chunks, budget):
     assert rows % 4096 == 0 or rows == 1_000_000  # whole chunks, or the whole axis
     assert rows * 16 <= budget
     assert (rows + 4096) * 16 > min(budget, 16e6)  # and as many whole chunks as fit
+
+
+def test_an_int_is_elements_as_in_dask(big):
+    """``chunks=<int>`` means what it means to ``da.from_array``: elements along every axis."""
+    import dask.array as da
+
+    x = daskh5.from_pytables(big, "/data", chunks=300_000)
+    assert x.chunks == da.from_array(np.empty((1_000_000, 2)), chunks=300_000).chunks
+    assert x.chunks == ((300_000, 300_000, 300_000, 100_000), (2,))
+    with pytest.raises(ValueError, match="elements"):
+        daskh5.from_pytables(big, "/data", chunks=0)
 
 
 def test_auto_follows_dask_config(big):

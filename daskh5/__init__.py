@@ -22,6 +22,7 @@ from daskh5.errors import (
     NodeNotFound,
     NotHDF5Error,
     RaggedLayoutError,
+    UnsafePickleError,
     UnsupportedDtypeError,
     UnsupportedFilterError,
 )
@@ -44,6 +45,7 @@ __all__ = [
     "NotHDF5Error",
     "RaggedArray",
     "RaggedLayoutError",
+    "UnsafePickleError",
     "UnsupportedDtypeError",
     "UnsupportedFilterError",
     "__version__",

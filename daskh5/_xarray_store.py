@@ -30,6 +30,7 @@ import warnings
 import numpy as np
 
 from daskh5._nodes import describe_array, lookup, node_kind, open_h5
+from daskh5._pandas import pandas_entries
 from daskh5._reader import NodeReader
 from daskh5._safe_tables import restricted_loads
 from daskh5.errors import Daskh5Error, NodeNotFound
@@ -107,10 +108,20 @@ def list_groups(path: str, group: str | None = None) -> list[str]:
 
         def visit(name, obj):
             if isinstance(obj, h5py.Group) and not any(p in _GROUP_SKIP for p in name.split("/")):
-                out.append(f"{start.name.rstrip('/')}/{name}")
+                if not _pandas_meta(obj):
+                    out.append(f"{start.name.rstrip('/')}/{name}")
 
         start.visititems(visit)
     return sorted(out, key=lambda p: (p.count("/"), p))
+
+
+def _pandas_meta(group) -> bool:
+    """Whether ``group`` is inside the ``meta`` group of a pandas table (where it keeps categories)."""
+    parts = group.name.strip("/").split("/")
+    for i in range(1, len(parts)):
+        if parts[i] == "meta" and "pandas_type" in group.file["/" + "/".join(parts[:i])].attrs:
+            return True
+    return False
 
 
 class Entry:
@@ -197,93 +208,6 @@ def _table_entries(path, obj, decode_pickles, prefix: str) -> list[Entry]:
     return out
 
 
-_PANDAS_TABLES = ("frame_table", "series_table")
-
-
-def _pandas_dtype(stored: np.dtype, kind: str) -> np.dtype:
-    """The dtype pandas meant for a column stored as ``stored`` with ``*_dtype``/``index_kind`` ``kind``.
-
-    pandas keeps datetimes and timedeltas as int64 plus a note of their unit;
-    the values are reinterpreted (a view), never parsed.
-    """
-    for prefix in ("datetime64", "timedelta64"):
-        if kind.startswith(prefix) and stored == np.dtype("<i8"):
-            try:
-                return np.dtype(kind if "[" in kind else f"{prefix}[ns]")
-            except TypeError:
-                return stored
-    return stored
-
-
-def _opaque_attr(value):
-    from daskh5._safe_tables import opaque_loads
-
-    try:
-        return opaque_loads(bytes(value))
-    except Exception:
-        return None
-
-
-def _pandas_entries(path, group, decode_pickles) -> tuple[list[Entry], list[Entry], list[str]] | None:
-    """(data variables, index coordinates, names of the extra coordinates) of a pandas table, or None.
-
-    ``df.to_hdf(format="table")`` frames and series: columns under their real
-    labels, the index as the dimension coordinate; a MultiIndex's levels
-    become non-dimension coordinates along the row dimension (pandas stores
-    them as data columns), so ``ds.set_index(index=[...])`` rebuilds it.
-    """
-    gattrs = group.attrs
-    if _text(gattrs.get("pandas_type", b"")) not in _PANDAS_TABLES or "table" not in group:
-        return None
-    table = group["table"]
-    info = describe_array(path, table.name, allow_table=True, f=group.file)
-    reader = NodeReader(info, f=group.file)
-    tattrs = table.attrs
-    ginfo = _opaque_attr(gattrs.get("info", b""))
-    ginfo = ginfo if isinstance(ginfo, dict) else {}
-    index_info = ginfo.get("index") if isinstance(ginfo.get("index"), dict) else {}
-    index_name = index_info.get("index_name")
-    index_name = index_name if isinstance(index_name, str) and index_name else "index"
-    levels = decode_attr(gattrs["levels"], True) if "levels" in gattrs else None
-    levels = [v for v in levels if isinstance(v, str)] if isinstance(levels, list) else []
-    dim = str(index_name)
-    data, coords = [], []
-    for name in info.dtype.names:
-        sub = info.dtype.fields[name][0]
-        if name == "index":
-            kind = _text(tattrs.get("index_kind", b""))
-            coords.append(
-                Entry(dim, reader, ("index",), (dim,), {}, {"pandas_index_kind": kind}, info.shape,
-                      _pandas_dtype(sub, kind), table.name)
-            )  # fmt: skip
-            continue
-        labels = decode_attr(tattrs.get(f"{name}_kind", b""), True) if f"{name}_kind" in tattrs else [name]
-        meta = _text(tattrs.get(f"{name}_meta", b""))
-        if not isinstance(labels, list):
-            labels = [name]
-        base = sub.subdtype[0] if sub.subdtype else sub
-        base = _pandas_dtype(base, _text(tattrs.get(f"{name}_dtype", b"")))
-        for j, label in enumerate(labels):
-            attrs = {"_Encoding": "utf-8"} if meta == "str" and base.kind == "S" else {}
-            column_info = ginfo.get(name) if isinstance(ginfo.get(name), dict) else {}
-            if column_info.get("tz") is not None:  # values are UTC; the zone object is not rebuilt
-                attrs["pandas_timezone"] = repr(column_info["tz"])
-            column = (name, j) if sub.subdtype else (name,)
-            entry = Entry(
-                str(label),
-                reader,
-                column,
-                (dim,),
-                attrs,
-                {"source_node": table.name},
-                info.shape,
-                base,
-                table.name,
-            )
-            (coords if str(label) in levels else data).append(entry)
-    return data, coords, [c.name for c in coords if c.name != dim]
-
-
 def group_variables(path: str, group: str, decode_pickles: bool = False):
     """(entries, group attributes, skipped-node messages, stored coordinate names) of one group."""
     import h5py
@@ -293,12 +217,12 @@ def group_variables(path: str, group: str, decode_pickles: bool = False):
         if not isinstance(g, h5py.Group):
             raise NodeNotFound(f"{path}: {group!r} is a {node_kind(g)}, not a group")
         gattrs, gsystem = split_attrs(g.attrs, decode_pickles)
-        pandas = _pandas_entries(path, g, decode_pickles)
+        pandas = pandas_entries(path, g, decode_pickles)
         if pandas is not None:  # pandas' bookkeeping (pickled column lists...) is not user metadata
-            data, coords, coord_names = pandas
+            data, coords, coord_names, skipped = pandas
             for e in coords + data:
                 e.encoding["pandas_attrs"] = gattrs
-            return coords + data, {}, [], coord_names
+            return coords + data, {}, skipped, coord_names
         entries, skipped = [], []
         children = sorted(g.keys())
         tables = [c for c in children if isinstance(g[c], h5py.Dataset) and node_kind(g[c]) == "Table"]

@@ -1,0 +1,600 @@
+"""pandas ``HDFStore`` keys (``DataFrame.to_hdf``/``Series.to_hdf``) as xarray variables.
+
+What a key gives, in both of pandas' formats (``format="table"`` and the default
+``format="fixed"``): one variable per column under its real label, the index as
+the dimension coordinate (named after the index, else ``index``), and values as
+``pd.read_hdf`` gives them, with these representations where numpy has no
+pandas dtype:
+
+- strings: object arrays of ``str``; pandas' missing-value placeholder (the
+  ``nan_rep`` it stored) becomes ``NaN``, as ``pd.read_hdf`` gives it;
+- categoricals: the category values (``Categorical.astype(object)``: object
+  arrays, ``NaN`` where the code is -1; float and datetime categories keep their
+  dtype), the categories in ``encoding["pandas_categories"]``;
+- time-zone aware columns: UTC values (naive ``datetime64``) with the zone name
+  in ``attrs["pandas_timezone"]``; a time-zone aware index is an aware pandas
+  index (the backend rebuilds it from ``encoding["pandas_timezone"]``);
+- a MultiIndex: one coordinate per level, made an xarray MultiIndex by the
+  backend (levels are marked by ``encoding["pandas_level"]``).
+
+Nothing is unpickled with :mod:`pickle`'s defaults.  pandas' metadata pickles are
+read with :func:`daskh5._safe_tables.opaque_loads` (plain builtins, anything else an
+inert stand-in), and the object blocks of ``format="fixed"`` (pickled numpy object
+arrays) with :class:`ObjectArrayUnpickler`, which builds only a numpy object array
+of ``str``/``bytes``/``int``/``float``/``bool``/``None``; a block whose pickle asks
+for anything else is skipped with a warning naming it.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+import pickle
+
+import numpy as np
+
+from daskh5._nodes import describe_array
+from daskh5._reader import NodeReader
+from daskh5._safe_tables import Opaque
+from daskh5.errors import Daskh5Error, UnsafePickleError
+
+__all__ = ["ObjectArrayUnpickler", "load_object_array", "pandas_entries"]
+
+_TABLE_TYPES = ("frame_table", "series_table")
+_FIXED_TYPES = ("frame", "series")
+MAX_OBJECTS = 1 << 26  # elements one pickled object block may hold (64 Mi)
+MAX_CATEGORIES = 1 << 24
+
+
+# -- small helpers -------------------------------------------------------------------------------
+
+
+def _text(v, default: str = "") -> str:
+    if v is None:
+        return default
+    if isinstance(v, (bytes, np.bytes_)):
+        return bytes(v).decode("utf-8", "replace")
+    if type(v).__name__ == "Empty":
+        return default
+    return str(v)
+
+
+class _Inert(Opaque):
+    """A stand-in that can also be called (pickles call what they name: ``getattr(ZoneInfo, ...)(...)``)."""
+
+    def __call__(self, *args, **kwargs):
+        out = type(self)()
+        out.args = args
+        return out
+
+
+_BUILTINS = {"list", "dict", "tuple", "set", "frozenset", "int", "float", "complex", "str", "bytes", "bool"}
+
+
+class _MetadataUnpickler(pickle.Unpickler):
+    """pandas' metadata pickles: plain builtins are built, any other name becomes an inert :class:`_Inert`."""
+
+    def find_class(self, module: str, name: str):
+        if module in ("builtins", "__builtin__") and name in _BUILTINS:
+            return super().find_class("builtins", name)
+        return type(name, (_Inert,), {"_qualname": f"{module}.{name}"})
+
+    def persistent_load(self, pid):
+        raise pickle.UnpicklingError("persistent ids are not loaded")
+
+
+def _unpickled(value):
+    """A pandas metadata attribute: plain builtins, anything else an inert stand-in; None if unreadable."""
+    if isinstance(value, (bytes, np.bytes_)) and bytes(value).endswith(b"."):
+        try:
+            return _MetadataUnpickler(io.BytesIO(bytes(value)), encoding="latin1").load()
+        except Exception:
+            return None
+    return value
+
+
+def _plain_name(value):
+    """An index/series name pandas stored (a plain string, or ``N.``: None)."""
+    value = _unpickled(value)
+    if isinstance(value, (bytes, np.bytes_)):
+        value = _text(value)
+    return value if isinstance(value, (str, int, float)) and not isinstance(value, bool) else None
+
+
+def tz_name(tz) -> str | None:
+    """The name of a time zone pandas stored (a string, or a pickled zone object read inertly).
+
+    >>> tz_name("Europe/Paris"), tz_name(None)
+    ('Europe/Paris', None)
+    """
+    tz = _unpickled(tz)
+    if tz is None or type(tz).__name__ == "Empty":
+        return None
+    if isinstance(tz, (bytes, np.bytes_, str)):
+        return _text(tz) or None
+    if isinstance(tz, Opaque):
+        args = [a for a in getattr(tz, "args", ()) if isinstance(a, str)]
+        if args:  # zoneinfo.ZoneInfo._unpickle("Europe/Paris", 1), pytz._p("Europe/Paris", ...)
+            return args[0]
+        name = tz._qualname
+        if name.endswith(("_UTC", ".utc", ".UTC")):
+            return "UTC"
+        inner = [a for a in getattr(tz, "args", ()) if isinstance(a, Opaque)]
+        if name == "datetime.timezone" and inner:  # timezone(timedelta(days, seconds, us))
+            parts = [a for a in getattr(inner[0], "args", ()) if isinstance(a, int)]
+            seconds = parts[0] * 86400 + parts[1] if len(parts) >= 2 else 0
+            if seconds == 0:
+                return "UTC"
+            sign, seconds = ("+" if seconds > 0 else "-"), abs(seconds)
+            return f"{sign}{seconds // 3600:02d}:{seconds % 3600 // 60:02d}"
+    return None
+
+
+def _time_dtype(kind: str) -> np.dtype | None:
+    """``datetime64[us]``/``timedelta64`` (pandas' note of a column's unit) as a numpy dtype."""
+    for prefix in ("datetime64", "timedelta64"):
+        if kind.startswith(prefix):
+            try:
+                return np.dtype(kind if "[" in kind else f"{prefix}[ns]")
+            except TypeError:
+                return None
+    return None
+
+
+# -- decoders applied to values after they are read (picklable: they travel in dask tasks) --------
+
+
+class StringDecoder:
+    """Fixed-width bytes -> object array of ``str``, pandas' ``nan_rep`` placeholder -> NaN."""
+
+    def __init__(self, encoding: str = "utf-8", errors: str = "strict", nan_rep: str | None = None):
+        self.encoding, self.errors, self.nan_rep = encoding, errors, nan_rep
+
+    def __call__(self, values: np.ndarray) -> np.ndarray:
+        values = np.asarray(values)
+        out = np.empty(values.shape, dtype=object)
+        flat = out.reshape(-1)
+        flat[:] = [bytes(v).decode(self.encoding, self.errors) for v in values.reshape(-1)]
+        if self.nan_rep is not None:
+            flat[flat == self.nan_rep] = np.nan
+        return out
+
+
+class CategoryDecoder:
+    """Category codes -> the category values (-1, pandas' missing code, -> the dtype's missing value)."""
+
+    def __init__(self, categories: np.ndarray, dtype: np.dtype):
+        self.categories, self.dtype = categories, np.dtype(dtype)
+
+    def __call__(self, codes: np.ndarray) -> np.ndarray:
+        codes = np.asarray(codes).astype(np.intp)
+        cats = self.categories.astype(self.dtype)
+        bad = (codes < 0) | (codes >= len(cats))
+        out = cats[np.where(bad, 0, codes)] if len(cats) else np.empty(codes.shape, dtype=self.dtype)
+        if bad.any():
+            out = out.copy()
+            out[bad] = np.datetime64("NaT") if self.dtype.kind == "M" else (
+                np.timedelta64("NaT") if self.dtype.kind == "m" else np.nan
+            )  # fmt: skip
+        return out
+
+
+def category_dtype(categories: np.ndarray) -> np.dtype:
+    """What a categorical column becomes: float and datetime categories keep their dtype, else object."""
+    return categories.dtype if categories.dtype.kind in "fmM" else np.dtype(object)
+
+
+class ColumnOf:
+    """Column ``j`` of a 2-D node (a pandas ``format="fixed"`` block is ``rows x columns``)."""
+
+    def __init__(self, reader, j: int, nrows: int):
+        self.reader, self.j = reader, j
+        self.shape, self.dtype = (nrows,), reader.dtype
+
+    def __getitem__(self, key) -> np.ndarray:
+        key = key if isinstance(key, tuple) else (key,)
+        return np.asarray(self.reader[(key[0], self.j)])
+
+    def __dask_tokenize__(self):
+        from dask.base import tokenize
+
+        return ("daskh5.ColumnOf", tokenize(self.reader), self.j)
+
+
+# -- the numpy-object-array unpickler for pandas' fixed-format object blocks ---------------------
+
+_PLAIN = (str, bytes, int, float, bool, type(None))
+
+
+class _NdarrayClass:
+    """Stands for ``numpy.ndarray`` inside a pickle (only ever passed to ``_reconstruct``)."""
+
+
+class _DtypeStub:
+    """Stands for ``numpy.dtype("O8")``; ignores the state pickle gives it (it could alter numpy's)."""
+
+    def __setstate__(self, state) -> None:
+        pass
+
+
+class _ArrayStub:
+    """An object array being unpickled: built from its state only after every element is checked."""
+
+    def __init__(self, limit: int):
+        self.limit, self.array = limit, None
+
+    def __setstate__(self, state) -> None:
+        if not (isinstance(state, tuple) and len(state) == 5):
+            raise pickle.UnpicklingError(
+                "an array state that is not numpy's (version, shape, dtype, order, data)"
+            )
+        _version, shape, dtype, fortran, data = state
+        if not (
+            isinstance(shape, tuple) and all(type(n) is int and n >= 0 for n in shape) and len(shape) <= 2
+        ):
+            raise pickle.UnpicklingError(f"an array shape that is not 1 or 2 counts: {shape!r}")
+        n = math.prod(shape)
+        if n > self.limit:
+            raise pickle.UnpicklingError(f"an array of {n} elements (at most {self.limit} expected here)")
+        if not isinstance(dtype, _DtypeStub) or not isinstance(data, list) or len(data) != n:
+            raise pickle.UnpicklingError(
+                "an array that is not a numpy object array with one value per element"
+            )
+        odd = next((type(v) for v in data if type(v) not in _PLAIN), None)
+        if odd is not None:
+            raise pickle.UnpicklingError(f"an element of type {odd.__module__}.{odd.__qualname__}")
+        out = np.empty(n, dtype=object)
+        out[:] = data
+        self.array = out.reshape(shape, order="F" if fortran else "C")
+
+
+class ObjectArrayUnpickler(pickle.Unpickler):
+    """Unpickles one numpy object array of plain values (``str``, ``bytes``, ``int``, ``float``, ``None``).
+
+    The pickle may name only numpy's array reconstructor, ``numpy.ndarray`` and
+    ``numpy.dtype("O8")``, and none of them is called: stand-ins record the array's
+    state, which is checked (at most ``limit`` elements, each of a plain type)
+    before numpy builds anything.  Anything else raises ``pickle.UnpicklingError``.
+    """
+
+    def __init__(self, file, limit: int = MAX_OBJECTS):
+        super().__init__(file, encoding="latin1")
+        self.limit = limit
+        self.arrays: list[_ArrayStub] = []
+
+    def find_class(self, module: str, name: str):
+        if module in ("numpy._core.multiarray", "numpy.core.multiarray") and name == "_reconstruct":
+            return self._reconstruct
+        if module == "numpy" and name == "ndarray":
+            return _NdarrayClass
+        if module == "numpy" and name == "dtype":
+            return _dtype
+        raise pickle.UnpicklingError(f"daskh5 does not load {module}.{name} from a file")
+
+    def _reconstruct(self, cls, shape, typecode):
+        if cls is not _NdarrayClass or self.arrays:
+            raise pickle.UnpicklingError(
+                "more than one array, or an array of a class other than numpy.ndarray"
+            )
+        stub = _ArrayStub(self.limit)
+        self.arrays.append(stub)
+        return stub
+
+    def persistent_load(self, pid):
+        raise pickle.UnpicklingError("persistent ids are not loaded")
+
+
+def _dtype(code, align=False, copy=True) -> _DtypeStub:
+    if code != "O8":
+        raise pickle.UnpicklingError(f"an array of dtype {code!r} (only object arrays are pickled by pandas)")
+    return _DtypeStub()
+
+
+def load_object_array(data: bytes, limit: int = MAX_OBJECTS) -> np.ndarray:
+    """The numpy object array of plain values pickled in ``data``; ``pickle.UnpicklingError`` otherwise.
+
+    >>> load_object_array(pickle.dumps(np.array(["a", None, 1.5], dtype=object))).tolist()
+    ['a', None, 1.5]
+    >>> load_object_array(pickle.dumps(np.array([io.BytesIO()], dtype=object)))
+    Traceback (most recent call last):
+    ...
+    _pickle.UnpicklingError: daskh5 does not load _io.BytesIO from a file
+    """
+    unpickler = ObjectArrayUnpickler(io.BytesIO(data), limit)
+    out = unpickler.load()
+    if not isinstance(out, _ArrayStub) or out.array is None:
+        raise pickle.UnpicklingError("the pickle is not a numpy object array")
+    return out.array
+
+
+def _read_object_node(ds, limit: int) -> np.ndarray:
+    """The object array pandas pickled into a one-row VLArray of ObjectAtom (fixed format)."""
+    where = f"{ds.file.filename}:{ds.name}"
+    if ds.shape != (1,):
+        raise UnsafePickleError(
+            f"{where}: a pandas object block is one pickled row, this has shape {ds.shape}"
+        )
+    try:
+        raw = np.asarray(ds[0], dtype=np.uint8).tobytes()
+    except Exception as exc:
+        raise UnsafePickleError(f"{where}: could not read the pickled object block: {exc}") from None
+    try:
+        return load_object_array(raw, limit)
+    except Exception as exc:
+        raise UnsafePickleError(
+            f"{where}: refused the pickled object block ({exc}); daskh5 rebuilds only numpy arrays of "
+            "str/bytes/int/float/None. Read this key with pandas only if you trust the file"
+        ) from None
+
+
+# -- format="table" --------------------------------------------------------------------------------
+
+
+def _meta_nan_rep(gattrs, tattrs, column: str) -> str | None:
+    """The placeholder pandas wrote for a missing string in ``column`` (its rules, GH#9604 included)."""
+    levels = _unpickled(gattrs.get("levels")) if "levels" in gattrs else None
+    levels = levels if isinstance(levels, list) else []
+    per_column = bool(gattrs.get("data_col_nan_rep", False)) or (
+        column in levels and bool(gattrs.get("mi_level_nan_rep", False))
+    )
+    if per_column:
+        return _text(tattrs[f"{column}_nan_rep"]) if f"{column}_nan_rep" in tattrs else None
+    nan_rep = _unpickled(gattrs.get("nan_rep")) if "nan_rep" in gattrs else None
+    return _text(nan_rep) if isinstance(nan_rep, (str, bytes, np.bytes_)) else "nan"
+
+
+def _index_nan_rep(tattrs, name: str) -> str | None:
+    return (_text(tattrs[f"{name}_nan_rep"]) or None) if f"{name}_nan_rep" in tattrs else "nan"
+
+
+def _categories(path: str, group, column: str) -> np.ndarray | None:
+    """The categories pandas stored for ``column`` (a series table under ``meta/<column>/meta``)."""
+    where = f"meta/{column}/meta"
+    if where not in group:
+        return None
+    sub = group[where]
+    out = _table_key(path, sub, decode_pickles=False, skipped=[])
+    if out is None:
+        return None
+    values = [e for e in out[0] if e.name != "index"]
+    if len(values) != 1 or values[0].shape[0] > MAX_CATEGORIES:
+        return None
+    e = values[0]
+    cats = np.asarray(e.reader[:][e.field[0]] if e.field else e.reader[:])
+    if cats.ndim > 1:
+        cats = cats[:, 0]
+    decode = getattr(e, "decode", None)
+    return decode(cats) if decode is not None else cats.view(e.dtype) if e.dtype.kind in "mM" else cats
+
+
+def _table_key(path, group, decode_pickles, skipped) -> tuple[list, list, list[str]] | None:
+    """(data variables, coordinates, extra coordinate names) of a ``format="table"`` key."""
+    from daskh5._xarray_store import Entry, decode_attr
+
+    gattrs = group.attrs
+    table = group["table"]
+    info = describe_array(path, table.name, allow_table=True, f=group.file)
+    reader = NodeReader(info, f=group.file)
+    tattrs = table.attrs
+    encoding = _text(_unpickled(gattrs.get("encoding")), "utf-8") or "utf-8"
+    errors = _text(gattrs.get("errors"), "strict") or "strict"
+    ginfo = _unpickled(gattrs.get("info", b"")) if "info" in gattrs else None
+    ginfo = ginfo if isinstance(ginfo, dict) else {}
+    index_info = ginfo.get("index") if isinstance(ginfo.get("index"), dict) else {}
+    index_name = index_info.get("index_name")
+    dim = str(index_name) if isinstance(index_name, str) and index_name else "index"
+    levels = decode_attr(gattrs["levels"], True) if "levels" in gattrs else None
+    levels = [v for v in levels if isinstance(v, str)] if isinstance(levels, list) else []
+    data, coords = [], []
+    for name in info.dtype.names:
+        sub = info.dtype.fields[name][0]
+        if name == "index":
+            kind = _text(tattrs.get("index_kind", b""))
+            e = Entry(dim, reader, ("index",), (dim,), {}, {"pandas_index_kind": kind}, info.shape,
+                      _time_dtype(kind) or sub, table.name)  # fmt: skip
+            if kind == "string":
+                e.decode, e.dtype = (
+                    StringDecoder(encoding, errors, _index_nan_rep(tattrs, "index")),
+                    np.dtype(object),
+                )
+            tz = tz_name(index_info.get("tz"))
+            if tz is not None and e.dtype.kind == "M":
+                e.encoding["pandas_timezone"] = tz
+            coords.append(e)
+            continue
+        labels = decode_attr(tattrs.get(f"{name}_kind", b""), True) if f"{name}_kind" in tattrs else [name]
+        labels = labels if isinstance(labels, list) else [name]
+        meta = _text(_unpickled(tattrs.get(f"{name}_meta"))) if f"{name}_meta" in tattrs else ""
+        base = sub.subdtype[0] if sub.subdtype else sub
+        base = _time_dtype(_text(tattrs.get(f"{name}_dtype", b""))) or base
+        column_info = ginfo.get(name) if isinstance(ginfo.get(name), dict) else {}
+        categories = _categories(path, group, name) if meta == "category" else None
+        for j, label in enumerate(labels):
+            column = (name, j) if sub.subdtype else (name,)
+            e = Entry(str(label), reader, column, (dim,), {}, {"source_node": table.name}, info.shape, base,
+                      table.name)  # fmt: skip
+            if categories is not None:
+                e.dtype = category_dtype(categories)
+                e.decode = CategoryDecoder(categories, e.dtype)
+                e.encoding["pandas_categories"] = categories
+                e.encoding["pandas_ordered"] = bool(column_info.get("ordered", False))
+            elif meta == "category":
+                skipped.append(
+                    f"{table.name} column {label!r} (categorical without readable categories: its codes)"
+                )
+            elif base.kind == "S":
+                e.decode, e.dtype = (
+                    StringDecoder(encoding, errors, _meta_nan_rep(gattrs, tattrs, name)),
+                    np.dtype(object),
+                )
+            tz = tz_name(column_info.get("tz"))
+            if tz is not None:  # values are UTC; the zone is named, not rebuilt
+                e.attrs["pandas_timezone"] = tz
+            if str(label) in levels:
+                e.encoding["pandas_level"] = (dim, levels.index(str(label)))
+                coords.append(e)
+            else:
+                data.append(e)
+    if levels and len(levels) > 1:  # a MultiIndex: the stored "index" column is a row counter
+        coords = [c for c in coords if c.name != dim or "pandas_level" in c.encoding]
+    return data, coords, [c.name for c in coords if c.name != dim]
+
+
+# -- format="fixed" --------------------------------------------------------------------------------
+
+
+def _fixed_array(path, group, node: str, encoding: str, errors: str, limit: int) -> np.ndarray:
+    """One fixed-format node read now (an index, the column labels, or an object block)."""
+    ds = group[node]
+    attrs = ds.attrs
+    shape = attrs.get("shape")
+    value_type = _text(attrs.get("value_type"))
+    if shape is not None and not isinstance(shape, (bytes, np.bytes_)) and np.prod(shape) == 0:
+        kind = _time_dtype(value_type)
+        return np.empty(tuple(int(n) for n in np.atleast_1d(shape)), dtype=kind or (value_type or "f8"))
+    if _text(attrs.get("PSEUDOATOM")) == "object":
+        out = _read_object_node(ds, limit)
+    else:
+        out = np.asarray(NodeReader(describe_array(path, ds.name, f=group.file))[...])
+    kind = _text(attrs.get("kind"))
+    dtype = _time_dtype(value_type) or _time_dtype(kind)
+    if dtype is not None and out.dtype.kind in "iu":
+        out = out.view("<i8").astype(dtype) if out.dtype != np.int64 else out.view(dtype)
+    elif kind == "string" and out.dtype.kind == "S":
+        nan_rep = _text(attrs["nan_rep"]) or None if "nan_rep" in attrs else "nan"
+        out = StringDecoder(encoding, errors, nan_rep)(out)
+    elif kind == "date" and out.dtype.kind in "iuf":
+        import datetime
+
+        out = np.array([datetime.date.fromordinal(int(v)) for v in out], dtype=object)
+    return out
+
+
+def _fixed_index(
+    path, group, key: str, encoding, errors, nrows_limit
+) -> list[tuple[str | None, np.ndarray, str | None]]:
+    """[(name, values, time zone)] of an index (one per level of a MultiIndex)."""
+    gattrs = group.attrs
+    variety = _text(gattrs.get(f"{key}_variety"), "regular")
+    if variety == "multi":
+        out = []
+        for i in range(int(gattrs.get(f"{key}_nlevels", 0))):
+            level = _fixed_array(path, group, f"{key}_level{i}", encoding, errors, nrows_limit)
+            codes = np.asarray(
+                NodeReader(describe_array(path, group[f"{key}_label{i}"].name, f=group.file))[...]
+            )
+            attrs = group[f"{key}_level{i}"].attrs
+            values = CategoryDecoder(level, category_dtype(level) if level.dtype.kind not in "iub" or
+                                     (codes < 0).any() else level.dtype)(codes)  # fmt: skip
+            out.append((_plain_name(attrs.get("name")), values, tz_name(attrs.get("tz"))))
+        return out
+    if variety != "regular":
+        raise UnsafePickleError(
+            f"{group.file.filename}:{group.name}: unknown pandas index variety {variety!r}"
+        )
+    attrs = group[key].attrs
+    values = _fixed_array(path, group, key, encoding, errors, nrows_limit)
+    return [(_plain_name(attrs.get("name")), values, tz_name(attrs.get("tz")))]
+
+
+def _index_entries(index, dim_default: str) -> tuple[str, list]:
+    from daskh5._xarray_store import Entry
+
+    if len(index) == 1:
+        name, values, tz = index[0]
+        dim = str(name) if name is not None else dim_default
+        enc = {"pandas_index_kind": "fixed"}
+        if tz is not None:
+            enc["pandas_timezone"] = tz
+        return dim, [Entry(dim, values, None, (dim,), {}, enc, values.shape, values.dtype, None)]
+    dim = dim_default
+    out = []
+    for i, (name, values, tz) in enumerate(index):
+        label = str(name) if name is not None else f"{dim}_level_{i}"
+        enc = {"pandas_level": (dim, i)}
+        if tz is not None:
+            enc["pandas_timezone"] = tz
+        out.append(Entry(label, values, None, (dim,), {}, enc, values.shape, values.dtype, None))
+    return dim, out
+
+
+def _fixed_key(path, group, decode_pickles, skipped) -> tuple[list, list, list[str]]:
+    """(data variables, coordinates, extra coordinate names) of a ``format="fixed"`` frame or series."""
+    from daskh5._xarray_store import Entry
+
+    gattrs = group.attrs
+    encoding = _text(gattrs.get("encoding"), "utf-8") or "utf-8"
+    errors = _text(gattrs.get("errors"), "strict") or "strict"
+    if _text(gattrs.get("pandas_type")) == "series":
+        index = _fixed_index(path, group, "index", encoding, errors, MAX_OBJECTS)
+        dim, coords = _index_entries(index, "index")
+        nrows = len(index[0][1])
+        name = _plain_name(gattrs.get("name"))
+        columns = [(str(name) if name is not None else "values", "values", None)]
+    else:
+        index = _fixed_index(path, group, "axis1", encoding, errors, MAX_OBJECTS)
+        dim, coords = _index_entries(index, "index")
+        nrows = len(index[0][1])
+        labels = _fixed_index(path, group, "axis0", encoding, errors, MAX_OBJECTS)
+        if len(labels) != 1:
+            skipped.append(f"{group.name} (a MultiIndex of columns: read it with pd.read_hdf)")
+            return [], coords, [c.name for c in coords if c.name != dim]
+        order = {str(v): i for i, v in enumerate(labels[0][1].tolist())}
+        columns = []
+        for b in range(int(gattrs.get("nblocks", 0))):
+            items = _fixed_array(path, group, f"block{b}_items", encoding, errors, MAX_OBJECTS)
+            columns += [(str(v), f"block{b}_values", j) for j, v in enumerate(items.tolist())]
+        columns.sort(key=lambda c: order.get(c[0], len(order)))
+    data, blocks = [], {}
+    for label, node, j in columns:
+        ds = group[node]
+        attrs = ds.attrs
+        try:
+            if node not in blocks:
+                if _text(attrs.get("PSEUDOATOM")) == "object":
+                    values = _read_object_node(ds, nrows * max(1, len(columns)))
+                    blocks[node] = values.T if attrs.get("transposed", 0) and values.ndim == 2 else values
+                else:
+                    blocks[node] = NodeReader(describe_array(path, ds.name, f=group.file))
+        except Daskh5Error as exc:
+            skipped.append(f"{ds.name} (column {label!r}: {exc})")
+            blocks[node] = None
+        block = blocks[node]
+        if block is None:
+            continue
+        if isinstance(block, np.ndarray):
+            values = block if j is None else block[:, j] if block.ndim == 2 else block
+            if values.shape != (nrows,):
+                skipped.append(f"{ds.name} (column {label!r}: {values.shape[0]} values for {nrows} rows)")
+                continue
+            e = Entry(
+                label, values, None, (dim,), {}, {"source_node": ds.name}, (nrows,), values.dtype, ds.name
+            )
+        else:
+            reader = block if j is None or len(block.shape) == 1 else ColumnOf(block, j, nrows)
+            if reader.shape[0] != nrows:
+                skipped.append(f"{ds.name} (column {label!r}: {reader.shape[0]} values for {nrows} rows)")
+                continue
+            dtype = _time_dtype(_text(attrs.get("value_type"))) or block.dtype
+            e = Entry(label, reader, None, (dim,), {}, {"source_node": ds.name}, (nrows,), dtype, ds.name)
+            tz = tz_name(attrs.get("tz"))
+            if tz is not None and dtype.kind == "M":
+                e.attrs["pandas_timezone"] = tz
+        data.append(e)
+    return data, coords, [c.name for c in coords if c.name != dim]
+
+
+def pandas_entries(path: str, group, decode_pickles: bool = False):
+    """(data variables, coordinates, extra coordinate names, skipped notes) of a pandas key, or None.
+
+    ``group`` is an open h5py group; None when it is not a key pandas wrote.
+    """
+    kind = _text(group.attrs.get("pandas_type", b""))
+    skipped: list[str] = []
+    if kind in _TABLE_TYPES and "table" in group:
+        out = _table_key(path, group, decode_pickles, skipped)
+    elif kind in _FIXED_TYPES:
+        out = _fixed_key(path, group, decode_pickles, skipped)
+    else:
+        return None
+    return (*out, skipped)

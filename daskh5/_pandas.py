@@ -269,6 +269,8 @@ class ObjectArrayUnpickler(pickle.Unpickler):
             return _NdarrayClass
         if module == "numpy" and name == "dtype":
             return _dtype
+        if module == "_codecs" and name == "encode":  # how protocol 2 spells bytes
+            return _latin1_bytes
         raise pickle.UnpicklingError(f"daskh5 does not load {module}.{name} from a file")
 
     def _reconstruct(self, cls, shape, typecode):
@@ -282,6 +284,12 @@ class ObjectArrayUnpickler(pickle.Unpickler):
 
     def persistent_load(self, pid):
         raise pickle.UnpicklingError("persistent ids are not loaded")
+
+
+def _latin1_bytes(text, encoding="latin1") -> bytes:
+    if not isinstance(text, str) or encoding != "latin1":
+        raise pickle.UnpicklingError("_codecs.encode other than protocol 2's bytes")
+    return text.encode("latin1")
 
 
 def _dtype(code, align=False, copy=True) -> _DtypeStub:
@@ -367,6 +375,17 @@ def _categories(path: str, group, column: str) -> np.ndarray | None:
     return decode(cats) if decode is not None else cats.view(e.dtype) if e.dtype.kind in "mM" else cats
 
 
+def _is_axes(axes) -> bool:
+    """Whether ``non_index_axes`` has pandas' shape: ``[(axis, [labels...])]``."""
+    return (
+        isinstance(axes, list)
+        and len(axes) == 1
+        and isinstance(axes[0], tuple)
+        and len(axes[0]) == 2
+        and (isinstance(axes[0][1], list))
+    )
+
+
 def _table_key(path, group, decode_pickles, skipped) -> tuple[list, list, list[str]] | None:
     """(data variables, coordinates, extra coordinate names) of a ``format="table"`` key."""
     from daskh5._xarray_store import Entry, decode_attr
@@ -435,6 +454,9 @@ def _table_key(path, group, decode_pickles, skipped) -> tuple[list, list, list[s
                 coords.append(e)
             else:
                 data.append(e)
+    axes = _unpickled(gattrs.get("non_index_axes")) if "non_index_axes" in gattrs else None
+    order = [str(v) for v in axes[0][1]] if _is_axes(axes) else []
+    data.sort(key=lambda e: order.index(e.name) if e.name in order else len(order))  # pandas' column order
     if levels and len(levels) > 1:  # a MultiIndex: the stored "index" column is a row counter
         coords = [c for c in coords if c.name != dim or "pandas_level" in c.encoding]
     return data, coords, [c.name for c in coords if c.name != dim]

@@ -204,6 +204,9 @@ def _unclash(ds: xr.Dataset, path: str, opened: dict) -> xr.Dataset:
     return ds.rename_dims(renames) if renames else ds
 
 
+_PYTABLES_CLASSES = ("ARRAY", "CARRAY", "EARRAY", "TABLE", "VLARRAY")
+
+
 def _no_char_stacking(store: PyTablesStore, concat_characters):
     """``concat_characters`` per variable: never join the letters of a PyTables ``S1`` array.
 
@@ -216,7 +219,10 @@ def _no_char_stacking(store: PyTablesStore, concat_characters):
         e.name: False
         for e in store.entries
         if e.dtype == np.dtype("S1")
-        and ("CLASS" in e.encoding.get("pytables_attrs", {}) or "pandas_attrs" in e.encoding)
+        and (
+            e.encoding.get("pytables_attrs", {}).get("CLASS") in _PYTABLES_CLASSES
+            or "pandas_attrs" in e.encoding
+        )
     }
     if not own:
         return concat_characters

@@ -1,0 +1,293 @@
+"""pandas ``to_hdf`` keys through the xarray engine, compared with ``pd.read_hdf`` (issue 13).
+
+A corpus of frames and series written by pandas here (both formats, data columns,
+categoricals with missing values, strings with missing values and custom
+``nan_rep``, time-zone aware datetimes, timedeltas, MultiIndex, bool/int/float),
+each opened with ``engine="daskh5"`` (lazily and with ``chunks={}``) and through
+``xr.open_datatree``, and turned back into pandas with the documented mapping
+(:func:`as_pandas`); plus plain PyTables ``S1`` arrays and pickle traps in
+fixed-format object blocks.
+"""
+
+from __future__ import annotations
+
+import json
+import pickle
+import warnings
+
+import corpus
+import numpy as np
+import pandas as pd
+import pytest
+import tables
+import xarray as xr
+
+import daskh5
+
+N = 7
+
+
+def _frame() -> pd.DataFrame:
+    return pd.DataFrame(
+        {
+            "f": [1.5, np.nan, 3.0, 4.0, 5.0, 6.0, 7.0],
+            "i": np.arange(N) * 3,
+            "b": np.arange(N) % 2 == 0,
+            "s": ["a", None, "ccc", "nan", "", "é", "g"],
+            "t": pd.date_range("2021-03-01", periods=N, freq="h"),
+            "tz": pd.date_range("2021-03-27", periods=N, freq="D", tz="Europe/Paris"),
+            "td": pd.to_timedelta([1, 2, None, 4, 5, 6, 7], unit="s"),
+        },
+        index=pd.Index(np.arange(N) * 10, name="when"),
+    )
+
+
+def _categorical_frame() -> pd.DataFrame:
+    return pd.DataFrame(
+        {
+            "c": pd.Categorical(["x", None, "y", "x", "zz", None, "y"]),
+            "o": pd.Categorical(
+                ["lo", "hi", "lo", None, "hi", "lo", "lo"], categories=["lo", "hi"], ordered=True
+            ),
+            "fc": pd.Categorical([1.5, 2.5, None, 1.5, 2.5, 1.5, 1.5]),
+            "v": np.arange(N, dtype="f4"),
+        }
+    )
+
+
+def _keys() -> dict[str, tuple[object, dict]]:
+    """{key: (object written, to_hdf keywords)}."""
+    frame = _frame()
+    mi = pd.DataFrame(
+        {"a": np.arange(6.0), "s": list("uvwxyz")},
+        index=pd.MultiIndex.from_product([["p", "q"], [10, 20, 30]], names=["g", "h"]),
+    )
+    tz_index = pd.DataFrame(
+        {"v": np.arange(4.0)},
+        index=pd.date_range("2020-10-24", periods=4, freq="D", tz="Europe/Paris", name="day"),
+    )
+    strings = pd.DataFrame({"s": ["a", None, "MISSING?", "nan"], "n": [1, 2, 3, 4]}, index=list("abcd"))
+    return {
+        "fixed": (frame, {"format": "fixed"}),
+        "table": (frame, {"format": "table"}),
+        "table_dc": (frame, {"format": "table", "data_columns": True}),
+        "table_nan_rep": (strings, {"format": "table", "nan_rep": "MISSING"}),
+        "table_dc_nan_rep": (strings, {"format": "table", "data_columns": True, "nan_rep": "MISSING"}),
+        "fixed_strings": (strings, {"format": "fixed"}),
+        "categoricals": (_categorical_frame(), {"format": "table"}),
+        "categoricals_dc": (_categorical_frame(), {"format": "table", "data_columns": ["c", "fc"]}),
+        "mi_fixed": (mi, {"format": "fixed"}),
+        "mi_table": (mi, {"format": "table"}),
+        "tz_index_fixed": (tz_index, {"format": "fixed"}),
+        "tz_index_table": (tz_index, {"format": "table"}),
+        "series_fixed": (pd.Series(np.arange(5.0), name="x"), {"format": "fixed"}),
+        "series_table": (pd.Series(np.arange(5.0), name="x"), {"format": "table"}),
+        "series_strings": (pd.Series(["a", None, "c"], index=pd.Index(list("pqr"), name="k"), name="s"), {}),
+        "series_unnamed": (pd.Series([True, False, True]), {}),
+        "bool_int_float": (
+            pd.DataFrame(
+                {
+                    "b": [True, False],
+                    "i8": np.array([1, 2], "i1"),
+                    "u": np.array([3, 4], "u4"),
+                    "f4": np.array([0.5, 1.5], "f4"),
+                }
+            ),
+            {"format": "fixed"},
+        ),
+    }
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory):
+    path = str(tmp_path_factory.mktemp("pandas") / "keys.h5")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # pandas' PerformanceWarning for pickled object blocks
+        for key, (obj, kwargs) in _keys().items():
+            obj.to_hdf(path, key=key, mode="a", **kwargs)
+    return path
+
+
+def _reference(obj):
+    """``pd.read_hdf``'s result in the engine's representation (the module docstring of daskh5._pandas)."""
+    frame = obj.to_frame() if isinstance(obj, pd.Series) else obj.copy()
+    for name, col in frame.items():
+        if isinstance(col.dtype, pd.CategoricalDtype):
+            kind = col.cat.categories.dtype.kind
+            frame[name] = col.astype(col.cat.categories.dtype if kind == "f" else object)
+        elif isinstance(col.dtype, pd.DatetimeTZDtype):
+            frame[name] = col.dt.tz_convert("UTC").dt.tz_localize(None)
+        elif col.dtype == object or isinstance(col.dtype, pd.StringDtype):
+            frame[name] = col.astype(object)
+    index = frame.index
+    if isinstance(index, pd.MultiIndex):
+        frame.index = index.set_levels(
+            [lv.astype(object) if lv.dtype.kind in "OT" or lv.dtype == "str" else lv for lv in index.levels]
+        )
+    elif index.dtype == "str":
+        frame.index = index.astype(object)
+    return frame
+
+
+def as_pandas(ds: xr.Dataset) -> pd.DataFrame:
+    """The Dataset of a pandas key as a DataFrame: ``to_dataframe`` with the columns' order kept."""
+    frame = ds.to_dataframe()[list(ds.data_vars)]
+    for name, col in frame.items():  # pandas makes object columns of str its str dtype
+        if isinstance(col.dtype, pd.StringDtype):
+            frame[name] = col.astype(object)
+    if len(ds.sizes) == 1 and not isinstance(frame.index, pd.MultiIndex) and next(iter(ds.sizes)) == "index":
+        frame.index.name = None
+    if isinstance(frame.index, pd.MultiIndex):
+        frame.index = frame.index.set_levels(
+            [lv.astype(object) if lv.dtype == "str" else lv for lv in frame.index.levels]
+        )
+    elif frame.index.dtype == "str":
+        frame.index = frame.index.astype(object)
+    return frame
+
+
+def _check(ds: xr.Dataset, path: str, key: str) -> None:
+    ref = pd.read_hdf(path, key)
+    expected = _reference(ref)
+    got = as_pandas(ds)
+    if isinstance(ref, pd.Series):
+        got.columns = [ref.name if ref.name is not None else 0]
+    pd.testing.assert_frame_equal(got, expected, check_index_type=True, check_column_type=False)
+    if isinstance(ref, pd.DataFrame):
+        for name, col in ref.items():
+            if isinstance(col.dtype, pd.DatetimeTZDtype):
+                assert ds[name].attrs["pandas_timezone"] == str(col.dt.tz)
+
+
+@pytest.mark.parametrize("chunks", [None, {}], ids=["lazy", "dask"])
+@pytest.mark.parametrize("key", list(_keys()))
+def test_key_equals_read_hdf(store, key, chunks):
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        ds = xr.open_dataset(store, engine="daskh5", group=key, chunks=chunks)
+    _check(ds.load(), store, key)
+
+
+def test_datatree_has_every_key_and_no_pandas_bookkeeping(store):
+    tree = xr.open_datatree(store, engine="daskh5")
+    assert set(tree.children) == set(_keys())
+    assert all("meta" not in node.path.split("/") for node in tree.subtree)  # categories live in meta/
+    for key in _keys():
+        _check(tree[key].to_dataset(), store, key)
+
+
+def test_categories_and_missing_values(store):
+    ds = xr.open_dataset(store, engine="daskh5", group="categoricals")
+    c = ds.c.values
+    assert c[0] == "x" and c[1] is np.nan and c[2] == "y" and c[4] == "zz"  # NaN, as astype(object) gives
+    assert ds.c.dtype == object and ds.fc.dtype == np.float64
+    assert list(ds.c.encoding["pandas_categories"]) == ["x", "y", "zz"]
+    assert ds.o.encoding["pandas_ordered"] is True and not ds.c.encoding["pandas_ordered"]
+    s = xr.open_dataset(store, engine="daskh5", group="table_nan_rep").s.values
+    assert s[0] == "a" and pd.isna(s[1]) and s[2] == "MISSING?" and s[3] == "nan"  # literal "nan" kept
+
+
+def test_multiindex_and_tz_index_are_pandas_indexes(store):
+    ds = xr.open_dataset(store, engine="daskh5", group="mi_table")
+    assert isinstance(ds.indexes["index"], pd.MultiIndex) and ds.indexes["index"].names == ["g", "h"]
+    assert ds.sel(g="q").a.values.tolist() == [3.0, 4.0, 5.0]
+    ds = xr.open_dataset(store, engine="daskh5", group="tz_index_fixed")
+    assert str(ds.indexes["day"].tz) == "Europe/Paris"
+
+
+def test_pytables_s1_arrays_are_lists_of_strings(tmp_path):
+    path = str(tmp_path / "s1.h5")
+    with tables.open_file(path, "w") as f:
+        f.create_array("/", "letters", obj=np.array([b"a", b"b", b"c"]))
+        f.create_array("/", "grid", obj=np.array([[b"a", b"b"], [b"c", b"d"]]))
+        f.create_table("/", "t", obj=np.array([(b"x",), (b"y",)], dtype=[("ch", "S1")]))
+    ds = xr.open_dataset(path, engine="daskh5")
+    assert ds.letters.values.tolist() == [b"a", b"b", b"c"]
+    assert ds.grid.shape == (2, 2) and ds.ch.values.tolist() == [b"x", b"y"]
+    with tables.open_file(path) as f:
+        np.testing.assert_array_equal(ds.letters.values, f.root.letters.read())
+
+
+def test_char_arrays_not_written_by_pytables_are_still_joined(tmp_path):
+    import h5py
+
+    path = str(tmp_path / "chars.h5")
+    with h5py.File(path, "w") as f:
+        f["name"] = np.array([[b"a", b"b"], [b"c", b"d"]], dtype="S1")
+    assert xr.open_dataset(path, engine="daskh5").name.values.tolist() == [b"ab", b"cd"]
+
+
+def test_object_array_unpickler_builds_plain_arrays_only():
+    from daskh5._pandas import load_object_array
+
+    arr = np.array(["a", None, 1, 2.5, b"x", True], dtype=object)
+    assert load_object_array(pickle.dumps(arr)).tolist() == arr.tolist()
+    assert load_object_array(pickle.dumps(arr.reshape(2, 3), protocol=2)).shape == (2, 3)
+    for bad in (
+        np.array([pd.Timestamp(0)], dtype=object),
+        np.arange(3),
+        [1, 2],
+        np.array([[1]], dtype=object),
+    ):
+        with pytest.raises(pickle.UnpicklingError):
+            load_object_array(
+                pickle.dumps(bad), limit=0 if isinstance(bad, np.ndarray) and bad.size == 1 else 10
+            )
+    with pytest.raises(pickle.UnpicklingError, match="elements"):
+        load_object_array(pickle.dumps(np.array(["a"] * 11, dtype=object)), limit=10)
+
+
+def _trap_block(path: str, key: str, payload) -> None:
+    """Replace the (pickled) object block of a fixed-format frame with ``payload``."""
+    with tables.open_file(path, "a") as f:
+        group = f.get_node(f"/{key}")
+        node = next(n for n in group._f_iter_nodes() if isinstance(n, tables.VLArray))
+        attrs = {a: node._v_attrs[a] for a in node._v_attrs._v_attrnamesuser}
+        name = node._v_name
+        node._f_remove()
+        vl = f.create_vlarray(group, name, atom=tables.ObjectAtom())
+        vl.append(payload)
+        for a, v in attrs.items():
+            vl._v_attrs[a] = v
+
+
+@pytest.mark.parametrize("where", ["callable", "element"])
+def test_trapped_object_block_is_skipped_with_a_warning_and_runs_nothing(tmp_path, where):
+    path, marker = str(tmp_path / "trap.h5"), tmp_path / "pwned"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        pd.DataFrame({"s": ["a", "b", "c"], "v": [1.0, 2.0, 3.0]}).to_hdf(path, key="fixed", format="fixed")
+    trap = corpus.Trap(marker)
+    _trap_block(path, "fixed", trap if where == "callable" else np.array([trap, "b", "c"], dtype=object))
+    code = f"""
+import warnings, xarray as xr
+with warnings.catch_warnings(record=True) as caught:
+    warnings.simplefilter("always")
+    ds = xr.open_dataset({path!r}, engine="daskh5", group="/fixed").load()
+    tree = xr.open_datatree({path!r}, engine="daskh5")
+result = {{"vars": sorted(ds.data_vars), "v": ds.v.values.tolist(),
+          "warnings": [str(w.message) for w in caught]}}
+"""
+    out = corpus.run_limited(code, timeout=120)
+    assert out["status"] == "ok", out
+    assert not marker.exists()
+    assert out["result"]["vars"] == ["v"] and out["result"]["v"] == [1.0, 2.0, 3.0]
+    assert any(
+        "refused the pickled object block" in w and "/fixed/block" in w for w in out["result"]["warnings"]
+    )
+    json.dumps(out["result"])
+
+
+def test_trapped_object_block_raises_from_the_unpickler(tmp_path):
+    path, marker = str(tmp_path / "trap.h5"), tmp_path / "pwned"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        pd.Series(["a", "b"], name="s").to_hdf(path, key="ser", format="fixed")
+    _trap_block(path, "ser", corpus.Trap(marker))
+    import h5py
+
+    from daskh5._pandas import _read_object_node
+
+    with h5py.File(path) as f, pytest.raises(daskh5.UnsafePickleError, match=r"/ser/values.*io.open"):
+        _read_object_node(f["/ser/values"], 10)
+    assert not marker.exists()

@@ -30,13 +30,14 @@ from __future__ import annotations
 import io
 import math
 import pickle
+import warnings
 
 import numpy as np
 
 from daskh5._nodes import describe_array
 from daskh5._reader import NodeReader
 from daskh5._safe_tables import Opaque
-from daskh5.errors import Daskh5Error, UnsafePickleError
+from daskh5.errors import Daskh5Error, NodeKindError, UnsafePickleError
 
 __all__ = ["ObjectArrayUnpickler", "load_object_array", "pandas_entries"]
 
@@ -44,6 +45,7 @@ _TABLE_TYPES = ("frame_table", "series_table")
 _FIXED_TYPES = ("frame", "series")
 MAX_OBJECTS = 1 << 26  # elements one pickled object block may hold (64 Mi)
 MAX_CATEGORIES = 1 << 24
+_UNSUPPORTED = ("period",)  # pandas dtypes numpy cannot hold: left out with a warning, never given as ints
 
 
 # -- small helpers -------------------------------------------------------------------------------
@@ -185,20 +187,20 @@ def category_dtype(categories: np.ndarray) -> np.dtype:
 
 
 class ColumnOf:
-    """Column ``j`` of a 2-D node (a pandas ``format="fixed"`` block is ``rows x columns``)."""
+    """Column ``j`` of a 2-D node whose rows run along ``axis`` (pandas' fixed-format blocks)."""
 
-    def __init__(self, reader, j: int, nrows: int):
-        self.reader, self.j = reader, j
+    def __init__(self, reader, j: int, nrows: int, axis: int = 0):
+        self.reader, self.j, self.axis = reader, j, axis
         self.shape, self.dtype = (nrows,), reader.dtype
 
     def __getitem__(self, key) -> np.ndarray:
-        key = key if isinstance(key, tuple) else (key,)
-        return np.asarray(self.reader[(key[0], self.j)])
+        rows = (key if isinstance(key, tuple) else (key,))[0]
+        return np.asarray(self.reader[(rows, self.j) if self.axis == 0 else (self.j, rows)])
 
     def __dask_tokenize__(self):
         from dask.base import tokenize
 
-        return ("daskh5.ColumnOf", tokenize(self.reader), self.j)
+        return ("daskh5.ColumnOf", tokenize(self.reader), self.j, self.axis)
 
 
 # -- the numpy-object-array unpickler for pandas' fixed-format object blocks ---------------------
@@ -411,7 +413,13 @@ def _table_key(path, group, decode_pickles, skipped) -> tuple[list, list, list[s
             kind = _text(tattrs.get("index_kind", b""))
             e = Entry(dim, reader, ("index",), (dim,), {}, {"pandas_index_kind": kind}, info.shape,
                       _time_dtype(kind) or sub, table.name)  # fmt: skip
-            if kind == "string":
+            index_meta = _text(_unpickled(tattrs.get("index_meta"))) if "index_meta" in tattrs else ""
+            categories = _categories(path, group, "index") if index_meta == "category" else None
+            if categories is not None:  # a CategoricalIndex: its values, as for a categorical column
+                e.dtype = category_dtype(categories)
+                e.decode = CategoryDecoder(categories, e.dtype)
+                e.encoding["pandas_categories"] = categories
+            elif kind == "string":
                 e.decode, e.dtype = (
                     StringDecoder(encoding, errors, _index_nan_rep(tattrs, "index")),
                     np.dtype(object),
@@ -425,7 +433,11 @@ def _table_key(path, group, decode_pickles, skipped) -> tuple[list, list, list[s
         labels = labels if isinstance(labels, list) else [name]
         meta = _text(_unpickled(tattrs.get(f"{name}_meta"))) if f"{name}_meta" in tattrs else ""
         base = sub.subdtype[0] if sub.subdtype else sub
-        base = _time_dtype(_text(tattrs.get(f"{name}_dtype", b""))) or base
+        stored_kind = _text(tattrs.get(f"{name}_dtype", b""))
+        if stored_kind.startswith(_UNSUPPORTED):
+            skipped.append(f"{table.name} column(s) {labels} ({stored_kind}: read them with pd.read_hdf)")
+            continue
+        base = _time_dtype(stored_kind) or base
         column_info = ginfo.get(name) if isinstance(ginfo.get(name), dict) else {}
         categories = _categories(path, group, name) if meta == "category" else None
         for j, label in enumerate(labels):
@@ -469,11 +481,14 @@ def _fixed_array(path, group, node: str, encoding: str, errors: str, limit: int)
     """One fixed-format node read now (an index, the column labels, or an object block)."""
     ds = group[node]
     attrs = ds.attrs
-    shape = attrs.get("shape")
+    shape = _unpickled(attrs.get("shape")) if "shape" in attrs else None
     value_type = _text(attrs.get("value_type"))
-    if shape is not None and not isinstance(shape, (bytes, np.bytes_)) and np.prod(shape) == 0:
-        kind = _time_dtype(value_type)
-        return np.empty(tuple(int(n) for n in np.atleast_1d(shape)), dtype=kind or (value_type or "f8"))
+    if isinstance(shape, tuple) and all(type(n) is int for n in shape) and 0 in shape:  # an empty index
+        try:
+            dtype = _time_dtype(value_type) or np.dtype(value_type or "f8")
+        except TypeError:
+            dtype = np.dtype(object)
+        return np.empty(shape, dtype=dtype if dtype.kind in "biufcmMO" and dtype.subdtype is None else object)
     if _text(attrs.get("PSEUDOATOM")) == "object":
         out = _read_object_node(ds, limit)
     else:
@@ -511,11 +526,12 @@ def _fixed_index(
             out.append((_plain_name(attrs.get("name")), values, tz_name(attrs.get("tz"))))
         return out
     if variety != "regular":
-        raise UnsafePickleError(
-            f"{group.file.filename}:{group.name}: unknown pandas index variety {variety!r}"
-        )
+        raise NodeKindError(f"{group.file.filename}:{group.name}: unknown pandas index variety {variety!r}")
     attrs = group[key].attrs
     values = _fixed_array(path, group, key, encoding, errors, nrows_limit)
+    if _text(attrs.get("kind")) == "category" and f"{key}_categories" in group:  # a CategoricalIndex
+        categories = _fixed_array(path, group, f"{key}_categories", encoding, errors, nrows_limit)
+        values = CategoryDecoder(categories, category_dtype(categories))(values)
     return [(_plain_name(attrs.get("name")), values, tz_name(attrs.get("tz")))]
 
 
@@ -542,7 +558,6 @@ def _index_entries(index, dim_default: str) -> tuple[str, list]:
 
 def _fixed_key(path, group, decode_pickles, skipped) -> tuple[list, list, list[str]]:
     """(data variables, coordinates, extra coordinate names) of a ``format="fixed"`` frame or series."""
-    from daskh5._xarray_store import Entry
 
     gattrs = group.attrs
     encoding = _text(gattrs.get("encoding"), "utf-8") or "utf-8"
@@ -570,53 +585,95 @@ def _fixed_key(path, group, decode_pickles, skipped) -> tuple[list, list, list[s
     data, blocks = [], {}
     for label, node, j in columns:
         ds = group[node]
-        attrs = ds.attrs
-        try:
-            if node not in blocks:
-                if _text(attrs.get("PSEUDOATOM")) == "object":
-                    values = _read_object_node(ds, nrows * max(1, len(columns)))
-                    blocks[node] = values.T if attrs.get("transposed", 0) and values.ndim == 2 else values
-                else:
-                    blocks[node] = NodeReader(describe_array(path, ds.name, f=group.file))
-        except Daskh5Error as exc:
-            skipped.append(f"{ds.name} (column {label!r}: {exc})")
-            blocks[node] = None
-        block = blocks[node]
-        if block is None:
+        value_type = _text(ds.attrs.get("value_type"))
+        if value_type.startswith(_UNSUPPORTED):
+            skipped.append(f"{ds.name} (column {label!r}: {value_type}: read it with pd.read_hdf)")
             continue
-        if isinstance(block, np.ndarray):
-            values = block if j is None else block[:, j] if block.ndim == 2 else block
-            if values.shape != (nrows,):
-                skipped.append(f"{ds.name} (column {label!r}: {values.shape[0]} values for {nrows} rows)")
-                continue
-            e = Entry(
-                label, values, None, (dim,), {}, {"source_node": ds.name}, (nrows,), values.dtype, ds.name
-            )
-        else:
-            reader = block if j is None or len(block.shape) == 1 else ColumnOf(block, j, nrows)
-            if reader.shape[0] != nrows:
-                skipped.append(f"{ds.name} (column {label!r}: {reader.shape[0]} values for {nrows} rows)")
-                continue
-            dtype = _time_dtype(_text(attrs.get("value_type"))) or block.dtype
-            e = Entry(label, reader, None, (dim,), {}, {"source_node": ds.name}, (nrows,), dtype, ds.name)
-            tz = tz_name(attrs.get("tz"))
-            if tz is not None and dtype.kind == "M":
-                e.attrs["pandas_timezone"] = tz
-        data.append(e)
+        if node not in blocks:
+            try:
+                blocks[node] = _fixed_block(path, group, ds, nrows * max(1, len(columns)))
+            except Daskh5Error as exc:
+                skipped.append(f"{ds.name} (column {label!r}: {exc})")
+                blocks[node] = None
+        e = _block_column(blocks[node], ds, label, j, nrows, dim, skipped)
+        if e is not None:
+            data.append(e)
     return data, coords, [c.name for c in coords if c.name != dim]
+
+
+def _fixed_block(path, group, ds, limit: int):
+    """A fixed-format block: an array read now (``rows x columns``), or ``(reader, axis of the rows)``."""
+    attrs = ds.attrs
+    transposed = bool(attrs.get("transposed", 0))
+    shape = _unpickled(attrs.get("shape")) if "shape" in attrs else None
+    if isinstance(shape, tuple) and all(type(n) is int for n in shape) and 0 in shape:  # an empty block
+        try:
+            dtype = _time_dtype(_text(attrs.get("value_type"))) or np.dtype(_text(attrs.get("value_type")))
+        except TypeError:
+            dtype = np.dtype(object)
+        dtype = dtype if dtype.kind in "biufcmMO" and dtype.subdtype is None else np.dtype(object)
+        out = np.empty(shape, dtype=dtype)
+        return out.T if out.ndim == 2 and not transposed else out
+    if _text(attrs.get("PSEUDOATOM")) == "object":
+        out = _read_object_node(ds, limit)
+        return out.T if out.ndim == 2 and not transposed else out
+    reader = NodeReader(describe_array(path, ds.name, f=group.file))
+    return reader, 0 if transposed or len(reader.shape) == 1 else 1
+
+
+def _block_column(block, ds, label: str, j, nrows: int, dim: str, skipped: list):
+    """The Entry of column ``j`` of a block (None, with a note in ``skipped``, if it does not fit)."""
+    from daskh5._xarray_store import Entry
+
+    if block is None:
+        return None
+    enc = {"source_node": ds.name}
+    if isinstance(block, np.ndarray):
+        values = block[:, j] if block.ndim == 2 and j is not None else block
+        if values.shape != (nrows,):
+            skipped.append(f"{ds.name} (column {label!r}: {values.shape} values for {nrows} rows)")
+            return None
+        return Entry(label, values, None, (dim,), {}, enc, (nrows,), values.dtype, ds.name)
+    reader, axis = block
+    ncols = reader.shape[1 - axis] if len(reader.shape) == 2 else 1
+    if len(reader.shape) not in (1, 2) or reader.shape[axis] != nrows or (j or 0) >= ncols:
+        skipped.append(f"{ds.name} (column {label!r}: shape {reader.shape} for {nrows} rows)")
+        return None
+    column = reader if len(reader.shape) == 1 else ColumnOf(reader, j or 0, nrows, axis)
+    dtype = _time_dtype(_text(ds.attrs.get("value_type"))) or reader.dtype
+    e = Entry(label, column, None, (dim,), {}, enc, (nrows,), dtype, ds.name)
+    tz = tz_name(ds.attrs.get("tz"))
+    if tz is not None and dtype.kind == "M":
+        e.attrs["pandas_timezone"] = tz
+    return e
 
 
 def pandas_entries(path: str, group, decode_pickles: bool = False):
     """(data variables, coordinates, extra coordinate names, skipped notes) of a pandas key, or None.
 
-    ``group`` is an open h5py group; None when it is not a key pandas wrote.
+    ``group`` is an open h5py group; None when it is not a key pandas wrote, or
+    when its layout is not one pandas writes (a warning says so, and the group's
+    nodes are then opened as they are stored).
     """
     kind = _text(group.attrs.get("pandas_type", b""))
     skipped: list[str] = []
-    if kind in _TABLE_TYPES and "table" in group:
-        out = _table_key(path, group, decode_pickles, skipped)
-    elif kind in _FIXED_TYPES:
-        out = _fixed_key(path, group, decode_pickles, skipped)
-    else:
+    read = (
+        _table_key
+        if kind in _TABLE_TYPES and "table" in group
+        else _fixed_key
+        if kind in _FIXED_TYPES
+        else None
+    )
+    if read is None:
+        return None
+    try:
+        out = read(path, group, decode_pickles, skipped)
+    except (Daskh5Error, KeyError, ValueError, TypeError, IndexError, OSError) as exc:
+        warnings.warn(
+            f"{path}:{group.name}: a pandas {kind!r} key daskh5 cannot read as pandas does ({exc}); its nodes "
+            "are opened as stored. Read it with pd.read_hdf if you trust the file",
+            UserWarning,
+            stacklevel=6,
+        )
         return None
     return (*out, skipped)

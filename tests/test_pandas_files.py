@@ -66,6 +66,10 @@ def _keys() -> dict[str, tuple[object, dict]]:
         {"v": np.arange(4.0)},
         index=pd.date_range("2020-10-24", periods=4, freq="D", tz="Europe/Paris", name="day"),
     )
+    mi_missing = pd.DataFrame(
+        {"v": [1.0, 2.0, 3.0]},
+        index=pd.MultiIndex.from_arrays([["a", None, "c"], [1, 2, 3]], names=["s", "n"]),
+    )
     strings = pd.DataFrame({"s": ["a", None, "MISSING?", "nan"], "n": [1, 2, 3, 4]}, index=list("abcd"))
     return {
         "fixed": (frame, {"format": "fixed"}),
@@ -84,6 +88,36 @@ def _keys() -> dict[str, tuple[object, dict]]:
         "series_table": (pd.Series(np.arange(5.0), name="x"), {"format": "table"}),
         "series_strings": (pd.Series(["a", None, "c"], index=pd.Index(list("pqr"), name="k"), name="s"), {}),
         "series_unnamed": (pd.Series([True, False, True]), {}),
+        "string_index_table": (
+            strings.iloc[:, ::-1].set_axis(["a", None, "c", "d"]).rename_axis("k"),
+            {"format": "table"},
+        ),
+        "string_index_fixed": (strings.set_axis(["a", None, "c", "d"]).rename_axis("k"), {"format": "fixed"}),
+        "categorical_index_fixed": (
+            pd.DataFrame({"v": [1.0, 2.0, 3.0]}, index=pd.CategoricalIndex(list("aba"))),
+            {},
+        ),
+        "categorical_index_table": (
+            pd.DataFrame({"v": [1.0, 2.0, 3.0]}, index=pd.CategoricalIndex(list("aba"), name="ci")),
+            {"format": "table"},
+        ),
+        "mi_missing_fixed": (mi_missing, {"format": "fixed"}),
+        "mi_missing_table": (mi_missing, {"format": "table"}),
+        "mixed_objects": (
+            pd.DataFrame(
+                {"o": ["a", 1, None, b"zz"], "n": [1, 2, 3, 4]},
+                index=pd.Index([1, "a", 2.5, "b"], dtype=object),
+            ),
+            {"format": "fixed"},
+        ),
+        "date_index": (
+            pd.DataFrame(
+                {"v": [1.0, 2.0]}, index=pd.Index([pd.Timestamp(0).date(), pd.Timestamp(1e15).date()])
+            ),
+            {},
+        ),
+        "empty_fixed": (pd.DataFrame({"a": pd.Series([], dtype="f8"), "s": pd.Series([], dtype=object)}), {}),
+        "int_labels": (pd.DataFrame(np.arange(6.0).reshape(3, 2), columns=[0, 1]), {}),
         "bool_int_float": (
             pd.DataFrame(
                 {
@@ -124,6 +158,8 @@ def _reference(obj):
         frame.index = index.set_levels(
             [lv.astype(object) if lv.dtype.kind in "OT" or lv.dtype == "str" else lv for lv in index.levels]
         )
+    elif isinstance(index, pd.CategoricalIndex):  # its values, as for categorical columns
+        frame.index = index.astype(object)
     elif index.dtype == "str":
         frame.index = index.astype(object)
     return frame
@@ -149,9 +185,11 @@ def as_pandas(ds: xr.Dataset) -> pd.DataFrame:
 def _check(ds: xr.Dataset, path: str, key: str) -> None:
     ref = pd.read_hdf(path, key)
     expected = _reference(ref)
+    expected.columns = [str(c) for c in expected.columns]  # labels are variable names: strings
     got = as_pandas(ds)
     if isinstance(ref, pd.Series):
-        got.columns = [ref.name if ref.name is not None else 0]
+        assert list(ds.data_vars) == [str(ref.name) if ref.name is not None else "values"]
+        got.columns = list(expected.columns)
     pd.testing.assert_frame_equal(got, expected, check_index_type=True, check_column_type=False)
     if isinstance(ref, pd.DataFrame):
         for name, col in ref.items():
@@ -174,6 +212,35 @@ def test_datatree_has_every_key_and_no_pandas_bookkeeping(store):
     assert all("meta" not in node.path.split("/") for node in tree.subtree)  # categories live in meta/
     for key in _keys():
         _check(tree[key].to_dataset(), store, key)
+
+
+def test_unreadable_columns_are_left_out_with_a_warning(tmp_path):
+    path = str(tmp_path / "odd.h5")
+    periods = pd.DataFrame({"p": pd.period_range("2020", periods=3, freq="D"), "v": [1.0, 2.0, 3.0]})
+    periods.to_hdf(path, key="per_fixed", format="fixed")
+    periods.to_hdf(path, key="per_table", format="table")
+    pd.DataFrame(np.ones((2, 2)), columns=pd.MultiIndex.from_tuples([("a", 1), ("a", 2)])).to_hdf(
+        path, key="mi_cols"
+    )
+    for key in ("per_fixed", "per_table"):  # periods are never given as their int64 ordinals
+        with pytest.warns(UserWarning, match=r"'p'.*period\[D\].*pd.read_hdf"):
+            ds = xr.open_dataset(path, engine="daskh5", group=key)
+        assert list(ds.data_vars) == ["v"] and ds.v.values.tolist() == [1.0, 2.0, 3.0]
+    with pytest.warns(UserWarning, match="MultiIndex of columns"):
+        ds = xr.open_dataset(path, engine="daskh5", group="mi_cols")
+    assert not ds.data_vars and ds.sizes["index"] == 2
+
+
+def test_malformed_key_opens_as_stored_with_a_warning(tmp_path):
+    path = str(tmp_path / "bad.h5")
+    pd.DataFrame({"v": [1.0, 2.0]}).to_hdf(path, key="frame", format="fixed")
+    with tables.open_file(path, "a") as f:
+        f.remove_node("/frame/axis1")
+    with pytest.warns(
+        UserWarning, match=r"/frame: a pandas 'frame' key daskh5 cannot read.*opened as stored"
+    ):
+        ds = xr.open_dataset(path, engine="daskh5", group="frame")
+    assert "block0_values" in ds
 
 
 def test_categories_and_missing_values(store):

@@ -39,7 +39,7 @@ from daskh5._reader import NodeReader
 from daskh5._safe_tables import Opaque
 from daskh5.errors import Daskh5Error, NodeKindError, UnsafePickleError
 
-__all__ = ["ObjectArrayUnpickler", "load_object_array", "pandas_entries"]
+__all__ = ["ObjectArrayUnpickler", "describe_key", "is_bookkeeping", "load_object_array", "pandas_entries"]
 
 _TABLE_TYPES = ("frame_table", "series_table")
 _FIXED_TYPES = ("frame", "series")
@@ -677,3 +677,58 @@ def pandas_entries(path: str, group, decode_pickles: bool = False):
         )
         return None
     return (*out, skipped)
+
+
+def is_bookkeeping(group) -> bool:
+    """Whether ``group`` is inside the ``meta`` group of a pandas key (where pandas keeps categories)."""
+    parts = group.name.strip("/").split("/")
+    for i in range(1, len(parts)):
+        if parts[i] == "meta" and "pandas_type" in group.file["/" + "/".join(parts[:i])].attrs:
+            return True
+    return False
+
+
+def _fixed_rows(group, key: str) -> int | None:
+    """Rows of a fixed-format key from its index node's shape (None for a pickled index)."""
+    node = group[key] if key in group else group[f"{key}_label0"]
+    shape = _unpickled(node.attrs.get("shape")) if "shape" in node.attrs else None
+    if isinstance(shape, tuple) and 0 in shape:
+        return 0
+    return None if _text(node.attrs.get("PSEUDOATOM")) == "object" else int(node.shape[0])
+
+
+def describe_key(path: str, group) -> dict:
+    """What ``daskh5 info`` says of a pandas key: its format, rows and column labels (read inertly).
+
+    Reads only metadata and the (small) column-label node, never a data block.
+    """
+    gattrs = group.attrs
+    kind = _text(gattrs.get("pandas_type", b""))
+    out: dict = {
+        "key": group.name,
+        "pandas_type": kind,
+        "format": "table" if kind in _TABLE_TYPES else "fixed",
+    }
+    encoding = _text(gattrs.get("encoding"), "utf-8") or "utf-8"
+    try:
+        if kind in _TABLE_TYPES:
+            axes = _unpickled(gattrs.get("non_index_axes")) if "non_index_axes" in gattrs else None
+            out["rows"] = int(group["table"].shape[0])
+            levels = _unpickled(gattrs.get("levels")) if "levels" in gattrs else None
+            levels = {str(v) for v in levels} if isinstance(levels, list) else set()
+            out["columns"] = [str(v) for v in axes[0][1] if str(v) not in levels] if _is_axes(axes) else []
+        elif kind == "series":
+            out["rows"] = _fixed_rows(group, "index")
+            name = _plain_name(gattrs.get("name"))
+            out["columns"] = [str(name) if name is not None else "values"]
+        else:
+            out["rows"] = _fixed_rows(group, "axis1")
+            if _text(gattrs.get("axis0_variety"), "regular") == "regular":
+                out["columns"] = [
+                    str(v) for v in _fixed_array(path, group, "axis0", encoding, "strict", 1 << 20)
+                ]
+            else:
+                out["columns"] = ["(a MultiIndex of columns)"]
+    except (Daskh5Error, KeyError, ValueError, TypeError, IndexError, OSError) as exc:
+        out["error"] = f"not a layout pandas writes: {exc}"
+    return out

@@ -30,7 +30,7 @@ import warnings
 import numpy as np
 
 from daskh5._nodes import describe_array, lookup, node_kind, open_h5
-from daskh5._pandas import pandas_entries
+from daskh5._pandas import is_bookkeeping, pandas_entries
 from daskh5._reader import NodeReader
 from daskh5._safe_tables import restricted_loads
 from daskh5.errors import Daskh5Error, NodeNotFound
@@ -108,20 +108,11 @@ def list_groups(path: str, group: str | None = None) -> list[str]:
 
         def visit(name, obj):
             if isinstance(obj, h5py.Group) and not any(p in _GROUP_SKIP for p in name.split("/")):
-                if not _pandas_meta(obj):
+                if not is_bookkeeping(obj):
                     out.append(f"{start.name.rstrip('/')}/{name}")
 
         start.visititems(visit)
     return sorted(out, key=lambda p: (p.count("/"), p))
-
-
-def _pandas_meta(group) -> bool:
-    """Whether ``group`` is inside the ``meta`` group of a pandas table (where it keeps categories)."""
-    parts = group.name.strip("/").split("/")
-    for i in range(1, len(parts)):
-        if parts[i] == "meta" and "pandas_type" in group.file["/" + "/".join(parts[:i])].attrs:
-            return True
-    return False
 
 
 class Entry:

@@ -122,6 +122,8 @@ def _ragged_records(path: str, f, records: list[dict]) -> list[dict]:
         if r["kind"] in ("Group",) or r["path"].endswith(("_start_and_stop", "_shape")):
             continue
         obj = f[r["path"]]
+        if "pandas_type" in obj.parent.attrs:  # a pandas key's pickled object block: listed under "pandas"
+            continue
         flat = f"{r['path']}_start_and_stop" in names or ATTR_KIND in obj.attrs
         vl = r["kind"] == "VLArray"
         if not (flat or vl):
@@ -139,6 +141,14 @@ def _ragged_records(path: str, f, records: list[dict]) -> list[dict]:
             entry["error"] = str(exc)
         found.append(entry)
     return found
+
+
+def _pandas_records(path: str, f, records: list[dict]) -> list[dict]:
+    """pandas keys (``to_hdf``) among the groups: format, rows and column labels."""
+    from daskh5._pandas import describe_key, is_bookkeeping
+
+    groups = [f[r["path"]] for r in records if r["kind"] == "Group"]
+    return [describe_key(path, g) for g in groups if "pandas_type" in g.attrs and not is_bookkeeping(g)]
 
 
 def info(path: str, node: str | None = None, budget: str = "64MiB", *, show_all: bool = False) -> dict:
@@ -163,6 +173,7 @@ def info(path: str, node: str | None = None, budget: str = "64MiB", *, show_all:
                 names = [n for n in names if n not in set(hidden)]
             records += [_node_record(root[name], nbytes) for name in names]
         ragged = _ragged_records(f.filename, f, records)
+        pandas = _pandas_records(f.filename, f, records)
         filename = f.filename
     return {
         "file": filename,
@@ -170,6 +181,7 @@ def info(path: str, node: str | None = None, budget: str = "64MiB", *, show_all:
         "budget": budget,
         "nodes": records,
         "ragged": ragged,
+        "pandas": pandas,
         "hidden_index_nodes": 0 if show_all or not isinstance(root, h5py.Group) else len(hidden),
     }
 
@@ -208,6 +220,20 @@ def format_info(report: dict) -> str:
         lines.append(
             f"({report['hidden_index_nodes']} nodes of PyTables' table indexes not shown; --all shows them)"
         )
+    if report.get("pandas"):
+        lines.append(
+            'pandas keys (read with xr.open_dataset(path, engine="daskh5", group=key) or pd.read_hdf):'
+        )
+        for k in report["pandas"]:
+            if "error" in k:
+                lines.append(f"  {k['key']} ({k['pandas_type']}): {k['error']}")
+                continue
+            cols = ", ".join(k["columns"][:12]) + (", ..." if len(k["columns"]) > 12 else "")
+            lines.append(
+                f"  {k['key']} ({k['pandas_type']}, format={k['format']}): "
+                f"{'?' if k['rows'] is None else format(k['rows'], ',')} rows x "
+                f"{len(k['columns'])} columns: {cols}"
+            )
     if report["ragged"]:
         lines.append("ragged layouts (read with daskh5.read_ragged / open_ragged):")
         for g in report["ragged"]:

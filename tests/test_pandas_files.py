@@ -358,3 +358,16 @@ def test_trapped_object_block_raises_from_the_unpickler(tmp_path):
     with h5py.File(path) as f, pytest.raises(daskh5.UnsafePickleError, match=r"/ser/values.*io.open"):
         _read_object_node(f["/ser/values"], 10)
     assert not marker.exists()
+
+
+def test_info_describes_pandas_keys_by_their_columns(store, capsys):
+    from daskh5 import cli
+
+    report = cli.info(store)
+    keys = {k["key"]: k for k in report["pandas"]}
+    assert set(keys) == {f"/{k}" for k in _keys()}  # pandas' meta/ groups are not keys
+    assert keys["/fixed"]["columns"] == list(_frame().columns) and keys["/fixed"]["rows"] == N
+    assert keys["/table_dc"]["format"] == "table" and keys["/mi_table"]["columns"] == ["a", "s"]
+    assert not report["ragged"]  # object blocks are pandas', not broken ragged layouts
+    assert cli.main(["info", store]) == 0
+    assert "/fixed (frame, format=fixed): 7 rows x 7 columns: f, i, b, s, t, tz, td" in capsys.readouterr().out

@@ -208,12 +208,16 @@ class ColumnOf:
 _PLAIN = (str, bytes, int, float, bool, type(None))
 
 
-class _NdarrayClass:
-    """Stands for ``numpy.ndarray`` inside a pickle (only ever passed to ``_reconstruct``)."""
+class _Sentinel:
+    """Stands for ``numpy.ndarray`` inside one pickle: no attributes, so ``BUILD`` cannot alter it."""
+
+    __slots__ = ()
 
 
 class _DtypeStub:
-    """Stands for ``numpy.dtype("O8")``; ignores the state pickle gives it (it could alter numpy's)."""
+    """Stands for ``numpy.dtype("O8")``; ignores the state the pickle gives it (it could alter numpy's)."""
+
+    __slots__ = ()
 
     def __setstate__(self, state) -> None:
         pass
@@ -221,6 +225,8 @@ class _DtypeStub:
 
 class _ArrayStub:
     """An object array being unpickled: built from its state only after every element is checked."""
+
+    __slots__ = ("array", "limit")
 
     def __init__(self, limit: int):
         self.limit, self.array = limit, None
@@ -247,36 +253,40 @@ class _ArrayStub:
             raise pickle.UnpicklingError(f"an element of type {odd.__module__}.{odd.__qualname__}")
         out = np.empty(n, dtype=object)
         out[:] = data
-        self.array = out.reshape(shape, order="F" if fortran else "C")
+        self.array = out.reshape(shape, order="F" if fortran is True else "C")
 
 
 class ObjectArrayUnpickler(pickle.Unpickler):
     """Unpickles one numpy object array of plain values (``str``, ``bytes``, ``int``, ``float``, ``None``).
 
     The pickle may name only numpy's array reconstructor, ``numpy.ndarray`` and
-    ``numpy.dtype("O8")``, and none of them is called: stand-ins record the array's
-    state, which is checked (at most ``limit`` elements, each of a plain type)
-    before numpy builds anything.  Anything else raises ``pickle.UnpicklingError``.
+    ``numpy.dtype("O8")`` (and ``_codecs.encode``, protocol 2's spelling of
+    bytes), and none of them is called: stand-ins record the array's state, which
+    is checked (one array, at most ``limit`` elements, each of a plain type)
+    before numpy builds anything.  The stand-ins are bound methods and slot-only
+    objects of this unpickler, so a pickle cannot change them for the next one.
+    Anything else raises ``pickle.UnpicklingError``.
     """
 
     def __init__(self, file, limit: int = MAX_OBJECTS):
         super().__init__(file, encoding="latin1")
         self.limit = limit
+        self.ndarray = _Sentinel()
         self.arrays: list[_ArrayStub] = []
 
     def find_class(self, module: str, name: str):
         if module in ("numpy._core.multiarray", "numpy.core.multiarray") and name == "_reconstruct":
             return self._reconstruct
         if module == "numpy" and name == "ndarray":
-            return _NdarrayClass
+            return self.ndarray
         if module == "numpy" and name == "dtype":
-            return _dtype
+            return self._dtype
         if module == "_codecs" and name == "encode":  # how protocol 2 spells bytes
-            return _latin1_bytes
+            return self._latin1_bytes
         raise pickle.UnpicklingError(f"daskh5 does not load {module}.{name} from a file")
 
     def _reconstruct(self, cls, shape, typecode):
-        if cls is not _NdarrayClass or self.arrays:
+        if cls is not self.ndarray or self.arrays:
             raise pickle.UnpicklingError(
                 "more than one array, or an array of a class other than numpy.ndarray"
             )
@@ -284,20 +294,20 @@ class ObjectArrayUnpickler(pickle.Unpickler):
         self.arrays.append(stub)
         return stub
 
+    def _latin1_bytes(self, text, encoding="latin1") -> bytes:
+        if not isinstance(text, str) or encoding != "latin1":
+            raise pickle.UnpicklingError("_codecs.encode other than protocol 2's bytes")
+        return text.encode("latin1")
+
+    def _dtype(self, code, align=False, copy=True) -> _DtypeStub:
+        if code != "O8":
+            raise pickle.UnpicklingError(
+                f"an array of dtype {code!r} (only object arrays are pickled by pandas)"
+            )
+        return _DtypeStub()
+
     def persistent_load(self, pid):
         raise pickle.UnpicklingError("persistent ids are not loaded")
-
-
-def _latin1_bytes(text, encoding="latin1") -> bytes:
-    if not isinstance(text, str) or encoding != "latin1":
-        raise pickle.UnpicklingError("_codecs.encode other than protocol 2's bytes")
-    return text.encode("latin1")
-
-
-def _dtype(code, align=False, copy=True) -> _DtypeStub:
-    if code != "O8":
-        raise pickle.UnpicklingError(f"an array of dtype {code!r} (only object arrays are pickled by pandas)")
-    return _DtypeStub()
 
 
 def load_object_array(data: bytes, limit: int = MAX_OBJECTS) -> np.ndarray:

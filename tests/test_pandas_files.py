@@ -302,6 +302,11 @@ def test_object_array_unpickler_builds_plain_arrays_only():
             )
     with pytest.raises(pickle.UnpicklingError, match="elements"):
         load_object_array(pickle.dumps(np.array(["a"] * 11, dtype=object)), limit=10)
+    # BUILD on the stand-ins (setattr through a (None, {...}) state) cannot change them for the next pickle
+    for target in (b"cnumpy\nndarray\n", b"cnumpy\ndtype\n", b"c_codecs\nencode\n"):
+        with pytest.raises(Exception):
+            load_object_array(b"\x80\x02" + target + b"N}X\x01\x00\x00\x00xK\x01s\x86b.")
+    assert load_object_array(pickle.dumps(np.array(["ok"], dtype=object))).tolist() == ["ok"]
 
 
 def _trap_block(path: str, key: str, payload) -> None:

@@ -172,9 +172,10 @@ class CategoryDecoder:
         codes = np.asarray(codes).astype(np.intp)
         cats = self.categories.astype(self.dtype)
         bad = (codes < 0) | (codes >= len(cats))
-        out = cats[np.where(bad, 0, codes)] if len(cats) else np.empty(codes.shape, dtype=self.dtype)
+        out = np.empty(codes.shape, dtype=self.dtype)
+        if len(cats):
+            out[...] = cats[np.where(bad, 0, codes)]
         if bad.any():
-            out = out.copy()
             out[bad] = np.datetime64("NaT") if self.dtype.kind == "M" else (
                 np.timedelta64("NaT") if self.dtype.kind == "m" else np.nan
             )  # fmt: skip
@@ -321,7 +322,12 @@ def load_object_array(data: bytes, limit: int = MAX_OBJECTS) -> np.ndarray:
     _pickle.UnpicklingError: daskh5 does not load _io.BytesIO from a file
     """
     unpickler = ObjectArrayUnpickler(io.BytesIO(data), limit)
-    out = unpickler.load()
+    try:
+        out = unpickler.load()
+    except pickle.UnpicklingError:
+        raise
+    except Exception as exc:  # what a malformed pickle raises (AttributeError, EOFError, ...)
+        raise pickle.UnpicklingError(f"a malformed pickle ({type(exc).__name__}: {exc})") from None
     if not isinstance(out, _ArrayStub) or out.array is None:
         raise pickle.UnpicklingError("the pickle is not a numpy object array")
     return out.array
@@ -367,18 +373,20 @@ def _index_nan_rep(tattrs, name: str) -> str | None:
     return (_text(tattrs[f"{name}_nan_rep"]) or None) if f"{name}_nan_rep" in tattrs else "nan"
 
 
-def _categories(path: str, group, column: str) -> np.ndarray | None:
-    """The categories pandas stored for ``column`` (a series table under ``meta/<column>/meta``)."""
+def _categories(path: str, group, column: str) -> np.ndarray:
+    """The categories pandas stored for ``column`` (a series table under ``meta/<column>/meta``).
+
+    None stored (an all-missing categorical): no categories, as pandas reads it.
+    """
     where = f"meta/{column}/meta"
     if where not in group:
-        return None
-    sub = group[where]
-    out = _table_key(path, sub, decode_pickles=False, skipped=[])
-    if out is None:
-        return None
+        return np.array([], dtype=np.float64)
+    out = _table_key(path, group[where], decode_pickles=False, skipped=[])
     values = [e for e in out[0] if e.name != "index"]
     if len(values) != 1 or values[0].shape[0] > MAX_CATEGORIES:
-        return None
+        raise NodeKindError(
+            f"{group.file.filename}:{group.name}/{where}: not the categories table pandas writes"
+        )
     e = values[0]
     cats = np.asarray(e.reader[:][e.field[0]] if e.field else e.reader[:])
     if cats.ndim > 1:
@@ -449,7 +457,13 @@ def _table_key(path, group, decode_pickles, skipped) -> tuple[list, list, list[s
             continue
         base = _time_dtype(stored_kind) or base
         column_info = ginfo.get(name) if isinstance(ginfo.get(name), dict) else {}
-        categories = _categories(path, group, name) if meta == "category" else None
+        try:
+            categories = _categories(path, group, name) if meta == "category" else None
+        except (Daskh5Error, KeyError, ValueError, TypeError, IndexError) as exc:
+            skipped.append(
+                f"{table.name} column(s) {labels} (categorical whose categories are unreadable: {exc})"
+            )
+            continue
         for j, label in enumerate(labels):
             column = (name, j) if sub.subdtype else (name,)
             e = Entry(str(label), reader, column, (dim,), {}, {"source_node": table.name}, info.shape, base,
@@ -459,10 +473,6 @@ def _table_key(path, group, decode_pickles, skipped) -> tuple[list, list, list[s
                 e.decode = CategoryDecoder(categories, e.dtype)
                 e.encoding["pandas_categories"] = categories
                 e.encoding["pandas_ordered"] = bool(column_info.get("ordered", False))
-            elif meta == "category":
-                skipped.append(
-                    f"{table.name} column {label!r} (categorical without readable categories: its codes)"
-                )
             elif base.kind == "S":
                 e.decode, e.dtype = (
                     StringDecoder(encoding, errors, _meta_nan_rep(gattrs, tattrs, name)),
@@ -506,7 +516,7 @@ def _fixed_array(path, group, node: str, encoding: str, errors: str, limit: int)
     kind = _text(attrs.get("kind"))
     dtype = _time_dtype(value_type) or _time_dtype(kind)
     if dtype is not None and out.dtype.kind in "iu":
-        out = out.view("<i8").astype(dtype) if out.dtype != np.int64 else out.view(dtype)
+        out = out.astype("<i8", copy=False).view(dtype)
     elif kind == "string" and out.dtype.kind == "S":
         nan_rep = _text(attrs["nan_rep"]) or None if "nan_rep" in attrs else "nan"
         out = StringDecoder(encoding, errors, nan_rep)(out)

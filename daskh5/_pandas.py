@@ -466,8 +466,8 @@ def _table_key(path, group, decode_pickles, skipped) -> tuple[list, list, list[s
             continue
         for j, label in enumerate(labels):
             column = (name, j) if sub.subdtype else (name,)
-            e = Entry(str(label), reader, column, (dim,), {}, {"source_node": table.name}, info.shape, base,
-                      table.name)  # fmt: skip
+            enc = {"source_node": table.name, **_row_chunks(info.chunkshape, 0)}
+            e = Entry(str(label), reader, column, (dim,), {}, enc, info.shape, base, table.name)
             if categories is not None:
                 e.dtype = category_dtype(categories)
                 e.decode = CategoryDecoder(categories, e.dtype)
@@ -641,6 +641,11 @@ def _fixed_block(path, group, ds, limit: int):
     return reader, 0 if transposed or len(reader.shape) == 1 else 1
 
 
+def _row_chunks(chunkshape, axis: int) -> dict:
+    """``encoding["chunksizes"]`` of a column along its rows (so ``chunks={}`` follows storage)."""
+    return {"chunksizes": (int(chunkshape[axis]),)} if chunkshape else {}
+
+
 def _block_column(block, ds, label: str, j, nrows: int, dim: str, skipped: list):
     """The Entry of column ``j`` of a block (None, with a note in ``skipped``, if it does not fit)."""
     from daskh5._xarray_store import Entry
@@ -660,6 +665,7 @@ def _block_column(block, ds, label: str, j, nrows: int, dim: str, skipped: list)
         skipped.append(f"{ds.name} (column {label!r}: shape {reader.shape} for {nrows} rows)")
         return None
     column = reader if len(reader.shape) == 1 else ColumnOf(reader, j or 0, nrows, axis)
+    enc.update(_row_chunks(reader.info.chunkshape, axis))
     dtype = _time_dtype(_text(ds.attrs.get("value_type"))) or reader.dtype
     e = Entry(label, column, None, (dim,), {}, enc, (nrows,), dtype, ds.name)
     tz = tz_name(ds.attrs.get("tz"))

@@ -68,6 +68,14 @@ def _keys() -> dict[str, tuple[object, dict]]:
         {"v": np.arange(4.0)},
         index=pd.date_range("2020-10-24", periods=4, freq="D", tz="Europe/Paris", name="day"),
     )
+    rng = np.random.default_rng(13)
+    big = pd.DataFrame(
+        {
+            "x": rng.normal(size=30_000),
+            "i": rng.integers(0, 9, 30_000),
+            "t": pd.date_range("2000", periods=30_000, freq="min"),
+        }
+    )
     mi_missing = pd.DataFrame(
         {"v": [1.0, 2.0, 3.0]},
         index=pd.MultiIndex.from_arrays([["a", None, "c"], [1, 2, 3]], names=["s", "n"]),
@@ -120,6 +128,12 @@ def _keys() -> dict[str, tuple[object, dict]]:
         ),
         "empty_fixed": (pd.DataFrame({"a": pd.Series([], dtype="f8"), "s": pd.Series([], dtype=object)}), {}),
         "int_labels": (pd.DataFrame(np.arange(6.0).reshape(3, 2), columns=[0, 1]), {}),
+        "series_table_strings": (pd.Series(["a", None, "nan", "d"], name="s"), {"format": "table"}),
+        "compressed_fixed": (big, {"format": "fixed", "complevel": 5, "complib": "blosc:lz4"}),
+        "compressed_table": (
+            big,
+            {"format": "table", "complevel": 5, "complib": "zlib", "data_columns": ["i"]},
+        ),
         "bool_int_float": (
             pd.DataFrame(
                 {
@@ -141,7 +155,22 @@ def store(tmp_path_factory):
         warnings.simplefilter("ignore")  # pandas' PerformanceWarning for pickled object blocks
         for key, (obj, kwargs) in _keys().items():
             obj.to_hdf(path, key=key, mode="a", **kwargs)
+        with pd.HDFStore(path) as hdf:  # appended in pieces: the placeholder is chosen per column, once
+            hdf.append("appended", _frame().iloc[:3], data_columns=["s"], min_itemsize={"s": 8})
+            hdf.append("appended", _frame().iloc[3:].assign(s=["x", None, "", "é"]))
     return path
+
+
+@pytest.mark.parametrize("key", ["compressed_fixed", "compressed_table"])
+def test_chunks_follow_storage(store, key):
+    ds = xr.open_dataset(store, engine="daskh5", group=key, chunks={})
+    assert len(ds.x.chunks[0]) > 1 and ds.x.chunks == ds.i.chunks
+    assert ds.x.encoding["chunksizes"][0] == ds.x.chunks[0][0]
+
+
+def test_appended_table_equals_read_hdf(store):
+    ds = xr.open_dataset(store, engine="daskh5", group="appended", chunks={})
+    _check(ds.load(), store, "appended")
 
 
 def _reference(obj):
@@ -210,7 +239,7 @@ def test_key_equals_read_hdf(store, key, chunks):
 
 def test_datatree_has_every_key_and_no_pandas_bookkeeping(store):
     tree = xr.open_datatree(store, engine="daskh5")
-    assert set(tree.children) == set(_keys())
+    assert set(tree.children) == {*_keys(), "appended"}
     assert all("meta" not in node.path.split("/") for node in tree.subtree)  # categories live in meta/
     for key in _keys():
         _check(tree[key].to_dataset(), store, key)
@@ -372,7 +401,7 @@ def test_info_describes_pandas_keys_by_their_columns(store, capsys):
 
     report = cli.info(store)
     keys = {k["key"]: k for k in report["pandas"]}
-    assert set(keys) == {f"/{k}" for k in _keys()}  # pandas' meta/ groups are not keys
+    assert set(keys) == {f"/{k}" for k in (*_keys(), "appended")}  # pandas' meta/ groups are not keys
     assert keys["/fixed"]["columns"] == list(_frame().columns) and keys["/fixed"]["rows"] == N
     assert keys["/table_dc"]["format"] == "table" and keys["/mi_table"]["columns"] == ["a", "s"]
     assert not report["ragged"]  # object blocks are pandas', not broken ragged layouts

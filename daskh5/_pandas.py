@@ -510,7 +510,7 @@ def _fixed_array(path, group, node: str, encoding: str, errors: str, limit: int)
             dtype = np.dtype(object)
         return np.empty(shape, dtype=dtype if dtype.kind in "biufcmMO" and dtype.subdtype is None else object)
     if _text(attrs.get("PSEUDOATOM")) == "object":
-        out = _read_object_node(ds, limit)
+        out = _strings_as_pandas_infers(_read_object_node(ds, limit), index=True)
     else:
         out = np.asarray(NodeReader(describe_array(path, ds.name, f=group.file))[...])
     kind = _text(attrs.get("kind"))
@@ -641,6 +641,22 @@ def _fixed_block(path, group, ds, limit: int):
     return reader, 0 if transposed or len(reader.shape) == 1 else 1
 
 
+def _strings_as_pandas_infers(values: np.ndarray, index: bool = False) -> np.ndarray:
+    """An object column of strings and missing values as pandas reads it: each missing value NaN.
+
+    pandas infers its ``str`` dtype for such a column (``None`` becomes NaN),
+    also when every value is missing; for an index, only when one is a string.
+    Any other mix (bytes, numbers) stays as stored.
+    """
+    flat = values.reshape(-1)
+    missing = np.array([v is None or (type(v) is float and v != v) for v in flat], dtype=bool)
+    strings = all(missing[i] or type(v) is str for i, v in enumerate(flat))
+    if strings and missing.any() and not (index and missing.all()):
+        values = values.copy()
+        values.reshape(-1)[missing] = np.nan
+    return values
+
+
 def _row_chunks(chunkshape, axis: int) -> dict:
     """``encoding["chunksizes"]`` of a column along its rows (so ``chunks={}`` follows storage)."""
     return {"chunksizes": (int(chunkshape[axis]),)} if chunkshape else {}
@@ -655,6 +671,7 @@ def _block_column(block, ds, label: str, j, nrows: int, dim: str, skipped: list)
     enc = {"source_node": ds.name}
     if isinstance(block, np.ndarray):
         values = block[:, j] if block.ndim == 2 and j is not None else block
+        values = _strings_as_pandas_infers(values) if values.dtype == object else values
         if values.shape != (nrows,):
             skipped.append(f"{ds.name} (column {label!r}: {values.shape} values for {nrows} rows)")
             return None

@@ -568,7 +568,7 @@ def _index_entries(index, dim_default: str) -> tuple[str, list]:
     dim = dim_default
     out = []
     for i, (name, values, tz) in enumerate(index):
-        label = str(name) if name is not None else f"{dim}_level_{i}"
+        label = str(name) if name is not None else f"level_{i}"  # as pandas names them in tables
         enc = {"pandas_level": (dim, i)}
         if tz is not None:
             enc["pandas_timezone"] = tz

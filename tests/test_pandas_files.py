@@ -342,11 +342,12 @@ def test_object_array_unpickler_builds_plain_arrays_only():
     assert load_object_array(pickle.dumps(np.array(["ok"], dtype=object))).tolist() == ["ok"]
 
 
-def _trap_block(path: str, key: str, payload) -> None:
-    """Replace the (pickled) object block of a fixed-format frame with ``payload``."""
+def _trap_block(path: str, key: str, payload, node_name: str | None = None) -> None:
+    """Replace the (pickled) object block (or ``node_name``) of a fixed-format key with ``payload``."""
     with tables.open_file(path, "a") as f:
         group = f.get_node(f"/{key}")
-        node = next(n for n in group._f_iter_nodes() if isinstance(n, tables.VLArray))
+        vls = [n for n in group._f_iter_nodes() if isinstance(n, tables.VLArray)]
+        node = next(n for n in vls if node_name in (None, n._v_name))
         attrs = {a: node._v_attrs[a] for a in node._v_attrs._v_attrnamesuser}
         name = node._v_name
         node._f_remove()
@@ -381,6 +382,34 @@ result = {{"vars": sorted(ds.data_vars), "v": ds.v.values.tolist(),
         "refused the pickled object block" in w and "/fixed/block" in w for w in out["result"]["warnings"]
     )
     json.dumps(out["result"])
+
+
+def test_trapped_object_labels_and_index_run_nothing_anywhere(tmp_path):
+    path, marker = str(tmp_path / "trap.h5"), tmp_path / "pwned"
+    mixed = pd.Index([0, "a"], dtype=object)  # labels and index of mixed types are pickled by pandas
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        pd.DataFrame(np.ones((2, 2)), columns=mixed).to_hdf(path, key="labels", format="fixed")
+        pd.DataFrame({"v": [1.0, 2.0]}, index=mixed).to_hdf(path, key="index", format="fixed")
+    _trap_block(path, "labels", corpus.Trap(marker), "axis0")
+    _trap_block(path, "index", corpus.Trap(marker), "axis1")
+    code = f"""
+import warnings, xarray as xr
+from daskh5 import cli
+with warnings.catch_warnings(record=True) as caught:
+    warnings.simplefilter("always")
+    sets = [sorted(xr.open_dataset({path!r}, engine="daskh5", group=g).load().variables) for g in ("labels", "index")]
+    tree = xr.open_datatree({path!r}, engine="daskh5")
+    info = cli.info({path!r})
+result = {{"sets": sets, "warnings": [str(w.message) for w in caught], "pandas": info["pandas"]}}
+"""
+    out = corpus.run_limited(code, timeout=120)
+    assert out["status"] == "ok", out
+    assert not marker.exists()
+    res = out["result"]
+    assert "block0_values" in res["sets"][0] and "block0_values" in res["sets"][1]  # opened as stored
+    assert sum("cannot read as pandas does" in w and "io.open" in w for w in res["warnings"]) >= 2
+    assert all("error" in k for k in res["pandas"] if k["key"] == "/labels")
 
 
 def test_trapped_object_block_raises_from_the_unpickler(tmp_path):

@@ -17,33 +17,31 @@ pandas dtype:
 - a MultiIndex: one coordinate per level, made an xarray MultiIndex by the
   backend (levels are marked by ``encoding["pandas_level"]``).
 
-Nothing is unpickled with :mod:`pickle`'s defaults.  pandas' metadata pickles are
-read with :func:`daskh5._safe_tables.opaque_loads` (plain builtins, anything else an
-inert stand-in), and the object blocks of ``format="fixed"`` (pickled numpy object
-arrays) with :class:`ObjectArrayUnpickler`, which builds only a numpy object array
-of ``str``/``bytes``/``int``/``float``/``bool``/``None``; a block whose pickle asks
-for anything else is skipped with a warning naming it.
+Nothing is unpickled with :mod:`pickle`'s defaults (:mod:`daskh5._pandas_pickles`):
+pandas' metadata pickles are read with :func:`~daskh5._pandas_pickles.inert_loads`
+(plain builtins, anything else an inert stand-in), and the object blocks of
+``format="fixed"`` (pickled numpy object arrays) with
+:func:`~daskh5._pandas_pickles.load_object_array`, which builds only a numpy object
+array of ``str``/``bytes``/``int``/``float``/``bool``/``None``; a block whose pickle
+asks for anything else is skipped with a warning naming it.
 """
 
 from __future__ import annotations
 
-import io
-import math
-import pickle
 import warnings
 
 import numpy as np
 
 from daskh5._nodes import describe_array
+from daskh5._pandas_pickles import MAX_OBJECTS, inert_loads, load_object_array
 from daskh5._reader import NodeReader
 from daskh5._safe_tables import Opaque
 from daskh5.errors import Daskh5Error, NodeKindError, UnsafePickleError
 
-__all__ = ["ObjectArrayUnpickler", "describe_key", "is_bookkeeping", "load_object_array", "pandas_entries"]
+__all__ = ["describe_key", "is_bookkeeping", "pandas_entries", "tz_name"]
 
 _TABLE_TYPES = ("frame_table", "series_table")
 _FIXED_TYPES = ("frame", "series")
-MAX_OBJECTS = 1 << 26  # elements one pickled object block may hold (64 Mi)
 MAX_CATEGORIES = 1 << 24
 _UNSUPPORTED = ("period",)  # pandas dtypes numpy cannot hold: left out with a warning, never given as ints
 
@@ -61,43 +59,9 @@ def _text(v, default: str = "") -> str:
     return str(v)
 
 
-class _Inert(Opaque):
-    """A stand-in that can also be called (pickles call what they name: ``getattr(ZoneInfo, ...)(...)``)."""
-
-    def __call__(self, *args, **kwargs):
-        out = type(self)()
-        out.args = args
-        return out
-
-
-_BUILTINS = {"list", "dict", "tuple", "set", "frozenset", "int", "float", "complex", "str", "bytes", "bool"}
-
-
-class _MetadataUnpickler(pickle.Unpickler):
-    """pandas' metadata pickles: plain builtins are built, any other name becomes an inert :class:`_Inert`."""
-
-    def find_class(self, module: str, name: str):
-        if module in ("builtins", "__builtin__") and name in _BUILTINS:
-            return super().find_class("builtins", name)
-        return type(name, (_Inert,), {"_qualname": f"{module}.{name}"})
-
-    def persistent_load(self, pid):
-        raise pickle.UnpicklingError("persistent ids are not loaded")
-
-
-def _unpickled(value):
-    """A pandas metadata attribute: plain builtins, anything else an inert stand-in; None if unreadable."""
-    if isinstance(value, (bytes, np.bytes_)) and bytes(value).endswith(b"."):
-        try:
-            return _MetadataUnpickler(io.BytesIO(bytes(value)), encoding="latin1").load()
-        except Exception:
-            return None
-    return value
-
-
 def _plain_name(value):
     """An index/series name pandas stored (a plain string, or ``N.``: None)."""
-    value = _unpickled(value)
+    value = inert_loads(value)
     if isinstance(value, (bytes, np.bytes_)):
         value = _text(value)
     return value if isinstance(value, (str, int, float)) and not isinstance(value, bool) else None
@@ -109,7 +73,7 @@ def tz_name(tz) -> str | None:
     >>> tz_name("Europe/Paris"), tz_name(None)
     ('Europe/Paris', None)
     """
-    tz = _unpickled(tz)
+    tz = inert_loads(tz)
     if tz is None or type(tz).__name__ == "Empty":
         return None
     if isinstance(tz, (bytes, np.bytes_, str)):
@@ -204,135 +168,6 @@ class ColumnOf:
         return ("daskh5.ColumnOf", tokenize(self.reader), self.j, self.axis)
 
 
-# -- the numpy-object-array unpickler for pandas' fixed-format object blocks ---------------------
-
-_PLAIN = (str, bytes, int, float, bool, type(None))
-
-
-class _Sentinel:
-    """Stands for ``numpy.ndarray`` inside one pickle: no attributes, so ``BUILD`` cannot alter it."""
-
-    __slots__ = ()
-
-
-class _DtypeStub:
-    """Stands for ``numpy.dtype("O8")``; ignores the state the pickle gives it (it could alter numpy's)."""
-
-    __slots__ = ()
-
-    def __setstate__(self, state) -> None:
-        pass
-
-
-class _ArrayStub:
-    """An object array being unpickled: built from its state only after every element is checked."""
-
-    __slots__ = ("array", "limit")
-
-    def __init__(self, limit: int):
-        self.limit, self.array = limit, None
-
-    def __setstate__(self, state) -> None:
-        if not (isinstance(state, tuple) and len(state) == 5):
-            raise pickle.UnpicklingError(
-                "an array state that is not numpy's (version, shape, dtype, order, data)"
-            )
-        _version, shape, dtype, fortran, data = state
-        if not (
-            isinstance(shape, tuple) and all(type(n) is int and n >= 0 for n in shape) and len(shape) <= 2
-        ):
-            raise pickle.UnpicklingError(f"an array shape that is not 1 or 2 counts: {shape!r}")
-        n = math.prod(shape)
-        if n > self.limit:
-            raise pickle.UnpicklingError(f"an array of {n} elements (at most {self.limit} expected here)")
-        if not isinstance(dtype, _DtypeStub) or not isinstance(data, list) or len(data) != n:
-            raise pickle.UnpicklingError(
-                "an array that is not a numpy object array with one value per element"
-            )
-        odd = next((type(v) for v in data if type(v) not in _PLAIN), None)
-        if odd is not None:
-            raise pickle.UnpicklingError(f"an element of type {odd.__module__}.{odd.__qualname__}")
-        out = np.empty(n, dtype=object)
-        out[:] = data
-        self.array = out.reshape(shape, order="F" if fortran is True else "C")
-
-
-class ObjectArrayUnpickler(pickle.Unpickler):
-    """Unpickles one numpy object array of plain values (``str``, ``bytes``, ``int``, ``float``, ``None``).
-
-    The pickle may name only numpy's array reconstructor, ``numpy.ndarray`` and
-    ``numpy.dtype("O8")`` (and ``_codecs.encode``, protocol 2's spelling of
-    bytes), and none of them is called: stand-ins record the array's state, which
-    is checked (one array, at most ``limit`` elements, each of a plain type)
-    before numpy builds anything.  The stand-ins are bound methods and slot-only
-    objects of this unpickler, so a pickle cannot change them for the next one.
-    Anything else raises ``pickle.UnpicklingError``.
-    """
-
-    def __init__(self, file, limit: int = MAX_OBJECTS):
-        super().__init__(file, encoding="latin1")
-        self.limit = limit
-        self.ndarray = _Sentinel()
-        self.arrays: list[_ArrayStub] = []
-
-    def find_class(self, module: str, name: str):
-        if module in ("numpy._core.multiarray", "numpy.core.multiarray") and name == "_reconstruct":
-            return self._reconstruct
-        if module == "numpy" and name == "ndarray":
-            return self.ndarray
-        if module == "numpy" and name == "dtype":
-            return self._dtype
-        if module == "_codecs" and name == "encode":  # how protocol 2 spells bytes
-            return self._latin1_bytes
-        raise pickle.UnpicklingError(f"daskh5 does not load {module}.{name} from a file")
-
-    def _reconstruct(self, cls, shape, typecode):
-        if cls is not self.ndarray or self.arrays:
-            raise pickle.UnpicklingError(
-                "more than one array, or an array of a class other than numpy.ndarray"
-            )
-        stub = _ArrayStub(self.limit)
-        self.arrays.append(stub)
-        return stub
-
-    def _latin1_bytes(self, text, encoding="latin1") -> bytes:
-        if not isinstance(text, str) or encoding != "latin1":
-            raise pickle.UnpicklingError("_codecs.encode other than protocol 2's bytes")
-        return text.encode("latin1")
-
-    def _dtype(self, code, align=False, copy=True) -> _DtypeStub:
-        if code != "O8":
-            raise pickle.UnpicklingError(
-                f"an array of dtype {code!r} (only object arrays are pickled by pandas)"
-            )
-        return _DtypeStub()
-
-    def persistent_load(self, pid):
-        raise pickle.UnpicklingError("persistent ids are not loaded")
-
-
-def load_object_array(data: bytes, limit: int = MAX_OBJECTS) -> np.ndarray:
-    """The numpy object array of plain values pickled in ``data``; ``pickle.UnpicklingError`` otherwise.
-
-    >>> load_object_array(pickle.dumps(np.array(["a", None, 1.5], dtype=object))).tolist()
-    ['a', None, 1.5]
-    >>> load_object_array(pickle.dumps(np.array([io.BytesIO()], dtype=object)))
-    Traceback (most recent call last):
-    ...
-    _pickle.UnpicklingError: daskh5 does not load _io.BytesIO from a file
-    """
-    unpickler = ObjectArrayUnpickler(io.BytesIO(data), limit)
-    try:
-        out = unpickler.load()
-    except pickle.UnpicklingError:
-        raise
-    except Exception as exc:  # what a malformed pickle raises (AttributeError, EOFError, ...)
-        raise pickle.UnpicklingError(f"a malformed pickle ({type(exc).__name__}: {exc})") from None
-    if not isinstance(out, _ArrayStub) or out.array is None:
-        raise pickle.UnpicklingError("the pickle is not a numpy object array")
-    return out.array
-
-
 def _read_object_node(ds, limit: int) -> np.ndarray:
     """The object array pandas pickled into a one-row VLArray of ObjectAtom (fixed format)."""
     where = f"{ds.file.filename}:{ds.name}"
@@ -358,14 +193,14 @@ def _read_object_node(ds, limit: int) -> np.ndarray:
 
 def _meta_nan_rep(gattrs, tattrs, column: str) -> str | None:
     """The placeholder pandas wrote for a missing string in ``column`` (its rules, GH#9604 included)."""
-    levels = _unpickled(gattrs.get("levels")) if "levels" in gattrs else None
+    levels = inert_loads(gattrs.get("levels")) if "levels" in gattrs else None
     levels = levels if isinstance(levels, list) else []
     per_column = bool(gattrs.get("data_col_nan_rep", False)) or (
         column in levels and bool(gattrs.get("mi_level_nan_rep", False))
     )
     if per_column:
         return _text(tattrs[f"{column}_nan_rep"]) if f"{column}_nan_rep" in tattrs else None
-    nan_rep = _unpickled(gattrs.get("nan_rep")) if "nan_rep" in gattrs else None
+    nan_rep = inert_loads(gattrs.get("nan_rep")) if "nan_rep" in gattrs else None
     return _text(nan_rep) if isinstance(nan_rep, (str, bytes, np.bytes_)) else "nan"
 
 
@@ -415,9 +250,9 @@ def _table_key(path, group, decode_pickles, skipped) -> tuple[list, list, list[s
     info = describe_array(path, table.name, allow_table=True, f=group.file)
     reader = NodeReader(info, f=group.file)
     tattrs = table.attrs
-    encoding = _text(_unpickled(gattrs.get("encoding")), "utf-8") or "utf-8"
+    encoding = _text(inert_loads(gattrs.get("encoding")), "utf-8") or "utf-8"
     errors = _text(gattrs.get("errors"), "strict") or "strict"
-    ginfo = _unpickled(gattrs.get("info", b"")) if "info" in gattrs else None
+    ginfo = inert_loads(gattrs.get("info", b"")) if "info" in gattrs else None
     ginfo = ginfo if isinstance(ginfo, dict) else {}
     index_info = ginfo.get("index") if isinstance(ginfo.get("index"), dict) else {}
     index_name = index_info.get("index_name")
@@ -431,7 +266,7 @@ def _table_key(path, group, decode_pickles, skipped) -> tuple[list, list, list[s
             kind = _text(tattrs.get("index_kind", b""))
             e = Entry(dim, reader, ("index",), (dim,), {}, {"pandas_index_kind": kind}, info.shape,
                       _time_dtype(kind) or sub, table.name)  # fmt: skip
-            index_meta = _text(_unpickled(tattrs.get("index_meta"))) if "index_meta" in tattrs else ""
+            index_meta = _text(inert_loads(tattrs.get("index_meta"))) if "index_meta" in tattrs else ""
             categories = _categories(path, group, "index") if index_meta == "category" else None
             if categories is not None:  # a CategoricalIndex: its values, as for a categorical column
                 e.dtype = category_dtype(categories)
@@ -449,7 +284,7 @@ def _table_key(path, group, decode_pickles, skipped) -> tuple[list, list, list[s
             continue
         labels = decode_attr(tattrs.get(f"{name}_kind", b""), True) if f"{name}_kind" in tattrs else [name]
         labels = labels if isinstance(labels, list) else [name]
-        meta = _text(_unpickled(tattrs.get(f"{name}_meta"))) if f"{name}_meta" in tattrs else ""
+        meta = _text(inert_loads(tattrs.get(f"{name}_meta"))) if f"{name}_meta" in tattrs else ""
         base = sub.subdtype[0] if sub.subdtype else sub
         stored_kind = _text(tattrs.get(f"{name}_dtype", b""))
         if stored_kind.startswith(_UNSUPPORTED):
@@ -486,7 +321,7 @@ def _table_key(path, group, decode_pickles, skipped) -> tuple[list, list, list[s
                 coords.append(e)
             else:
                 data.append(e)
-    axes = _unpickled(gattrs.get("non_index_axes")) if "non_index_axes" in gattrs else None
+    axes = inert_loads(gattrs.get("non_index_axes")) if "non_index_axes" in gattrs else None
     order = [str(v) for v in axes[0][1]] if _is_axes(axes) else []
     data.sort(key=lambda e: order.index(e.name) if e.name in order else len(order))  # pandas' column order
     if levels and len(levels) > 1:  # a MultiIndex: the stored "index" column is a row counter
@@ -501,7 +336,7 @@ def _fixed_array(path, group, node: str, encoding: str, errors: str, limit: int)
     """One fixed-format node read now (an index, the column labels, or an object block)."""
     ds = group[node]
     attrs = ds.attrs
-    shape = _unpickled(attrs.get("shape")) if "shape" in attrs else None
+    shape = inert_loads(attrs.get("shape")) if "shape" in attrs else None
     value_type = _text(attrs.get("value_type"))
     if isinstance(shape, tuple) and all(type(n) is int for n in shape) and 0 in shape:  # an empty index
         try:
@@ -625,7 +460,7 @@ def _fixed_block(path, group, ds, limit: int):
     """A fixed-format block: an array read now (``rows x columns``), or ``(reader, axis of the rows)``."""
     attrs = ds.attrs
     transposed = bool(attrs.get("transposed", 0))
-    shape = _unpickled(attrs.get("shape")) if "shape" in attrs else None
+    shape = inert_loads(attrs.get("shape")) if "shape" in attrs else None
     if isinstance(shape, tuple) and all(type(n) is int for n in shape) and 0 in shape:  # an empty block
         try:
             dtype = _time_dtype(_text(attrs.get("value_type"))) or np.dtype(_text(attrs.get("value_type")))
@@ -734,7 +569,7 @@ def is_bookkeeping(group) -> bool:
 def _fixed_rows(group, key: str) -> int | None:
     """Rows of a fixed-format key from its index node's shape (None for a pickled index)."""
     node = group[key] if key in group else group[f"{key}_label0"]
-    shape = _unpickled(node.attrs.get("shape")) if "shape" in node.attrs else None
+    shape = inert_loads(node.attrs.get("shape")) if "shape" in node.attrs else None
     if isinstance(shape, tuple) and 0 in shape:
         return 0
     return None if _text(node.attrs.get("PSEUDOATOM")) == "object" else int(node.shape[0])
@@ -755,9 +590,9 @@ def describe_key(path: str, group) -> dict:
     encoding = _text(gattrs.get("encoding"), "utf-8") or "utf-8"
     try:
         if kind in _TABLE_TYPES:
-            axes = _unpickled(gattrs.get("non_index_axes")) if "non_index_axes" in gattrs else None
+            axes = inert_loads(gattrs.get("non_index_axes")) if "non_index_axes" in gattrs else None
             out["rows"] = int(group["table"].shape[0])
-            levels = _unpickled(gattrs.get("levels")) if "levels" in gattrs else None
+            levels = inert_loads(gattrs.get("levels")) if "levels" in gattrs else None
             levels = {str(v) for v in levels} if isinstance(levels, list) else set()
             out["columns"] = [str(v) for v in axes[0][1] if str(v) not in levels] if _is_axes(axes) else []
         elif kind == "series":

@@ -318,7 +318,7 @@ def test_char_arrays_not_written_by_pytables_are_still_joined(tmp_path):
 
 
 def test_object_array_unpickler_builds_plain_arrays_only():
-    from daskh5._pandas import load_object_array
+    from daskh5._pandas_pickles import load_object_array
 
     arr = np.array(["a", None, 1, 2.5, b"x", True], dtype=object)
     assert load_object_array(pickle.dumps(arr)).tolist() == arr.tolist()
@@ -503,3 +503,15 @@ def test_any_frame_reads_back_as_read_hdf(tmp_path, case):
         except (ValueError, TypeError):  # pandas refuses some (its nan_rep sentinel, an all-None table index)
             return
     _check(xr.open_dataset(path, engine="daskh5", group="k").load(), path, "k")
+
+
+def test_metadata_pickles_build_no_large_objects():
+    from daskh5._pandas_pickles import inert_loads
+
+    bomb = b"cbuiltins\nbytes\n(J\x00\x00\x00@tR."  # bytes(2**30): a 1 GiB allocation from 25 bytes
+    assert inert_loads(bomb) is None
+    assert inert_loads(pickle.dumps({"a": [1, "x"], "b": b"raw"}, protocol=0)) == {"a": [1, "x"], "b": b"raw"}
+    zone = inert_loads(pickle.dumps(pd.Timestamp(0, tz="Europe/Paris").tzinfo, protocol=0))
+    from daskh5._pandas import tz_name
+
+    assert tz_name(zone) == "Europe/Paris"

@@ -241,92 +241,125 @@ def _is_axes(axes) -> bool:
     )
 
 
-def _table_key(path, group, decode_pickles, skipped) -> tuple[list, list, list[str]] | None:
-    """(data variables, coordinates, extra coordinate names) of a ``format="table"`` key."""
-    from daskh5._xarray_store import Entry, decode_attr
+def _as_categorical(e, categories: np.ndarray) -> None:
+    """Make ``e`` give the category values of its codes."""
+    e.dtype = category_dtype(categories)
+    e.decode = CategoryDecoder(categories, e.dtype)
+    e.encoding["pandas_categories"] = categories
 
-    gattrs = group.attrs
-    table = group["table"]
-    info = describe_array(path, table.name, allow_table=True, f=group.file)
-    reader = NodeReader(info, f=group.file)
-    tattrs = table.attrs
-    encoding = _text(inert_loads(gattrs.get("encoding")), "utf-8") or "utf-8"
-    errors = _text(gattrs.get("errors"), "strict") or "strict"
-    ginfo = inert_loads(gattrs.get("info", b"")) if "info" in gattrs else None
-    ginfo = ginfo if isinstance(ginfo, dict) else {}
-    index_info = ginfo.get("index") if isinstance(ginfo.get("index"), dict) else {}
-    index_name = index_info.get("index_name")
-    dim = str(index_name) if isinstance(index_name, str) and index_name else "index"
-    levels = decode_attr(gattrs["levels"], True) if "levels" in gattrs else None
-    levels = [v for v in levels if isinstance(v, str)] if isinstance(levels, list) else []
-    data, coords = [], []
-    for name in info.dtype.names:
-        sub = info.dtype.fields[name][0]
-        if name == "index":
-            kind = _text(tattrs.get("index_kind", b""))
-            e = Entry(dim, reader, ("index",), (dim,), {}, {"pandas_index_kind": kind}, info.shape,
-                      _time_dtype(kind) or sub, table.name)  # fmt: skip
-            index_meta = _text(inert_loads(tattrs.get("index_meta"))) if "index_meta" in tattrs else ""
-            categories = _categories(path, group, "index") if index_meta == "category" else None
-            if categories is not None:  # a CategoricalIndex: its values, as for a categorical column
-                e.dtype = category_dtype(categories)
-                e.decode = CategoryDecoder(categories, e.dtype)
-                e.encoding["pandas_categories"] = categories
-            elif kind == "string":
-                e.decode, e.dtype = (
-                    StringDecoder(encoding, errors, _index_nan_rep(tattrs, "index")),
-                    np.dtype(object),
-                )
-            tz = tz_name(index_info.get("tz"))
-            if tz is not None and e.dtype.kind == "M":
-                e.encoding["pandas_timezone"] = tz
-            coords.append(e)
-            continue
-        labels = decode_attr(tattrs.get(f"{name}_kind", b""), True) if f"{name}_kind" in tattrs else [name]
+
+class _TableKey:
+    """One ``format="table"`` key being described: its table, pandas' metadata, the index dimension."""
+
+    def __init__(self, path: str, group):
+        from daskh5._xarray_store import decode_attr
+
+        self.path, self.group, self.gattrs = path, group, group.attrs
+        self.table = group["table"]
+        self.tattrs = self.table.attrs
+        self.info = describe_array(path, self.table.name, allow_table=True, f=group.file)
+        self.reader = NodeReader(self.info, f=group.file)
+        self.encoding = _text(inert_loads(self.gattrs.get("encoding")), "utf-8") or "utf-8"
+        self.errors = _text(self.gattrs.get("errors"), "strict") or "strict"
+        ginfo = inert_loads(self.gattrs.get("info", b"")) if "info" in self.gattrs else None
+        self.ginfo = ginfo if isinstance(ginfo, dict) else {}
+        self.index_info = self._info("index")
+        index_name = self.index_info.get("index_name")
+        self.dim = str(index_name) if isinstance(index_name, str) and index_name else "index"
+        levels = decode_attr(self.gattrs["levels"], True) if "levels" in self.gattrs else None
+        self.levels = [v for v in levels if isinstance(v, str)] if isinstance(levels, list) else []
+
+    def _info(self, name: str) -> dict:
+        value = self.ginfo.get(name)
+        return value if isinstance(value, dict) else {}
+
+    def _attr_text(self, name: str) -> str:
+        return _text(inert_loads(self.tattrs.get(name))) if name in self.tattrs else ""
+
+    def index_entry(self):
+        from daskh5._xarray_store import Entry
+
+        kind = self._attr_text("index_kind")
+        dtype = _time_dtype(kind) or self.info.dtype.fields["index"][0]
+        e = Entry(self.dim, self.reader, ("index",), (self.dim,), {}, {"pandas_index_kind": kind}, self.info.shape,
+                  dtype, self.table.name)  # fmt: skip
+        if self._attr_text("index_meta") == "category":  # a CategoricalIndex: its values, as for columns
+            _as_categorical(e, _categories(self.path, self.group, "index"))
+        elif kind == "string":
+            nan_rep = _index_nan_rep(self.tattrs, "index")
+            e.decode, e.dtype = StringDecoder(self.encoding, self.errors, nan_rep), np.dtype(object)
+        tz = tz_name(self.index_info.get("tz"))
+        if tz is not None and e.dtype.kind == "M":
+            e.encoding["pandas_timezone"] = tz
+        return e
+
+    def column_entries(self, name: str, skipped: list) -> list:
+        """The variables of one stored column (a values block holds several pandas columns)."""
+        from daskh5._xarray_store import Entry, decode_attr
+
+        sub = self.info.dtype.fields[name][0]
+        labels = decode_attr(self.tattrs[f"{name}_kind"], True) if f"{name}_kind" in self.tattrs else [name]
         labels = labels if isinstance(labels, list) else [name]
-        meta = _text(inert_loads(tattrs.get(f"{name}_meta"))) if f"{name}_meta" in tattrs else ""
-        base = sub.subdtype[0] if sub.subdtype else sub
-        stored_kind = _text(tattrs.get(f"{name}_dtype", b""))
+        stored_kind = self._attr_text(f"{name}_dtype")
         if stored_kind.startswith(_UNSUPPORTED):
-            skipped.append(f"{table.name} column(s) {labels} ({stored_kind}: read them with pd.read_hdf)")
-            continue
-        base = _time_dtype(stored_kind) or base
-        column_info = ginfo.get(name) if isinstance(ginfo.get(name), dict) else {}
+            skipped.append(
+                f"{self.table.name} column(s) {labels} ({stored_kind}: read them with pd.read_hdf)"
+            )
+            return []
         try:
-            categories = _categories(path, group, name) if meta == "category" else None
+            categories = (
+                _categories(self.path, self.group, name)
+                if self._attr_text(f"{name}_meta") == "category"
+                else None
+            )
         except (Daskh5Error, KeyError, ValueError, TypeError, IndexError) as exc:
             skipped.append(
-                f"{table.name} column(s) {labels} (categorical whose categories are unreadable: {exc})"
+                f"{self.table.name} column(s) {labels} (categorical whose categories are unreadable: {exc})"
             )
-            continue
+            return []
+        base = _time_dtype(stored_kind) or (sub.subdtype[0] if sub.subdtype else sub)
+        column_info = self._info(name)
+        out = []
         for j, label in enumerate(labels):
+            enc = {"source_node": self.table.name, **_row_chunks(self.info.chunkshape, 0)}
             column = (name, j) if sub.subdtype else (name,)
-            enc = {"source_node": table.name, **_row_chunks(info.chunkshape, 0)}
-            e = Entry(str(label), reader, column, (dim,), {}, enc, info.shape, base, table.name)
+            e = Entry(
+                str(label), self.reader, column, (self.dim,), {}, enc, self.info.shape, base, self.table.name
+            )
             if categories is not None:
-                e.dtype = category_dtype(categories)
-                e.decode = CategoryDecoder(categories, e.dtype)
-                e.encoding["pandas_categories"] = categories
+                _as_categorical(e, categories)
                 e.encoding["pandas_ordered"] = bool(column_info.get("ordered", False))
             elif base.kind == "S":
-                e.decode, e.dtype = (
-                    StringDecoder(encoding, errors, _meta_nan_rep(gattrs, tattrs, name)),
-                    np.dtype(object),
-                )
+                nan_rep = _meta_nan_rep(self.gattrs, self.tattrs, name)
+                e.decode, e.dtype = StringDecoder(self.encoding, self.errors, nan_rep), np.dtype(object)
             tz = tz_name(column_info.get("tz"))
             if tz is not None:  # values are UTC; the zone is named, not rebuilt
                 e.attrs["pandas_timezone"] = tz
-            if str(label) in levels:
-                e.encoding["pandas_level"] = (dim, levels.index(str(label)))
-                coords.append(e)
-            else:
-                data.append(e)
-    axes = inert_loads(gattrs.get("non_index_axes")) if "non_index_axes" in gattrs else None
-    order = [str(v) for v in axes[0][1]] if _is_axes(axes) else []
+            if str(label) in self.levels:
+                e.encoding["pandas_level"] = (self.dim, self.levels.index(str(label)))
+            out.append(e)
+        return out
+
+    def column_order(self) -> list[str]:
+        axes = inert_loads(self.gattrs.get("non_index_axes")) if "non_index_axes" in self.gattrs else None
+        return [str(v) for v in axes[0][1]] if _is_axes(axes) else []
+
+
+def _table_key(path, group, decode_pickles, skipped) -> tuple[list, list, list[str]]:
+    """(data variables, coordinates, extra coordinate names) of a ``format="table"`` key."""
+    key = _TableKey(path, group)
+    entries = [key.index_entry()]
+    for name in key.info.dtype.names:
+        if name != "index":
+            entries += key.column_entries(name, skipped)
+    is_coord = [("pandas_index_kind" in e.encoding or "pandas_level" in e.encoding) for e in entries]
+    coords = [e for e, c in zip(entries, is_coord, strict=True) if c]
+    data = [e for e, c in zip(entries, is_coord, strict=True) if not c]
+    order = key.column_order()
     data.sort(key=lambda e: order.index(e.name) if e.name in order else len(order))  # pandas' column order
-    if levels and len(levels) > 1:  # a MultiIndex: the stored "index" column is a row counter
-        coords = [c for c in coords if c.name != dim or "pandas_level" in c.encoding]
-    return data, coords, [c.name for c in coords if c.name != dim]
+    if len(key.levels) > 1:  # a MultiIndex: the stored "index" column is a row counter
+        coords = [c for c in coords if "pandas_level" in c.encoding]
+    return data, coords, [c.name for c in coords if c.name != key.dim]
 
 
 # -- format="fixed" --------------------------------------------------------------------------------

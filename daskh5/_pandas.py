@@ -118,11 +118,12 @@ class StringDecoder:
 
     def __call__(self, values: np.ndarray) -> np.ndarray:
         values = np.asarray(values)
-        out = np.empty(values.shape, dtype=object)
-        flat = out.reshape(-1)
-        flat[:] = [bytes(v).decode(self.encoding, self.errors) for v in values.reshape(-1)]
-        if self.nan_rep is not None:
-            flat[flat == self.nan_rep] = np.nan
+        if values.dtype.kind != "S":
+            values = values.astype("S")
+        strings = getattr(np, "strings", np.char)  # numpy 2's vectorized string functions, else np.char
+        out = strings.decode(values, self.encoding, self.errors).astype(object)
+        if self.nan_rep is not None:  # compared as stored: fixed-width bytes drop trailing NULs alike
+            out[values == self.nan_rep.encode(self.encoding, self.errors)] = np.nan
         return out
 
 

@@ -9,8 +9,8 @@ Variables of a group
     variable per column of every Table (nested columns are named
     ``parent.child``; when a group holds several Tables, or a column name
     clashes with another variable, the Table's name is prefixed:
-    ``table.column``); pandas ``format="table"`` frames get their real column
-    names and their index as a coordinate.  VLArrays are not variables: they
+    ``table.column``); a pandas key (``to_hdf``, either format) is read as
+    ``pd.read_hdf`` reads it (:mod:`daskh5._pandas`).  VLArrays are not variables: they
     are listed in a warning pointing to :func:`daskh5.read_ragged`.
 
 Dimension names, first rule that applies

@@ -24,6 +24,7 @@ from daskh5.errors import (
     NodeNotFound,
     NotHDF5Error,
     RaggedLayoutError,
+    UnsafePickleError,
     UnsupportedDtypeError,
     UnsupportedFilterError,
 )
@@ -48,6 +49,7 @@ __all__ = [
     "RaggedArray",
     "RaggedLayoutError",
     "SampleBag",
+    "UnsafePickleError",
     "UnsupportedDtypeError",
     "UnsupportedFilterError",
     "__version__",

@@ -9,8 +9,8 @@ Variables of a group
     variable per column of every Table (nested columns are named
     ``parent.child``; when a group holds several Tables, or a column name
     clashes with another variable, the Table's name is prefixed:
-    ``table.column``); pandas ``format="table"`` frames get their real column
-    names and their index as a coordinate.  VLArrays are not variables: they
+    ``table.column``); a pandas key (``to_hdf``, either format) is read as
+    ``pd.read_hdf`` reads it (:mod:`daskh5._pandas`).  VLArrays are not variables: they
     are listed in a warning pointing to :func:`daskh5.read_ragged`.
 
 Dimension names, first rule that applies
@@ -31,6 +31,7 @@ import numpy as np
 
 from daskh5._containment import child_names, walk
 from daskh5._nodes import describe_array, lookup, node_kind, open_h5
+from daskh5._pandas import is_bookkeeping, pandas_entries
 from daskh5._reader import NodeReader
 from daskh5._safe_tables import restricted_loads
 from daskh5.errors import Daskh5Error, ExternalDataError, NodeNotFound
@@ -115,6 +116,7 @@ def list_groups(path: str, group: str | None = None, allow_external: bool = Fals
                 kind == "hard"
                 and isinstance(obj, h5py.Group)
                 and not any(p in _GROUP_SKIP for p in name.split("/"))
+                and not is_bookkeeping(obj)
             ):
                 out.append(f"{top.rstrip('/')}/{name}")
     return sorted(out, key=lambda p: (p.count("/"), p))
@@ -204,97 +206,6 @@ def _table_entries(obj, decode_pickles, prefix: str, allow_external: bool) -> li
     return out
 
 
-_PANDAS_TABLES = ("frame_table", "series_table")
-
-
-def _pandas_dtype(stored: np.dtype, kind: str) -> np.dtype:
-    """The dtype pandas meant for a column stored as ``stored`` with ``*_dtype``/``index_kind`` ``kind``.
-
-    pandas keeps datetimes and timedeltas as int64 plus a note of their unit;
-    the values are reinterpreted (a view), never parsed.
-    """
-    for prefix in ("datetime64", "timedelta64"):
-        if kind.startswith(prefix) and stored == np.dtype("<i8"):
-            try:
-                return np.dtype(kind if "[" in kind else f"{prefix}[ns]")
-            except TypeError:
-                return stored
-    return stored
-
-
-def _opaque_attr(value):
-    from daskh5._safe_tables import opaque_loads
-
-    try:
-        return opaque_loads(bytes(value))
-    except Exception:
-        return None
-
-
-def _pandas_entries(
-    group, decode_pickles, allow_external
-) -> tuple[list[Entry], list[Entry], list[str]] | None:
-    """(data variables, index coordinates, names of the extra coordinates) of a pandas table, or None.
-
-    ``df.to_hdf(format="table")`` frames and series: columns under their real
-    labels, the index as the dimension coordinate; a MultiIndex's levels
-    become non-dimension coordinates along the row dimension (pandas stores
-    them as data columns), so ``ds.set_index(index=[...])`` rebuilds it.
-    """
-    gattrs = group.attrs
-    if _text(gattrs.get("pandas_type", b"")) not in _PANDAS_TABLES or "table" not in child_names(group)[0]:
-        return None
-    table = lookup(group.file, f"{group.name.rstrip('/')}/table", allow_external=allow_external)
-    info = describe_array(
-        table.file.filename, table.name, allow_table=True, f=table.file, allow_external=allow_external
-    )
-    reader = NodeReader(info, f=table.file)
-    tattrs = table.attrs
-    ginfo = _opaque_attr(gattrs.get("info", b""))
-    ginfo = ginfo if isinstance(ginfo, dict) else {}
-    index_info = ginfo.get("index") if isinstance(ginfo.get("index"), dict) else {}
-    index_name = index_info.get("index_name")
-    index_name = index_name if isinstance(index_name, str) and index_name else "index"
-    levels = decode_attr(gattrs["levels"], True) if "levels" in gattrs else None
-    levels = [v for v in levels if isinstance(v, str)] if isinstance(levels, list) else []
-    dim = str(index_name)
-    data, coords = [], []
-    for name in info.dtype.names:
-        sub = info.dtype.fields[name][0]
-        if name == "index":
-            kind = _text(tattrs.get("index_kind", b""))
-            coords.append(
-                Entry(dim, reader, ("index",), (dim,), {}, {"pandas_index_kind": kind}, info.shape,
-                      _pandas_dtype(sub, kind), table.name)
-            )  # fmt: skip
-            continue
-        labels = decode_attr(tattrs.get(f"{name}_kind", b""), True) if f"{name}_kind" in tattrs else [name]
-        meta = _text(tattrs.get(f"{name}_meta", b""))
-        if not isinstance(labels, list):
-            labels = [name]
-        base = sub.subdtype[0] if sub.subdtype else sub
-        base = _pandas_dtype(base, _text(tattrs.get(f"{name}_dtype", b"")))
-        for j, label in enumerate(labels):
-            attrs = {"_Encoding": "utf-8"} if meta == "str" and base.kind == "S" else {}
-            column_info = ginfo.get(name) if isinstance(ginfo.get(name), dict) else {}
-            if column_info.get("tz") is not None:  # values are UTC; the zone object is not rebuilt
-                attrs["pandas_timezone"] = repr(column_info["tz"])
-            column = (name, j) if sub.subdtype else (name,)
-            entry = Entry(
-                str(label),
-                reader,
-                column,
-                (dim,),
-                attrs,
-                {"source_node": table.name},
-                info.shape,
-                base,
-                table.name,
-            )
-            (coords if str(label) in levels else data).append(entry)
-    return data, coords, [c.name for c in coords if c.name != dim]
-
-
 def group_variables(path: str, group: str, decode_pickles: bool = False, allow_external: bool = False):
     """(entries, group attributes, skipped-node messages, stored coordinate names) of one group.
 
@@ -309,12 +220,12 @@ def group_variables(path: str, group: str, decode_pickles: bool = False, allow_e
         if not isinstance(g, h5py.Group):
             raise NodeNotFound(f"{path}: {group!r} is a {node_kind(g)}, not a group")
         gattrs, gsystem = split_attrs(g.attrs, decode_pickles)
-        pandas = _pandas_entries(g, decode_pickles, allow_external)
+        pandas = pandas_entries(path, g, decode_pickles, allow_external)
         if pandas is not None:  # pandas' bookkeeping (pickled column lists...) is not user metadata
-            data, coords, coord_names = pandas
+            data, coords, coord_names, skipped = pandas
             for e in coords + data:
                 e.encoding["pandas_attrs"] = gattrs
-            return coords + data, {}, [], coord_names
+            return coords + data, {}, skipped, coord_names
         entries, skipped = [], []
         names, bad = child_names(g)
         skipped += [

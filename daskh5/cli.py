@@ -145,6 +145,8 @@ def _ragged_records(path: str, f, records: list[dict], allow_external: bool = Fa
         if r["kind"] in ("Group",) or r["path"].endswith(("_start_and_stop", "_shape")) or "target" in r:
             continue
         obj = lookup(f, r["path"])
+        if "pandas_type" in obj.parent.attrs:  # a pandas key's pickled object block: listed under "pandas"
+            continue
         flat = f"{r['path']}_start_and_stop" in names or ATTR_KIND in obj.attrs
         vl = r["kind"] == "VLArray"
         if not (flat or vl):
@@ -162,6 +164,15 @@ def _ragged_records(path: str, f, records: list[dict], allow_external: bool = Fa
             entry["error"] = str(exc)
         found.append(entry)
     return found
+
+
+def _pandas_records(path: str, f, records: list[dict]) -> list[dict]:
+    """pandas keys (``to_hdf``) among the groups: format, rows and column labels."""
+    from daskh5._nodes import lookup
+    from daskh5._pandas import describe_key, is_bookkeeping
+
+    groups = [lookup(f, r["path"]) for r in records if r["kind"] == "Group" and "target" not in r]
+    return [describe_key(path, g) for g in groups if "pandas_type" in g.attrs and not is_bookkeeping(g)]
 
 
 def info(
@@ -205,6 +216,7 @@ def info(
                 elif kind in ("invalid", "other"):
                     refused.append(f"{base}/{name}")
         ragged = _ragged_records(root.file.filename, root.file, records, allow_external)
+        pandas = _pandas_records(root.file.filename, root.file, records)
         filename = f.filename
     return {
         "file": filename,
@@ -212,6 +224,7 @@ def info(
         "budget": budget,
         "nodes": records,
         "ragged": ragged,
+        "pandas": pandas,
         "hidden_index_nodes": 0 if show_all or not isinstance(root, h5py.Group) else len(hidden),
         "unreadable_links": refused,
     }
@@ -262,6 +275,20 @@ def format_info(report: dict) -> str:
             "links daskh5 does not follow (a '/' in a link name would alias another node; "
             "user-defined link classes): " + ", ".join(map(repr, report["unreadable_links"]))
         )
+    if report.get("pandas"):
+        lines.append(
+            'pandas keys (read with xr.open_dataset(path, engine="daskh5", group=key) or pd.read_hdf):'
+        )
+        for k in report["pandas"]:
+            if "error" in k:
+                lines.append(f"  {k['key']} ({k['pandas_type']}): {k['error']}")
+                continue
+            cols = ", ".join(k["columns"][:12]) + (", ..." if len(k["columns"]) > 12 else "")
+            lines.append(
+                f"  {k['key']} ({k['pandas_type']}, format={k['format']}): "
+                f"{'?' if k['rows'] is None else format(k['rows'], ',')} rows x "
+                f"{len(k['columns'])} columns: {cols}"
+            )
     if report["ragged"]:
         lines.append("ragged layouts (read with daskh5.read_ragged / open_ragged):")
         for g in report["ragged"]:

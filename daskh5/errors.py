@@ -20,6 +20,7 @@ __all__ = [
     "NotHDF5Error",
     "RaggedLayoutError",
     "UnsupportedDtypeError",
+    "UnsafePickleError",
     "UnsupportedFilterError",
 ]
 
@@ -81,3 +82,7 @@ class ExternalDataError(Daskh5Error, PermissionError):
 
 class FileBusyError(Daskh5Error, OSError):
     """The file is open elsewhere in a way that stops writing it (HDF5's file lock)."""
+
+
+class UnsafePickleError(Daskh5Error, ValueError):
+    """A pickle in the file asks for something daskh5 will not build (only plain values are rebuilt)."""

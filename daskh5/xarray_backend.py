@@ -38,8 +38,8 @@ except ImportError as exc:  # pragma: no cover - exercised only without xarray
 class PyTablesArray(BackendArray):
     """A lazily read node, or one column of a Table, with outer indexing (one vector at a time)."""
 
-    def __init__(self, reader, field, shape, dtype):
-        self.reader, self.field = reader, field
+    def __init__(self, reader, field, shape, dtype, decode=None):
+        self.reader, self.field, self.decode = reader, field, decode
         self.shape, self.dtype = tuple(shape), np.dtype(dtype)
 
     def __getitem__(self, key):
@@ -49,11 +49,17 @@ class PyTablesArray(BackendArray):
 
     def _raw_indexing_method(self, key: tuple):
         if self.field is None:
-            return np.asarray(self.reader[key])
-        rows = self.reader[key[:1]]
-        for part in self.field:
-            rows = rows[part] if isinstance(part, str) else rows[:, part]
-        out = np.asarray(rows[(slice(None), *key[1:])]) if len(key) > 1 else np.asarray(rows)
+            out = np.asarray(self.reader[key])
+        else:
+            first = key[0]
+            scalar = isinstance(first, (int, np.integer))
+            rows = self.reader[(slice(first, first + 1 or None) if scalar else first,)]
+            for part in self.field:
+                rows = rows[part] if isinstance(part, str) else rows[:, part]
+            out = np.asarray(rows[(slice(None), *key[1:])]) if len(key) > 1 else np.asarray(rows)
+            out = out[0] if scalar else out
+        if self.decode is not None:  # pandas' strings and categoricals (daskh5._pandas)
+            return np.asarray(self.decode(out), dtype=self.dtype)
         if out.dtype != self.dtype and self.dtype.kind in "mM":  # pandas' int64 datetimes
             out = out.view(self.dtype)
         return out
@@ -80,7 +86,8 @@ class PyTablesStore(AbstractDataStore):
     def get_variables(self):
         out = {}
         for e in self.entries:
-            data = indexing.LazilyIndexedArray(PyTablesArray(e.reader, e.field, e.shape, e.dtype))
+            array = PyTablesArray(e.reader, e.field, e.shape, e.dtype, getattr(e, "decode", None))
+            data = indexing.LazilyIndexedArray(array)
             encoding = dict(e.encoding)
             chunks = encoding.get("chunksizes")
             if chunks and e.field is None:
@@ -160,7 +167,7 @@ class PyTablesBackendEntrypoint(BackendEntrypoint):
             store,
             mask_and_scale=mask_and_scale,
             decode_times=decode_times,
-            concat_characters=concat_characters,
+            concat_characters=_no_char_stacking(store, concat_characters),
             decode_coords=decode_coords,
             drop_variables=drop_variables,
             use_cftime=use_cftime,
@@ -226,7 +233,51 @@ def _unclash(ds: xr.Dataset, path: str, opened: dict) -> xr.Dataset:
     return ds.rename_dims(renames) if renames else ds
 
 
+_PYTABLES_CLASSES = ("ARRAY", "CARRAY", "EARRAY", "TABLE", "VLARRAY")
+
+
+def _no_char_stacking(store: PyTablesStore, concat_characters):
+    """``concat_characters`` per variable: never join the letters of a PyTables ``S1`` array.
+
+    xarray's character-array decoding joins the last axis of an ``S1`` variable
+    (netCDF's char arrays, which have a string-length dimension).  A PyTables
+    string array (``CLASS`` attribute: Array, Table...) or a pandas column is a
+    list of strings, as PyTables and pandas read it, so its letters stay apart.
+    """
+    own = {
+        e.name: False
+        for e in store.entries
+        if e.dtype == np.dtype("S1")
+        and (
+            e.encoding.get("pytables_attrs", {}).get("CLASS") in _PYTABLES_CLASSES
+            or "pandas_attrs" in e.encoding
+        )
+    }
+    if not own:
+        return concat_characters
+    if isinstance(concat_characters, dict):
+        return {**{e.name: True for e in store.entries}, **concat_characters, **own}
+    return {**{e.name: concat_characters for e in store.entries}, **own}
+
+
 def _pandas_index(ds: xr.Dataset, store: PyTablesStore) -> xr.Dataset:
-    """Make a pandas frame's stored index a coordinate (its dtype, unit included, is pandas')."""
-    names = [e.name for e in store.entries if "pandas_index_kind" in e.encoding and e.name in ds.variables]
-    return ds.set_coords(names) if names else ds
+    """A pandas key's index as pandas reads it: a coordinate, a MultiIndex, time-zone aware."""
+    import pandas as pd
+
+    entries = [e for e in store.entries if e.name in ds.variables]
+    names = [e.name for e in entries if "pandas_index_kind" in e.encoding or "pandas_level" in e.encoding]
+    ds = ds.set_coords([n for n in names if n not in ds.coords]) if names else ds
+    zones = {e.name: e.encoding["pandas_timezone"] for e in entries if "pandas_timezone" in e.encoding}
+    for name, tz in zones.items():
+        values = pd.DatetimeIndex(ds[name].values).tz_localize("UTC").tz_convert(tz)
+        var = ds[name].variable
+        ds = ds.assign_coords({name: xr.Variable(var.dims, values, var.attrs, var.encoding)})
+    levels: dict = {}
+    for e in entries:
+        if "pandas_level" in e.encoding:
+            dim, position = e.encoding["pandas_level"]
+            levels.setdefault(dim, []).append((position, e.name))
+    for dim, named in levels.items():
+        if len(named) > 1:
+            ds = ds.set_index({dim: [n for _, n in sorted(named)]})
+    return ds

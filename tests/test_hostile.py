@@ -703,3 +703,34 @@ def test_virtual_datasets_read_like_h5py(tmp_path, seed):
         f"import daskh5; daskh5.from_pytables({str(path)!r}, '/boxes')", timeout=120
     )  # the source in src.h5 is another file
     assert refused["etype"] == "daskh5.errors.ExternalDataError" and "src.h5" in refused["message"], refused
+
+
+def test_pandas_key_whose_table_lives_elsewhere_is_refused(tmp_path):
+    """A pandas key's nodes are looked up link by link too: a ``table`` that is an external link is refused."""
+    import h5py
+    import pandas as pd
+
+    df = pd.DataFrame({"x": np.arange(5.0), "c": pd.Categorical(list("abcab"))})
+    other = tmp_path / "other.h5"
+    df.to_hdf(other, key="df", format="table")
+    path = tmp_path / "upload.h5"
+    df.iloc[:2].to_hdf(path, key="df", format="table")
+    with h5py.File(path, "a") as f:
+        del f["df/table"]
+        f["df/table"] = h5py.ExternalLink("other.h5", "/df/table")
+    code = (
+        "import xarray as xr, json\n"
+        f"path = {str(path)!r}\n"
+        "try:\n"
+        "    xr.open_dataset(path, engine='daskh5', group='df').load()\n"
+        "    refused = None\n"
+        "except Exception as e:\n"
+        "    refused = [type(e).__name__, str(e)]\n"
+        "ds = xr.open_dataset(path, engine='daskh5', group='df', allow_external=True)\n"
+        "result = {'refused': refused, 'x': ds['x'].values.tolist()}\n"
+    )
+    rec = corpus.run_limited(code, memory=3 * corpus.GiB, timeout=120)
+    assert rec["status"] == "ok", rec
+    name, message = rec["result"]["refused"]
+    assert name == "ExternalDataError" and "/df/table" in message and "other.h5" in message
+    assert rec["result"]["x"] == df["x"].tolist()  # opted in: the target file's table, all 5 rows

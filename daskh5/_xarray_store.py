@@ -29,6 +29,8 @@ import warnings
 
 import numpy as np
 
+from daskh5._h5types import LibraryReader, library_kind, vlen_str_dtype
+from daskh5._netcdf import HIDDEN_ATTRS, GroupDims, attr_value, group_dims, storage_encoding, variable_name
 from daskh5._nodes import describe_array, lookup, node_kind, open_h5
 from daskh5._reader import NodeReader
 from daskh5._safe_tables import restricted_loads
@@ -62,14 +64,9 @@ def decode_attr(value, decode_pickles: bool = False):
                 except Exception:
                     return PickledAttribute(raw)
             return PickledAttribute(raw)
-        try:
-            return raw.decode("utf-8")
-        except UnicodeDecodeError:
-            return raw
-    if isinstance(value, np.ndarray) and value.dtype.kind == "S":
-        return np.char.decode(value, "utf-8", "replace")
-    if isinstance(value, np.generic):
-        return value.item() if value.dtype.kind in "biufc" else value
+        return raw.decode("utf-8", "surrogateescape")  # as h5netcdf: undecodable bytes survive
+    if isinstance(value, np.ndarray):
+        return attr_value(value)
     return value
 
 
@@ -83,8 +80,10 @@ def split_attrs(attrs, decode_pickles: bool) -> tuple[dict, dict]:
             continue
         # a name that is not UTF-8 (h5py gives bytes) is kept, readably
         key = raw_key.decode("utf-8", "backslashreplace") if isinstance(raw_key, bytes) else raw_key
+        if key in HIDDEN_ATTRS:  # netCDF/HDF5 bookkeeping (object references do not pickle)
+            continue
         if type(value).__name__ == "Empty":
-            value = ""
+            value = "" if getattr(value.dtype, "kind", "S") in "SOU" else np.array([], dtype=value.dtype)
         target = system if key in _SYSTEM or _SYSTEM_PATTERN.match(key) else user
         target[key] = decode_attr(value, decode_pickles)
     return user, system
@@ -121,6 +120,7 @@ class Entry:
         self.dims_hint, self.attrs, self.encoding = dims_hint, attrs, encoding
         self.shape, self.dtype, self.node = shape, dtype, node
         self.axis_names = axis_names  # dimension names found in the file, if any
+        self.netcdf_dims = False  # axis names came from netCDF/HDF5 dimension scales
 
 
 def _scale_names(ds) -> tuple[str, ...] | None:
@@ -140,9 +140,7 @@ def _scale_names(ds) -> tuple[str, ...] | None:
 
 
 def _array_encoding(info, system: dict) -> dict:
-    enc = {"pytables_attrs": system, "source_node": info.node}
-    if info.chunkshape:
-        enc["chunksizes"] = tuple(info.chunkshape)
+    enc = {**storage_encoding(info), "pytables_attrs": system, "source_node": info.node}
     codes = {32001: "blosc", 32026: "blosc2", 1: "zlib", 305: "lzo", 307: "bzip2"}
     ids = [fid for fid, _ in info.filters]
     enc["filters"] = tuple(codes.get(f, str(f)) for f in ids)
@@ -153,21 +151,43 @@ def _array_encoding(info, system: dict) -> dict:
             enc["complevel"], enc["shuffle"], enc["bitshuffle"] = cd[4], cd[5] == 1, cd[5] == 2
         elif fid == 1:
             enc["complib"], enc["complevel"] = "zlib", cd[0] if cd else 0
-            enc["shuffle"] = 2 in ids
-    enc["fletcher32"] = 3 in ids
+    enc.setdefault("shuffle", 2 in ids)
     return enc
 
 
-def _leaf_entries(path, obj, kind, decode_pickles) -> list[Entry]:
+def _leaf_entries(path, obj, kind, decode_pickles, layout: GroupDims | None = None) -> list[Entry]:
     f = obj.file
-    info = describe_array(path, obj.name, f=f)
     user, system = split_attrs(obj.attrs, decode_pickles)
     stored = system.get(ATTR_DIMS)
     hint = tuple(stored.split(",")) if isinstance(stored, str) and stored else None
-    axis_names = hint or _scale_names(obj)
-    name = obj.name.rsplit("/", 1)[-1]
-    return [Entry(name, NodeReader(info, f=f), None, None, user, _array_encoding(info, system), info.shape, info.dtype,
-                  obj.name, axis_names)]  # fmt: skip
+    key = obj.name.rsplit("/", 1)[-1]
+    from_scales = layout.var_dims.get(key) if layout is not None and not hint else None
+    axis_names = hint or from_scales or _scale_names(obj)
+    special = library_kind(obj)
+    if special is not None:
+        reader, encoding = _library_reader(path, obj, special), {"source": path, "source_node": obj.name}
+        encoding.update({"dtype": str} if special == "str" else {"dtype": obj.dtype.subdtype[0]})
+        encoding["original_shape"] = reader.shape
+        encoding["chunksizes"] = tuple(obj.chunks) if obj.chunks else None
+    else:
+        info = describe_array(path, obj.name, f=f)
+        reader, encoding = NodeReader(info, f=f), _array_encoding(info, system)
+    shape = reader.shape
+    if from_scales is not None and len(from_scales) == len(shape):
+        shape = layout.sizes(from_scales, shape)  # record variables shorter than their unlimited dim
+    entry = Entry(
+        variable_name(key), reader, None, None, user, encoding, shape, reader.dtype, obj.name, axis_names
+    )
+    entry.netcdf_dims = from_scales is not None
+    return [entry]
+
+
+def _library_reader(path: str, obj, kind: str) -> LibraryReader:
+    """A reader through h5py for variable-length strings and H5T_ARRAY element types."""
+    if kind == "str":
+        return LibraryReader(path, obj.name, kind, obj.shape, vlen_str_dtype())
+    base, inner = obj.dtype.subdtype
+    return LibraryReader(path, obj.name, kind, (*obj.shape, *inner), base.newbyteorder("="), inner)
 
 
 def _flatten_fields(dtype: np.dtype, prefix=()) -> list[tuple[tuple[str, ...], np.dtype]]:
@@ -300,7 +320,8 @@ def group_variables(path: str, group: str, decode_pickles: bool = False):
                 e.encoding["pandas_attrs"] = gattrs
             return coords + data, {}, [], coord_names
         entries, skipped = [], []
-        children = sorted(g.keys())
+        layout = group_dims(g)
+        children = sorted(k for k in g.keys() if k not in layout.dimension_only)
         tables = [c for c in children if isinstance(g[c], h5py.Dataset) and node_kind(g[c]) == "Table"]
         leaf_names = {c for c in children if c not in tables}
         for child in children:
@@ -316,7 +337,7 @@ def group_variables(path: str, group: str, decode_pickles: bool = False):
                 elif kind == "VLArray":
                     skipped.append(f"{obj.name} (VLArray: read it with daskh5.read_ragged)")
                 elif kind in ("Array", "CArray", "EArray", "Dataset"):
-                    entries += _leaf_entries(path, obj, kind, decode_pickles)
+                    entries += _leaf_entries(path, obj, kind, decode_pickles, layout)
                 else:
                     skipped.append(f"{obj.name} ({kind})")
             except Daskh5Error as exc:
@@ -334,6 +355,15 @@ def group_variables(path: str, group: str, decode_pickles: bool = False):
         return entries, gattrs, skipped, coord_names
 
 
+def group_unlimited(path: str, group: str) -> set[str]:
+    """The unlimited dimensions a group defines (dimension scales of unlimited maximum shape)."""
+    import h5py
+
+    with open_h5(path) as f:
+        g = lookup(f, group) if group not in ("/", "") else f
+        return group_dims(g).unlimited if isinstance(g, h5py.Group) else set()
+
+
 def assign_dims(entries: list, overrides: dict | None) -> None:
     """Set ``entry.dims`` by the rules in the module docstring."""
     overrides = overrides or {}
@@ -344,10 +374,12 @@ def assign_dims(entries: list, overrides: dict | None) -> None:
             dims = (given,) if isinstance(given, str) else tuple(given)
         elif e.dims_hint is not None:
             dims = e.dims_hint + tuple(f"{e.name}_dim_{i}" for i in range(len(e.dims_hint), len(e.shape)))
-        elif e.axis_names is not None and len(e.axis_names) == len(e.shape):
-            dims = tuple(e.axis_names)
         else:
-            dims = tuple(f"row_{e.shape[0]}" if i == 0 else f"{e.name}_dim_{i}" for i in range(len(e.shape)))
+            generated = tuple(
+                f"row_{e.shape[0]}" if i == 0 else f"{e.name}_dim_{i}" for i in range(len(e.shape))
+            )
+            named = e.axis_names if e.axis_names is not None and len(e.axis_names) == len(e.shape) else ()
+            dims = tuple(n if n is not None else g for n, g in zip(named, generated)) or generated
         if len(dims) != len(e.shape):
             raise ValueError(
                 f"dims for {e.node} ({e.name}): {dims} has {len(dims)} names for {len(e.shape)} axes"

@@ -19,7 +19,8 @@ from collections.abc import Iterable
 
 import numpy as np
 
-from daskh5._xarray_store import assign_dims, group_variables, list_groups, warn_skipped
+from daskh5._h5types import padded
+from daskh5._xarray_store import assign_dims, group_unlimited, group_variables, list_groups, warn_skipped
 
 __all__ = ["PyTablesBackendEntrypoint"]
 
@@ -46,6 +47,10 @@ class PyTablesArray(BackendArray):
         )
 
     def _raw_indexing_method(self, key: tuple):
+        if self.field is None and tuple(self.reader.shape) != self.shape:  # netCDF: pad to the dimension
+            return padded(
+                lambda k: np.asarray(self.reader[k]), self.reader.shape, self.shape, key, self._fill()
+            )
         if self.field is None:
             return np.asarray(self.reader[key])
         rows = self.reader[key[:1]]
@@ -55,6 +60,13 @@ class PyTablesArray(BackendArray):
         if out.dtype != self.dtype and self.dtype.kind in "mM":  # pandas' int64 datetimes
             out = out.view(self.dtype)
         return out
+
+    def _fill(self):
+        """The dataset's HDF5 fill value (netCDF-C sets it to ``_FillValue`` or netCDF's default)."""
+        info = getattr(self.reader, "info", None)
+        if info is None:
+            return getattr(self.reader, "fill", 0)
+        return np.frombuffer(info.fillvalue, dtype=info.disk_dtype)[0].astype(self.dtype)
 
 
 class PyTablesStore(AbstractDataStore):
@@ -66,6 +78,7 @@ class PyTablesStore(AbstractDataStore):
         warn_skipped(path, self.group, skipped)
         assign_dims(entries, dims)
         self.entries = entries
+        self.unlimited = group_unlimited(path, self.group)
 
     def get_variables(self):
         out = {}
@@ -87,7 +100,7 @@ class PyTablesStore(AbstractDataStore):
         return {d: n for e in self.entries for d, n in zip(e.dims, e.shape, strict=True)}
 
     def get_encoding(self):
-        return {}
+        return {"unlimited_dims": set(self.unlimited)}
 
     def close(self):
         pass
@@ -140,6 +153,10 @@ class PyTablesBackendEntrypoint(BackendEntrypoint):
     ) -> xr.Dataset:
         path = os.path.abspath(os.fspath(filename_or_obj))
         store = PyTablesStore(path, group or "/", dims, decode_pickles)
+        if concat_characters is True:  # only netCDF char arrays (a string-length dimension) are joined
+            concat_characters = {
+                e.name: False for e in store.entries if e.dtype == "S1" and not e.netcdf_dims
+            }
         ds = StoreBackendEntrypoint().open_dataset(
             store,
             mask_and_scale=mask_and_scale,

@@ -238,7 +238,7 @@ def attr_value(value):
     Numeric scalars keep their numpy dtype (a float32 ``scale_factor`` unpacks
     to float32); arrays of one element become that element; fixed-width byte
     strings longer than one character are decoded as UTF-8 (undecodable bytes
-    become lone surrogates, ``surrogateescape``, as h5netcdf does); arrays of strings become lists; single characters
+    become U+FFFD, as netCDF4-python gives them); arrays of strings become lists; single characters
     (``S1``) stay bytes, as netCDF char attributes.
     """
     if isinstance(value, np.ndarray):
@@ -254,10 +254,22 @@ def attr_value(value):
 
 
 def _decoded(raw: bytes) -> str:
-    return raw.decode("utf-8", "surrogateescape")
+    return raw.decode("utf-8", "replace")
 
 
 _COMPRESSION_FLAGS = {1: "zlib", 4: "szip", 307: "bzip2", 32001: "blosc", 32015: "zstd"}
+_H5PY_COMPRESSION = {
+    32000: ("lzf", lambda cd: None),
+    4: ("szip", lambda cd: ("nn" if cd and cd[0] & 32 else "ec", int(cd[1]) if len(cd) > 1 else 0)),
+}
+_BLOSC_NAMES = {
+    0: "blosc_lz",
+    1: "blosc_lz4",
+    2: "blosc_lz4hc",
+    3: "blosc_snappy",
+    4: "blosc_zlib",
+    5: "blosc_zstd",
+}
 
 
 def storage_encoding(info) -> dict:
@@ -265,7 +277,9 @@ def storage_encoding(info) -> dict:
 
     ``dtype`` (as stored, byte order included), ``chunksizes`` (``None`` when
     not chunked), ``contiguous``, ``zlib``/``szip``/``bzip2``/``blosc``/``zstd``
-    flags, ``complevel`` (zlib), ``fletcher32``, ``source`` and ``original_shape``.
+    flags (``szip`` and ``blosc`` as netCDF4-python's dicts of their settings),
+    ``complevel`` (zlib), ``compression``/``compression_opts`` (h5py's names for
+    LZF and SZIP), ``fletcher32``, ``source`` and ``original_shape``.
     """
     ids = {fid: cd for fid, cd in info.filters}
     chunked = info.layout == "chunked"
@@ -274,6 +288,15 @@ def storage_encoding(info) -> dict:
     enc.update({flag: fid in ids for fid, flag in _COMPRESSION_FLAGS.items()})
     if 1 in ids:
         enc["complevel"] = ids[1][0] if ids[1] else 0
+    for fid, (name, opts) in _H5PY_COMPRESSION.items():  # h5py's spelling, as h5netcdf reports it
+        if fid in ids:
+            enc["compression"], enc["compression_opts"] = name, opts(ids[fid])
+    if 4 in ids and len(ids[4]) >= 2:  # netCDF4-python's spelling
+        enc["szip"] = {"coding": "nn" if ids[4][0] & 32 else "ec", "pixels_per_block": int(ids[4][1])}
+    if 32001 in ids and len(ids[32001]) >= 6:
+        cd = ids[32001]
+        code = cd[6] if len(cd) > 6 else 0
+        enc["blosc"] = {"compressor": _BLOSC_NAMES.get(code, f"blosc_{code}"), "shuffle": int(cd[5])}
     enc["fletcher32"] = 3 in ids
     enc["source"], enc["original_shape"] = info.path, tuple(info.shape)
     return enc

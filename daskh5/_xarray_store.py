@@ -46,6 +46,7 @@ _SYSTEM = {
     "_Netcdf4Coordinates", "_nc3_strict",
 }  # fmt: skip
 _SYSTEM_PATTERN = re.compile(r"^(FIELD_\d+_(NAME|FILL)|DASKH5_.*)$")
+_RAW_ATTRS = {"_FillValue", "missing_value"}
 _GROUP_SKIP = {"_i_table"}  # PyTables' index containers
 
 
@@ -64,7 +65,7 @@ def decode_attr(value, decode_pickles: bool = False):
                 except Exception:
                     return PickledAttribute(raw)
             return PickledAttribute(raw)
-        return raw.decode("utf-8", "surrogateescape")  # as h5netcdf: undecodable bytes survive
+        return raw.decode("utf-8", "replace")  # as netCDF4-python
     if isinstance(value, np.ndarray):
         return attr_value(value)
     return value
@@ -85,6 +86,11 @@ def split_attrs(attrs, decode_pickles: bool) -> tuple[dict, dict]:
         if type(value).__name__ == "Empty":
             value = "" if getattr(value.dtype, "kind", "S") in "SOU" else np.array([], dtype=value.dtype)
         target = system if key in _SYSTEM or _SYSTEM_PATTERN.match(key) else user
+        if key in _RAW_ATTRS and isinstance(
+            value, (bytes, np.ndarray)
+        ):  # xarray decodes them by the data's dtype
+            target[key] = attr_value(value) if isinstance(value, np.ndarray) else value
+            continue
         target[key] = decode_attr(value, decode_pickles)
     return user, system
 
@@ -148,7 +154,7 @@ def _array_encoding(info, system: dict) -> dict:
         if fid == 32001 and len(cd) >= 6:
             names = {0: "blosclz", 1: "lz4", 2: "lz4hc", 3: "snappy", 4: "zlib", 5: "zstd"}
             enc["complib"] = "blosc:" + names.get(cd[6], "blosclz") if len(cd) > 6 else "blosc"
-            enc["complevel"], enc["shuffle"], enc["bitshuffle"] = cd[4], cd[5] == 1, cd[5] == 2
+            enc["complevel"], enc["bitshuffle"] = cd[4], cd[5] == 2  # shuffle: encoding["blosc"]
         elif fid == 1:
             enc["complib"], enc["complevel"] = "zlib", cd[0] if cd else 0
     enc.setdefault("shuffle", 2 in ids)
@@ -321,7 +327,7 @@ def group_variables(path: str, group: str, decode_pickles: bool = False):
             return coords + data, {}, [], coord_names
         entries, skipped = [], []
         layout = group_dims(g)
-        children = sorted(k for k in g.keys() if k not in layout.dimension_only)
+        children = [k for k in g.keys() if k not in layout.dimension_only]  # creation order if tracked
         tables = [c for c in children if isinstance(g[c], h5py.Dataset) and node_kind(g[c]) == "Table"]
         leaf_names = {c for c in children if c not in tables}
         for child in children:

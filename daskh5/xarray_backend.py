@@ -112,6 +112,8 @@ class PyTablesBackendEntrypoint(BackendEntrypoint):
     Extra parameters: ``group`` (a group path), ``dims`` (``{"/node" or
     "name": ("dim", ...)}``), ``decode_pickles`` (rebuild pickled attributes that
     hold only plain builtins; off by default: they stay undecoded bytes).
+    ``auto_complex`` is accepted for netCDF4-engine compatibility: complex
+    numbers (HDF5 compounds of ``r`` and ``i``) are always read as complex.
     """
 
     description = (
@@ -121,7 +123,7 @@ class PyTablesBackendEntrypoint(BackendEntrypoint):
     supports_groups = True
     open_dataset_parameters = (
         "filename_or_obj", "drop_variables", "mask_and_scale", "decode_times", "concat_characters",
-        "decode_coords", "use_cftime", "decode_timedelta", "group", "dims", "decode_pickles",
+        "decode_coords", "use_cftime", "decode_timedelta", "group", "dims", "decode_pickles", "auto_complex",
     )  # fmt: skip
 
     def guess_can_open(self, filename_or_obj) -> bool:
@@ -150,6 +152,7 @@ class PyTablesBackendEntrypoint(BackendEntrypoint):
         group: str | None = None,
         dims: dict | None = None,
         decode_pickles: bool = False,
+        auto_complex: bool | None = None,
     ) -> xr.Dataset:
         path = os.path.abspath(os.fspath(filename_or_obj))
         store = PyTablesStore(path, group or "/", dims, decode_pickles)
@@ -184,6 +187,7 @@ class PyTablesBackendEntrypoint(BackendEntrypoint):
         group: str | None = None,
         dims: dict | None = None,
         decode_pickles: bool = False,
+        auto_complex: bool | None = None,
     ) -> dict[str, xr.Dataset]:
         path = os.path.abspath(os.fspath(filename_or_obj))
         kwargs = dict(

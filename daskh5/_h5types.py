@@ -1,4 +1,4 @@
-"""HDF5 types the byte reader does not decode itself, read through h5py, and netCDF's padding.
+"""HDF5 types beyond plain numbers: read through h5py, converted, or skipped with a reason.
 
 :class:`LibraryReader` is a small picklable array-like (path, node, shape,
 dtype) for datasets whose elements live outside the chunk bytes
@@ -8,13 +8,21 @@ per-process h5py handle cache of :mod:`daskh5._reader`, under its lock.
 
 :func:`padded` gives a selection of a variable that is shorter than its
 netCDF (unlimited) dimension: the stored part, then its fill value.
+
+PyTables' ``Time32``/``Time64`` atoms are HDF5 UNIX time types, which numpy
+(and so h5py) cannot represent: their bytes are read as integers and
+converted to ``datetime64`` (:func:`to_datetimes`).  :func:`skip_reason`
+says why a dataset cannot be a variable at all.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["LibraryReader", "library_kind", "padded", "vlen_str_dtype"]
+__all__ = [
+    "LibraryReader", "compound_with_times", "library_kind", "padded", "resolve_children", "skip_reason",
+    "time_layout", "to_datetimes", "vlen_str_dtype",
+]  # fmt: skip
 
 
 def vlen_str_dtype() -> np.dtype:
@@ -131,3 +139,162 @@ def _compact(p: np.ndarray):
     if len(p) and (np.diff(p) == 1).all():
         return slice(int(p[0]), int(p[-1]) + 1)
     return p
+
+
+# -- PyTables Time32/Time64 atoms ----------------------------------------------------------------
+#: HDF5's UNIX time types -> (how the bytes are laid out, the datetime64 daskh5 gives).
+#: Time32 is whole seconds; Time64 (PyTables' timeval) packs seconds in the high and
+#: microseconds in the low 32 bits of a 64-bit integer.
+_TIMES = {
+    "UNIX_D32LE": ("<i4", "datetime64[s]"),
+    "UNIX_D32BE": (">i4", "datetime64[s]"),
+    "UNIX_D64LE": ("<i8", "datetime64[us]"),
+    "UNIX_D64BE": (">i8", "datetime64[us]"),
+}
+
+
+def time_layout(tid) -> tuple[np.dtype, np.dtype] | None:
+    """(on-disk integer dtype, datetime64 dtype) of an HDF5 UNIX time type, else None."""
+    import h5py
+
+    if tid.get_class() != h5py.h5t.TIME:
+        return None
+    for name, (disk, dt) in _TIMES.items():
+        if tid.equal(getattr(h5py.h5t, name)):
+            return np.dtype(disk), np.dtype(dt)
+    return None
+
+
+def compound_with_times(tid) -> tuple[np.dtype, dict[tuple[str, ...], np.dtype]] | None:
+    """A compound type with time members as numpy: (dtype, {field path: datetime64 dtype}), or None.
+
+    h5py cannot map HDF5 time members to numpy; their bytes are integers.
+    """
+    import h5py
+
+    if tid.get_class() != h5py.h5t.COMPOUND:
+        return None
+    names, formats, offsets, times = [], [], [], {}
+    for i in range(tid.get_nmembers()):
+        name = tid.get_member_name(i).decode("utf-8", "replace")
+        member = tid.get_member_type(i)
+        shape = ()
+        if member.get_class() == h5py.h5t.ARRAY:
+            shape, member = tuple(member.get_array_dims()), member.get_super()
+        layout = time_layout(member)
+        nested = compound_with_times(member) if layout is None else None
+        if layout is not None:
+            base = layout[0]
+            times[(name,)] = layout[1]
+        elif nested is not None:
+            base = nested[0]
+            times.update({(name, *k): v for k, v in nested[1].items()})
+        else:
+            base = member.dtype
+        names.append(name)
+        formats.append((base, shape) if shape else base)
+        offsets.append(tid.get_member_offset(i))
+    dtype = np.dtype({"names": names, "formats": formats, "offsets": offsets, "itemsize": tid.get_size()})
+    return dtype, times
+
+
+def to_datetimes(raw: np.ndarray, dtype: np.dtype) -> np.ndarray:
+    """Time32 seconds or Time64 packed timevals as ``dtype`` (datetime64[s] or [us])."""
+    if raw.dtype.itemsize == 4:
+        return raw.astype("int64").view("datetime64[s]").astype(dtype)
+    packed = raw.astype("int64")
+    micros = (packed >> 32) * 1_000_000 + (packed & 0xFFFFFFFF)
+    return micros.view("datetime64[us]").astype(dtype)
+
+
+# -- what the xarray engine skips, with a reason ---------------------------------------------------
+def skip_reason(obj) -> str | None:
+    """Why a dataset cannot be a variable (it is listed in a warning), or None.
+
+    Null dataspaces (``h5py.Empty``), opaque elements, object and region
+    references, variable-length sequences other than strings, and floats
+    wider than float64 that are not this machine's ``long double``.
+    """
+    import h5py
+
+    if obj.shape is None:
+        return "an empty dataset (HDF5 null dataspace): it holds no values"
+    tid = obj.id.get_type()
+    cls = tid.get_class()
+    if cls == h5py.h5t.OPAQUE:
+        return "opaque data (HDF5 OPAQUE type), which has no numeric meaning; read its bytes with h5py"
+    if cls == h5py.h5t.REFERENCE:
+        return "object references, which point at other nodes rather than hold values"
+    if cls == h5py.h5t.VLEN and library_kind(obj) != "str":
+        return "variable-length sequences; daskh5.read_ragged reads PyTables VLArrays"
+    if cls == h5py.h5t.FLOAT and tid.get_size() > 8 and not tid.equal(h5py.h5t.NATIVE_LDOUBLE):
+        return (
+            f"{8 * tid.get_size()}-bit floats in a format numpy has no type for here (e.g. IEEE quad "
+            "precision); convert the node to float64 where it was written"
+        )
+    return None
+
+
+def resolve_children(group) -> tuple[dict, list[str]]:
+    """The group's members by link name (soft links followed), and what was not resolved.
+
+    A soft link to nothing and a named (committed) datatype are listed, not
+    opened; in netCDF-4 files named datatypes are netCDF's user types
+    (compound, enum, vlen), described by the variables that use them, and
+    are not listed.  External links are left to the caller's policy
+    (returned as is).
+    """
+    import h5py
+
+    out, skipped = {}, []
+    netcdf = "_NCProperties" in group.file.attrs
+    base = group.name.rstrip("/")
+    for name in group.keys():
+        link = group.get(name, getlink=True)
+        if isinstance(link, h5py.SoftLink):
+            target = group.get(name)
+            if target is None:
+                skipped.append(f"{base}/{name} (a soft link to {link.path}, which does not exist)")
+                continue
+            out[name] = target
+            continue
+        obj = group[name]
+        if isinstance(obj, h5py.Datatype):
+            if netcdf:
+                continue
+            skipped.append(f"{base}/{name} (a named datatype: it describes data, it holds none)")
+            continue
+        out[name] = obj
+    return out, skipped
+
+
+def numpy_dtype(obj) -> np.dtype | None:
+    """An h5py dataset's numpy dtype, time members as their integers; None if numpy has none."""
+    try:
+        return obj.dtype
+    except (TypeError, ValueError):
+        tid = obj.id.get_type()
+        layout = time_layout(tid)
+        if layout is not None:
+            return layout[0]
+        mixed = compound_with_times(tid)
+        return None if mixed is None else mixed[0]
+
+
+def _close_library_files() -> None:
+    """Close the h5py handles the readers cached (``daskh5.close_files()`` calls this)."""
+    from daskh5 import _reader
+
+    with _reader._h5_lock:
+        while _reader._h5_files:
+            _reader._h5_files.popitem()[1].close()
+
+
+def _register() -> None:
+    from daskh5 import _files
+
+    if _close_library_files not in _files._close_hooks:
+        _files._close_hooks.append(_close_library_files)
+
+
+_register()

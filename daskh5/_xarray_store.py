@@ -29,7 +29,16 @@ import warnings
 
 import numpy as np
 
-from daskh5._h5types import LibraryReader, library_kind, vlen_str_dtype
+from daskh5._h5types import (
+    LibraryReader,
+    compound_with_times,
+    library_kind,
+    numpy_dtype,
+    resolve_children,
+    skip_reason,
+    time_layout,
+    vlen_str_dtype,
+)
 from daskh5._netcdf import HIDDEN_ATTRS, GroupDims, attr_value, group_dims, storage_encoding, variable_name
 from daskh5._nodes import describe_array, lookup, node_kind, open_h5
 from daskh5._reader import NodeReader
@@ -127,6 +136,7 @@ class Entry:
         self.shape, self.dtype, self.node = shape, dtype, node
         self.axis_names = axis_names  # dimension names found in the file, if any
         self.netcdf_dims = False  # axis names came from netCDF/HDF5 dimension scales
+        self.time = False  # the reader gives PyTables Time32/Time64 integers, ``dtype`` is datetime64
 
 
 def _scale_names(ds) -> tuple[str, ...] | None:
@@ -161,12 +171,24 @@ def _array_encoding(info, system: dict) -> dict:
     return enc
 
 
-def _leaf_entries(path, obj, kind, decode_pickles, layout: GroupDims | None = None) -> list[Entry]:
+def _is_record(obj) -> bool:
+    """A PyTables Table, or any other compound dataset (h5py, netCDF compound types, C, MATLAB)."""
+    import h5py
+
+    if not isinstance(obj, h5py.Dataset) or obj.shape is None:
+        return False
+    if node_kind(obj) == "Table":
+        return True
+    dtype = numpy_dtype(obj)
+    return node_kind(obj) == "Dataset" and dtype is not None and dtype.names is not None
+
+
+def _leaf_entries(path, obj, kind, decode_pickles, layout: GroupDims | None = None, key=None) -> list[Entry]:
     f = obj.file
     user, system = split_attrs(obj.attrs, decode_pickles)
     stored = system.get(ATTR_DIMS)
     hint = tuple(stored.split(",")) if isinstance(stored, str) and stored else None
-    key = obj.name.rsplit("/", 1)[-1]
+    key = key or obj.name.rsplit("/", 1)[-1]  # the link's name (a soft link names its own variable)
     from_scales = layout.var_dims.get(key) if layout is not None and not hint else None
     axis_names = hint or from_scales or _scale_names(obj)
     special = library_kind(obj)
@@ -176,15 +198,15 @@ def _leaf_entries(path, obj, kind, decode_pickles, layout: GroupDims | None = No
         encoding["original_shape"] = reader.shape
         encoding["chunksizes"] = tuple(obj.chunks) if obj.chunks else None
     else:
-        info = describe_array(path, obj.name, f=f)
+        info = describe_array(path, obj.name, allow_table=True, f=f)
         reader, encoding = NodeReader(info, f=f), _array_encoding(info, system)
     shape = reader.shape
+    times = time_layout(obj.id.get_type())
     if from_scales is not None and len(from_scales) == len(shape):
         shape = layout.sizes(from_scales, shape)  # record variables shorter than their unlimited dim
-    entry = Entry(
-        variable_name(key), reader, None, None, user, encoding, shape, reader.dtype, obj.name, axis_names
-    )
-    entry.netcdf_dims = from_scales is not None
+    dtype = reader.dtype if times is None else times[1]
+    entry = Entry(variable_name(key), reader, None, None, user, encoding, shape, dtype, obj.name, axis_names)
+    entry.netcdf_dims, entry.time = from_scales is not None, times is not None
     return [entry]
 
 
@@ -208,18 +230,24 @@ def _flatten_fields(dtype: np.dtype, prefix=()) -> list[tuple[tuple[str, ...], n
     return out
 
 
-def _table_entries(path, obj, decode_pickles, prefix: str) -> list[Entry]:
+def _table_entries(path, obj, decode_pickles, prefix: str, layout=None, key=None) -> list[Entry]:
+    """One entry per (nested) field of a Table or compound dataset, along its axes."""
     info = describe_array(path, obj.name, allow_table=True, f=obj.file)
     user, system = split_attrs(obj.attrs, decode_pickles)
     reader = NodeReader(info, f=obj.file)
     enc = _array_encoding(info, system)
+    mixed = compound_with_times(obj.id.get_type())
+    times = mixed[1] if mixed is not None else {}
+    axes = layout.var_dims.get(key or obj.name.rsplit("/", 1)[-1]) if layout is not None else None
     out = []
     for field, sub in _flatten_fields(info.dtype):
         base, extra = sub.subdtype if sub.subdtype else (sub, ())
         name = prefix + ".".join(field)
-        out.append(
-            Entry(name, reader, field, None, dict(user), dict(enc), (*info.shape, *extra), base, obj.name)
-        )
+        names = (*axes, *(None,) * len(extra)) if axes is not None else None
+        entry = Entry(name, reader, field, None, dict(user), dict(enc), (*info.shape, *extra),
+                      times.get(field, base), obj.name, names)  # fmt: skip
+        entry.netcdf_dims, entry.time = axes is not None, field in times
+        out.append(entry)
     return out
 
 
@@ -325,25 +353,30 @@ def group_variables(path: str, group: str, decode_pickles: bool = False):
             for e in coords + data:
                 e.encoding["pandas_attrs"] = gattrs
             return coords + data, {}, [], coord_names
-        entries, skipped = [], []
         layout = group_dims(g)
-        children = [k for k in g.keys() if k not in layout.dimension_only]  # creation order if tracked
-        tables = [c for c in children if isinstance(g[c], h5py.Dataset) and node_kind(g[c]) == "Table"]
+        members, skipped = resolve_children(g)  # creation order if tracked; soft links followed
+        children = {k: o for k, o in members.items() if k not in layout.dimension_only}
+        tables = [c for c, o in children.items() if _is_record(o)]
         leaf_names = {c for c in children if c not in tables}
-        for child in children:
-            obj = g[child]
+        entries = []
+        for child, obj in children.items():
             if not isinstance(obj, h5py.Dataset):
                 continue
             kind = node_kind(obj)
+            reason = skip_reason(obj) if kind != "VLArray" else None
             try:
-                if kind == "Table":
-                    names = [".".join(fp) for fp, _ in _flatten_fields(obj.dtype)] if obj.dtype.names else []
-                    clash = len(tables) > 1 or any(n in leaf_names for n in names)
-                    entries += _table_entries(path, obj, decode_pickles, f"{child}." if clash else "")
+                if reason is not None:
+                    skipped.append(f"{g.name.rstrip('/')}/{child} ({reason})")
+                elif child in tables:
+                    fields = _flatten_fields(numpy_dtype(obj))
+                    clash = len(tables) > 1 or any(".".join(fp) in leaf_names for fp, _ in fields)
+                    entries += _table_entries(
+                        path, obj, decode_pickles, f"{child}." if clash else "", layout, child
+                    )
                 elif kind == "VLArray":
                     skipped.append(f"{obj.name} (VLArray: read it with daskh5.read_ragged)")
                 elif kind in ("Array", "CArray", "EArray", "Dataset"):
-                    entries += _leaf_entries(path, obj, kind, decode_pickles, layout)
+                    entries += _leaf_entries(path, obj, kind, decode_pickles, layout, child)
                 else:
                     skipped.append(f"{obj.name} ({kind})")
             except Daskh5Error as exc:

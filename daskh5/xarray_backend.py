@@ -19,7 +19,7 @@ from collections.abc import Iterable
 
 import numpy as np
 
-from daskh5._h5types import padded
+from daskh5._h5types import padded, to_datetimes
 from daskh5._xarray_store import assign_dims, group_unlimited, group_variables, list_groups, warn_skipped
 
 __all__ = ["PyTablesBackendEntrypoint"]
@@ -37,9 +37,10 @@ except ImportError as exc:  # pragma: no cover - exercised only without xarray
 class PyTablesArray(BackendArray):
     """A lazily read node, or one column of a Table, with outer indexing (one vector at a time)."""
 
-    def __init__(self, reader, field, shape, dtype):
+    def __init__(self, reader, field, shape, dtype, time: bool = False):
         self.reader, self.field = reader, field
         self.shape, self.dtype = tuple(shape), np.dtype(dtype)
+        self.time = time  # the file holds PyTables Time32/Time64 integers
 
     def __getitem__(self, key):
         return indexing.explicit_indexing_adapter(
@@ -47,6 +48,14 @@ class PyTablesArray(BackendArray):
         )
 
     def _raw_indexing_method(self, key: tuple):
+        out = self._read(key)
+        if self.time:
+            return to_datetimes(out, self.dtype)
+        if out.dtype != self.dtype and self.dtype.kind in "mM":  # pandas' int64 datetimes
+            out = out.view(self.dtype)
+        return out
+
+    def _read(self, key: tuple) -> np.ndarray:
         if self.field is None and tuple(self.reader.shape) != self.shape:  # netCDF: pad to the dimension
             return padded(
                 lambda k: np.asarray(self.reader[k]), self.reader.shape, self.shape, key, self._fill()
@@ -56,17 +65,14 @@ class PyTablesArray(BackendArray):
         rows = self.reader[key[:1]]
         for part in self.field:
             rows = rows[part] if isinstance(part, str) else rows[:, part]
-        out = np.asarray(rows[(slice(None), *key[1:])]) if len(key) > 1 else np.asarray(rows)
-        if out.dtype != self.dtype and self.dtype.kind in "mM":  # pandas' int64 datetimes
-            out = out.view(self.dtype)
-        return out
+        return np.asarray(rows[(slice(None), *key[1:])]) if len(key) > 1 else np.asarray(rows)
 
     def _fill(self):
         """The dataset's HDF5 fill value (netCDF-C sets it to ``_FillValue`` or netCDF's default)."""
         info = getattr(self.reader, "info", None)
         if info is None:
             return getattr(self.reader, "fill", 0)
-        return np.frombuffer(info.fillvalue, dtype=info.disk_dtype)[0].astype(self.dtype)
+        return np.frombuffer(info.fillvalue, dtype=info.disk_dtype)[0].astype(info.dtype)
 
 
 class PyTablesStore(AbstractDataStore):
@@ -83,7 +89,7 @@ class PyTablesStore(AbstractDataStore):
     def get_variables(self):
         out = {}
         for e in self.entries:
-            data = indexing.LazilyIndexedArray(PyTablesArray(e.reader, e.field, e.shape, e.dtype))
+            data = indexing.LazilyIndexedArray(PyTablesArray(e.reader, e.field, e.shape, e.dtype, e.time))
             encoding = dict(e.encoding)
             chunks = encoding.get("chunksizes")
             if chunks and e.field is None:

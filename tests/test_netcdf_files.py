@@ -17,6 +17,8 @@ import pandas as pd
 import pytest
 import xarray as xr
 
+import daskh5
+
 ENGINES = ["h5netcdf", "netcdf4"]
 
 
@@ -183,3 +185,127 @@ def test_attribute_fidelity(tmp_path):
     for key in set(got) - {"text", "latin1"}:
         np.testing.assert_array_equal(got[key], want[key])
         assert type(got[key]) is type(want[key]), key
+
+
+def test_compound_datasets_become_one_variable_per_field(tmp_path):
+    """h5py and netCDF compound datasets read as Tables do (was: unsupported compound dtype)."""
+    import netCDF4
+
+    path = str(tmp_path / "compound.h5")
+    rows = np.array(
+        [(1, 2.5, (7, 8)), (3, 4.5, (9, 10))],
+        dtype=[("a", "i4"), ("b", "f8"), ("c", [("x", "u1"), ("y", "u1")])],
+    )
+    with h5py.File(path, "w") as f:
+        f.create_dataset("rows", data=rows)
+    ds = xr.open_dataset(path, engine="daskh5")
+    assert ds.a.values.tolist() == [1, 3] and ds.b.values.tolist() == [2.5, 4.5]
+    assert ds["c.y"].values.tolist() == [8, 10] and ds.a.dims == ds["c.x"].dims
+
+    nc_path = str(tmp_path / "compound.nc")
+    with netCDF4.Dataset(nc_path, "w") as nc:
+        nc.createDimension("station", 2)
+        kind = nc.createCompoundType(np.dtype([("t", "f8"), ("n", "i4")]), "obs_t")
+        nc.createVariable("obs", kind, ("station",))[:] = np.array([(1.5, 1), (2.5, 2)], dtype=kind.dtype)
+    ds = xr.open_dataset(nc_path, engine="daskh5")
+    assert ds.t.dims == ("station",) and ds.t.values.tolist() == [1.5, 2.5] and ds.n.values.tolist() == [1, 2]
+
+
+def test_array_element_types_are_trailing_dimensions(tmp_path):
+    """PyTables shaped atoms and h5py array dtypes (H5T_ARRAY) (was: "variable-length data")."""
+    import tables
+
+    path = str(tmp_path / "shaped.h5")
+    with tables.open_file(path, "w") as f:
+        c = f.create_carray("/", "c", atom=tables.Float64Atom(shape=(2, 3)), shape=(4,))
+        c[:] = np.arange(24.0).reshape(4, 2, 3)
+        e = f.create_earray("/", "e", atom=tables.Int32Atom(shape=(2,)), shape=(0,))
+        e.append(np.arange(6, dtype="i4").reshape(3, 2))
+    with tables.open_file(path) as f:
+        want_c, want_e = f.root.c.read(), f.root.e.read()
+    ds = xr.open_dataset(path, engine="daskh5")
+    assert ds.c.shape == (4, 2, 3) and ds.e.shape == (3, 2)
+    np.testing.assert_array_equal(ds.c.values, want_c)
+    np.testing.assert_array_equal(ds.e.values, want_e)
+    np.testing.assert_array_equal(ds.c[[3, 1], 1, ::2].values, want_c[[3, 1], 1, ::2])
+    daskh5.close_files()  # daskh5's cached read-only handle would keep h5py from writing
+    with h5py.File(path, "a") as f:
+        h = f.create_dataset("h", shape=(3,), dtype=np.dtype(("f4", (2,))))
+        h.id.write(h5py.h5s.ALL, h5py.h5s.ALL, np.arange(6, dtype="f4").reshape(3, 2), mtype=h.id.get_type())
+    np.testing.assert_array_equal(
+        xr.open_dataset(path, engine="daskh5").h.values, np.arange(6.0).reshape(3, 2)
+    )
+
+
+def test_pytables_time_atoms_and_columns_are_datetimes(tmp_path):
+    """Time32/Time64 atoms and Table columns: datetime64 of PyTables' seconds (was: "metadata is damaged")."""
+    import tables
+
+    class Row(tables.IsDescription):
+        when = tables.Time64Col()
+        day = tables.Time32Col()
+
+    path = str(tmp_path / "times.h5")
+    with tables.open_file(path, "w") as f:
+        f.create_carray("/", "t32", atom=tables.Time32Atom(), shape=(3,))[:] = [0, 86400, 1_700_000_000]
+        f.create_carray("/", "t64", atom=tables.Time64Atom(), shape=(2,))[:] = [0.5, 1_700_000_000.25]
+        f.create_table("/", "log", Row).append([(1.25, 86400), (-2.5, 0)])
+    with tables.open_file(path) as f:
+        want = {"t32": f.root.t32.read(), "t64": f.root.t64.read(), "when": f.root.log.col("when"),
+                "day": f.root.log.col("day")}  # fmt: skip
+    ds = xr.open_dataset(path, engine="daskh5")
+    for name, seconds in want.items():
+        got = (ds[name].values - np.datetime64(0, "us")) / np.timedelta64(1, "s")
+        np.testing.assert_allclose(got, seconds, err_msg=name)
+    assert ds.t32.dtype == "datetime64[s]" and ds.t64.dtype == "datetime64[us]"
+    assert ds.t64[1:].values[0] == np.datetime64("2023-11-14T22:13:20.250")
+    with pytest.raises(daskh5.UnsupportedDtypeError, match="datetime64"):
+        daskh5.from_pytables(path, "/t64")  # not silently the packed integers
+
+
+def _ieee_quad_dataset(f, name: str) -> None:
+    t = h5py.h5t.IEEE_F64LE.copy()
+    t.set_size(16)
+    t.set_precision(128)
+    t.set_fields(127, 112, 15, 0, 112)
+    t.set_ebias(16383)
+    h5py.h5d.create(f.id, name.encode(), t, h5py.h5s.create_simple((2,)))
+
+
+def test_types_without_values_are_skipped_with_one_warning(tmp_path):
+    """Null dataspaces, named datatypes, opaque data, references, IEEE quad floats: listed, the rest opens."""
+    path = str(tmp_path / "odd.h5")
+    with h5py.File(path, "w") as f:
+        f.create_dataset("vals", data=np.arange(3.0))
+        f.create_dataset("empty", data=h5py.Empty("f4"))
+        f["named"] = np.dtype("f8")
+        f.create_dataset("uses_named", data=np.arange(2.0), dtype=f["named"])
+        f.create_dataset("opaque", data=np.array([b"ab", b"cd"], dtype="V2"))
+        f.create_dataset("refs", data=[f["vals"].ref], dtype=h5py.ref_dtype)
+        _ieee_quad_dataset(f, "quad")
+    with pytest.warns(UserWarning) as record:
+        ds = xr.open_dataset(path, engine="daskh5")
+    assert len(record) == 1
+    message = str(record[0].message)
+    for name in ("/empty", "/named", "/opaque", "/refs", "/quad"):
+        assert name in message, name
+    assert "re-copy" not in message and "damaged" not in message
+    assert sorted(ds.variables) == ["uses_named", "vals"] and ds.vals.values.tolist() == [0.0, 1.0, 2.0]
+
+
+def test_soft_links_are_followed_and_dangling_ones_listed(tmp_path):
+    path = str(tmp_path / "links.h5")
+    with h5py.File(path, "w") as f:
+        f.create_dataset("vals", data=np.arange(3.0))
+        g = f.create_group("g")
+        g.create_dataset("inner", data=np.arange(2))
+        f["alias"] = h5py.SoftLink("/vals")
+        f["g_again"] = h5py.SoftLink("/g")
+        g["loop"] = h5py.SoftLink("/g")  # a cycle
+        f["dangling"] = h5py.SoftLink("/nowhere")
+    with pytest.warns(UserWarning, match=r"/dangling \(a soft link to /nowhere, which does not exist\)"):
+        ds = xr.open_dataset(path, engine="daskh5")
+    assert ds.alias.values.tolist() == ds.vals.values.tolist() == [0.0, 1.0, 2.0]
+    with pytest.warns(UserWarning, match="dangling"):
+        tree = xr.open_datatree(path, engine="daskh5")
+    assert sorted(tree.children) == ["g"] and tree["g"].inner.values.tolist() == [0, 1]

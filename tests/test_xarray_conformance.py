@@ -25,9 +25,17 @@ pytest.importorskip("netCDF4")
 # fixtures the parent classes take from xarray's conftest, which pytest does not load from here
 from xarray.tests.conftest import time_unit, use_dask  # noqa: E402, F401
 
+# importing xarray.tests turns this on for the whole session; only these classes want it
+xr.set_options(warn_for_unclosed_files=False)
+
 
 class _OpenWithDaskh5:
     """Open what the parent class wrote with ``engine="daskh5"``."""
+
+    @pytest.fixture(autouse=True)
+    def _unclosed_files_warn(self):
+        with xr.set_options(warn_for_unclosed_files=True):
+            yield
 
     @contextlib.contextmanager
     def open(self, path, **kwargs):

@@ -3,8 +3,9 @@
 :class:`LibraryReader` is a small picklable array-like (path, node, shape,
 dtype) for datasets whose elements live outside the chunk bytes
 (variable-length strings, in HDF5's global heap) or that HDF5 must convert
-(H5T_ARRAY element types, read with their extra axes).  It reads through the
-per-process h5py handle cache of :mod:`daskh5._reader`, under its lock.
+(H5T_ARRAY element types, read with their extra axes).  It opens the file
+for each read and closes it, so no handle outlives the read (an open handle
+without HDF5 file locking keeps locking readers such as h5netcdf out).
 
 :func:`padded` gives a selection of a variable that is shorter than its
 netCDF (unlimited) dimension: the stored part, then its fill value.
@@ -75,7 +76,8 @@ class LibraryReader:
         return ("daskh5.LibraryReader", self.path, self.node, os.stat(self.path).st_mtime_ns, self.shape)
 
     def __getitem__(self, key) -> np.ndarray:
-        from daskh5._reader import _h5_dataset, _h5_lock, _normalize
+        from daskh5._nodes import lookup, open_h5
+        from daskh5._reader import _normalize
 
         sel, drop = _normalize(key, self.shape)
         h5sel, after = [], []
@@ -91,8 +93,8 @@ class LibraryReader:
                 h5sel.append(slice(lo, int(s.max()) + 1))
                 after.append(s - lo)
         outer = self.ndim - len(self.inner)
-        with _h5_lock:
-            ds = _h5_dataset(self, None)
+        with open_h5(self.path) as f:  # opened per read: no handle is left to clash with HDF5's locking
+            ds = lookup(f, self.node)
             if self.kind == "str":
                 out = np.asarray(ds.asstr(errors="surrogateescape")[tuple(h5sel)], dtype=object)
             else:

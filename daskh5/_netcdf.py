@@ -300,3 +300,28 @@ def storage_encoding(info) -> dict:
     enc["fletcher32"] = 3 in ids
     enc["source"], enc["original_shape"] = info.path, tuple(info.shape)
     return enc
+
+
+def enum_dtype(obj, dtype: np.dtype) -> np.dtype:
+    """``dtype`` of an enum dataset with netCDF's ``enum_name`` (the named datatype it uses) added.
+
+    netCDF enum types are named datatypes in the variable's group or an
+    ancestor; the dataset's type is a copy of one, found by comparing types.
+    """
+    import h5py
+
+    meta = dict(dtype.metadata or {})
+    if "enum" not in meta:
+        return dtype
+    tid, group = obj.id.get_type(), obj.parent
+    while True:
+        for name in group:
+            try:
+                member = group.get(name)
+            except Exception:
+                continue
+            if isinstance(member, h5py.Datatype) and member.id.equal(tid):
+                return np.dtype(dtype, metadata={**meta, "enum_name": name})
+        if group.name == "/":
+            return dtype
+        group = group.parent

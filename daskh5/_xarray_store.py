@@ -39,7 +39,15 @@ from daskh5._h5types import (
     time_layout,
     vlen_str_dtype,
 )
-from daskh5._netcdf import HIDDEN_ATTRS, GroupDims, attr_value, group_dims, storage_encoding, variable_name
+from daskh5._netcdf import (
+    HIDDEN_ATTRS,
+    GroupDims,
+    attr_value,
+    enum_dtype,
+    group_dims,
+    storage_encoding,
+    variable_name,
+)
 from daskh5._nodes import describe_array, lookup, node_kind, open_h5
 from daskh5._reader import NodeReader
 from daskh5._safe_tables import restricted_loads
@@ -204,6 +212,9 @@ def _leaf_entries(path, obj, kind, decode_pickles, layout: GroupDims | None = No
     times = time_layout(obj.id.get_type())
     if from_scales is not None and len(from_scales) == len(shape):
         shape = layout.sizes(from_scales, shape)  # record variables shorter than their unlimited dim
+        encoding["original_shape"] = shape
+    if "dtype" in encoding and isinstance(encoding["dtype"], np.dtype):
+        encoding["dtype"] = enum_dtype(obj, encoding["dtype"])
     dtype = reader.dtype if times is None else times[1]
     entry = Entry(variable_name(key), reader, None, None, user, encoding, shape, dtype, obj.name, axis_names)
     entry.netcdf_dims, entry.time = from_scales is not None, times is not None

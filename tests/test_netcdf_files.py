@@ -1,9 +1,9 @@
 """Files written by netCDF-4 tools and h5py open as their reference readers give them (issue 13).
 
 Reference readers: xarray's ``engine="h5netcdf"`` for netCDF-4 files, h5py
-for plain HDF5.  h5netcdf is opened before daskh5 in each test: daskh5
-keeps an h5py handle without HDF5 file locking, which HDF5 will not let a
-locking reader share.
+for plain HDF5.  h5netcdf is opened before daskh5 where it can be: for data
+daskh5 reads through h5py's cached handle (no HDF5 file locking), HDF5 would
+not let a locking reader share the file.
 """
 
 from __future__ import annotations
@@ -309,3 +309,59 @@ def test_soft_links_are_followed_and_dangling_ones_listed(tmp_path):
     with pytest.warns(UserWarning, match="dangling"):
         tree = xr.open_datatree(path, engine="daskh5")
     assert sorted(tree.children) == ["g"] and tree["g"].inner.values.tolist() == [0, 1]
+
+
+def test_netcdf4_python_file_with_groups_enums_chars_and_records(tmp_path):
+    """A netCDF4-python file with most netCDF-4 features opens as h5netcdf gives it, group by group and as a tree."""
+    import netCDF4
+
+    path = str(tmp_path / "rich.nc")
+    with netCDF4.Dataset(path, "w") as nc:
+        nc.createDimension("time", None)
+        nc.createDimension("nchar", 4)
+        nc.createDimension("x", 3)
+        nc.createVariable("time", "f8", ("time",))[:] = [0, 1, 2]
+        nc["time"].units = "days since 2000-01-01"
+        label = nc.createVariable("label", "S1", ("x", "nchar"))
+        label[:] = netCDF4.stringtochar(np.array(["ab", "cde", "f"], dtype="S4"))
+        nc.createVariable("names", str, ("x",))[:] = np.array(["uno", "dos", "tres"], dtype=object)
+        cloud_t = nc.createEnumType("u1", "cloud_t", {"clear": 0, "cloudy": 1})
+        nc.createVariable("cloud", cloud_t, ("time",))[:] = [0, 1, 1]
+        v = nc.createVariable("v", "i2", ("time", "x"), zlib=True, complevel=4, fill_value=-9)
+        v[:2] = np.arange(6).reshape(2, 3)  # shorter than time: padded
+        v.scale_factor, v.add_offset = np.float32(0.1), 1.0
+        v.flags, v.one = np.array([1, 2, 4], dtype="i1"), np.array([3.5])
+        nc.title = "rich"
+        sub = nc.createGroup("sub")
+        sub.createDimension("y", 2)
+        sub.createVariable("w", "f4", ("time", "y"))[:] = np.ones((3, 2))
+        sub.createGroup("deeper").createVariable("z", "f4", ("y",))[:] = [1, 2]
+    for group in ("/", "/sub", "/sub/deeper"):
+        want = reference(path, group=group)
+        got = xr.open_dataset(path, engine="daskh5", group=group)
+        xr.testing.assert_identical(got.load(), want)
+        for name in got.variables:
+            for key in (
+                "dtype",
+                "chunksizes",
+                "zlib",
+                "complevel",
+                "shuffle",
+                "original_shape",
+                "contiguous",
+            ):
+                assert str(got[name].encoding.get(key)) == str(want[name].encoding.get(key)), (
+                    group,
+                    name,
+                    key,
+                )
+    assert got.encoding["unlimited_dims"] == set()
+    root = xr.open_dataset(path, engine="daskh5")
+    assert root.label.values.tolist() == [b"ab", b"cde", b"f"]
+    assert root.cloud.encoding["dtype"].metadata == {
+        "enum": {"clear": 0, "cloudy": 1},
+        "enum_name": "cloud_t",
+    }
+    with xr.open_datatree(path, engine="h5netcdf") as tree:
+        want_tree = tree.load()
+    xr.testing.assert_identical(xr.open_datatree(path, engine="daskh5").load(), want_tree)

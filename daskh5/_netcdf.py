@@ -325,3 +325,19 @@ def enum_dtype(obj, dtype: np.dtype) -> np.dtype:
         if group.name == "/":
             return dtype
         group = group.parent
+
+
+def holds_references(value) -> bool:
+    """Whether an attribute value is or holds HDF5 object/region references (they do not pickle)."""
+    import h5py
+
+    if isinstance(value, (h5py.Reference, h5py.RegionReference)):
+        return True
+    dtype = getattr(value, "dtype", None)
+    if dtype is None:
+        return False
+    if h5py.check_ref_dtype(dtype) is not None:
+        return True
+    return dtype.kind == "O" and any(
+        isinstance(v, (h5py.Reference, h5py.RegionReference)) for v in np.ravel(value)
+    )

@@ -45,6 +45,7 @@ from daskh5._netcdf import (
     attr_value,
     enum_dtype,
     group_dims,
+    holds_references,
     storage_encoding,
     variable_name,
 )
@@ -98,7 +99,7 @@ def split_attrs(attrs, decode_pickles: bool) -> tuple[dict, dict]:
             continue
         # a name that is not UTF-8 (h5py gives bytes) is kept, readably
         key = raw_key.decode("utf-8", "backslashreplace") if isinstance(raw_key, bytes) else raw_key
-        if key in HIDDEN_ATTRS:  # netCDF/HDF5 bookkeeping (object references do not pickle)
+        if key in HIDDEN_ATTRS or holds_references(value):  # bookkeeping; references do not pickle
             continue
         if type(value).__name__ == "Empty":
             value = "" if getattr(value.dtype, "kind", "S") in "SOU" else np.array([], dtype=value.dtype)

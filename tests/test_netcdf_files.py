@@ -365,3 +365,16 @@ def test_netcdf4_python_file_with_groups_enums_chars_and_records(tmp_path):
     with xr.open_datatree(path, engine="h5netcdf") as tree:
         want_tree = tree.load()
     xr.testing.assert_identical(xr.open_datatree(path, engine="daskh5").load(), want_tree)
+
+
+def test_reference_attributes_are_left_out(tmp_path):
+    """An attribute holding object references (h5netcdf fails on it) is not in attrs; the Dataset pickles."""
+    path = str(tmp_path / "refattr.h5")
+    with h5py.File(path, "w") as f:
+        d = f.create_dataset("v", data=np.arange(3))
+        d.attrs["link"] = f["v"].ref
+        d.attrs["links"] = np.array([f["v"].ref, f["v"].ref], dtype=h5py.ref_dtype)
+        d.attrs["kept"] = 1.5
+    ds = xr.open_dataset(path, engine="daskh5")
+    assert ds.v.attrs == {"kept": 1.5}
+    xr.testing.assert_identical(pickle.loads(pickle.dumps(ds)).load(), ds.load())

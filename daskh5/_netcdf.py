@@ -192,7 +192,21 @@ def _dims_of(obj, key: str, dims: dict[str, Dimension]) -> tuple[str | None, ...
         if ids is not None and len(ids) == obj.ndim and all(int(i) in by_id for i in ids):
             return tuple(by_id[int(i)] for i in ids)
         return (key,) + (None,) * (obj.ndim - 1) if obj.ndim else None
-    return _attached(obj)
+    attached = _attached(obj) or (None,) * obj.ndim
+    if all(attached):
+        return attached
+    labels = _labels(obj)  # h5py's dims[i].label names an axis without a scale
+    return tuple(a or b for a, b in zip(attached, labels))
+
+
+def _labels(obj) -> tuple[str | None, ...]:
+    try:
+        raw = obj.attrs.get("DIMENSION_LABELS")
+    except Exception:
+        raw = None
+    if raw is None or np.ndim(raw) != 1 or len(raw) != obj.ndim:
+        return (None,) * obj.ndim
+    return tuple(_text(v) or None for v in raw)
 
 
 def group_dims(group) -> GroupDims:

@@ -378,3 +378,17 @@ def test_reference_attributes_are_left_out(tmp_path):
     ds = xr.open_dataset(path, engine="daskh5")
     assert ds.v.attrs == {"kept": 1.5}
     xr.testing.assert_identical(pickle.loads(pickle.dumps(ds)).load(), ds.load())
+
+
+def test_h5py_scales_and_labels_name_axes_together(tmp_path):
+    """An axis with a dimension scale and one with only a label (h5netcdf refuses such a dataset)."""
+    path = str(tmp_path / "scales.h5")
+    with h5py.File(path, "w") as f:
+        t = f.create_group("dims").create_dataset("time", data=np.arange(4.0))
+        t.make_scale("time")
+        d = f.create_dataset("data", data=np.ones((4, 2)))
+        d.dims[0].attach_scale(t)
+        d.dims[1].label = "pair"
+        f.create_dataset("bare", data=np.ones((4, 3)))
+    ds = xr.open_dataset(path, engine="daskh5")
+    assert ds.data.dims == ("time", "pair") and ds.bare.dims == ("row_4", "bare_dim_1")

@@ -392,3 +392,22 @@ def test_h5py_scales_and_labels_name_axes_together(tmp_path):
         f.create_dataset("bare", data=np.ones((4, 3)))
     ds = xr.open_dataset(path, engine="daskh5")
     assert ds.data.dims == ("time", "pair") and ds.bare.dims == ("row_4", "bare_dim_1")
+
+
+def test_info_lists_odd_nodes_instead_of_failing(tmp_path, capsys):
+    """``daskh5 info`` on named datatypes, null dataspaces, references and time atoms (was: a crash or "re-copy")."""
+    import tables
+
+    from daskh5 import cli
+
+    path = str(tmp_path / "odd.h5")
+    with tables.open_file(path, "w") as f:
+        f.create_carray("/", "t32", atom=tables.Time32Atom(), shape=(2,))
+    with h5py.File(path, "a") as f:
+        f.create_dataset("empty", data=h5py.Empty("f4"))
+        f["named"] = np.dtype("f8")
+        f.create_dataset("refs", data=[f["t32"].ref], dtype=h5py.ref_dtype)
+    assert cli.main(["info", path]) == 0
+    out = capsys.readouterr().out
+    assert "null dataspace" in out and "named datatype" in out and "object references" in out
+    assert "Time32/Time64" in out and "re-copy" not in out

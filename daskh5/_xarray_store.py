@@ -9,14 +9,16 @@ Variables of a group
     variable per column of every Table (nested columns are named
     ``parent.child``; when a group holds several Tables, or a column name
     clashes with another variable, the Table's name is prefixed:
-    ``table.column``); pandas ``format="table"`` frames get their real column
+    ``table.column``), and of every other compound dataset;
+    pandas ``format="table"`` frames get their real column
     names and their index as a coordinate.  VLArrays are not variables: they
     are listed in a warning pointing to :func:`daskh5.read_ragged`.
 
 Dimension names, first rule that applies
     1. ``dims={"/path/or/name": ("a", "b")}`` given by the caller;
     2. names daskh5's writer stored (``DASKH5_DIMS``);
-    3. HDF5 dimension scales or labels (files written by h5py or netCDF);
+    3. HDF5 dimension scales or labels (files written by h5py or netCDF), as
+       netCDF reads them (:mod:`daskh5._netcdf`);
     4. generated: the first axis is ``row_<length>`` (so arrays and Tables with
        as many rows share it, and names can never clash between groups), other
        axes ``<variable>_dim_<axis>``.
@@ -104,10 +106,8 @@ def split_attrs(attrs, decode_pickles: bool) -> tuple[dict, dict]:
         if type(value).__name__ == "Empty":
             value = "" if getattr(value.dtype, "kind", "S") in "SOU" else np.array([], dtype=value.dtype)
         target = system if key in _SYSTEM or _SYSTEM_PATTERN.match(key) else user
-        if key in _RAW_ATTRS and isinstance(
-            value, (bytes, np.ndarray)
-        ):  # xarray decodes them by the data's dtype
-            target[key] = attr_value(value) if isinstance(value, np.ndarray) else value
+        if key in _RAW_ATTRS:  # left as stored: xarray decodes them by the variable's dtype
+            target[key] = attr_value(value)
             continue
         target[key] = decode_attr(value, decode_pickles)
     return user, system

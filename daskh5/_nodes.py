@@ -214,16 +214,33 @@ def lookup(f, node: str, *, allow_external: bool = False):
         raise NotHDF5Error(f"{f.filename}: could not read node {key!r}: {exc}") from exc
 
 
-def _dtypes(ds, where: str, allow_compound: bool = False) -> tuple[np.dtype, np.dtype]:
-    """(returned dtype, on-disk dtype) of an h5py dataset (compound only for Tables)."""
+def _dtypes(
+    ds, where: str, allow_compound: bool = False, allow_time: bool = False
+) -> tuple[np.dtype, np.dtype]:
+    """(returned dtype, on-disk dtype) of an h5py dataset (compound only for Tables).
+
+    ``allow_time``: PyTables Time32/Time64 atoms (also as Table columns) are
+    described by their integers, for a reader that converts them.
+    """
     import h5py
+
+    from daskh5._h5types import numpy_dtype
 
     tid = ds.id.get_type()
     cls = tid.get_class()
     try:
         disk = ds.dtype
-    except (TypeError, ValueError) as exc:  # e.g. PyTables Time32/Time64 atoms
-        raise UnsupportedDtypeError(f"{where} has an HDF5 type numpy cannot represent: {exc}") from exc
+    except (TypeError, ValueError) as exc:
+        disk = numpy_dtype(ds) if allow_time else None
+        if disk is None:
+            hint = (
+                'xr.open_dataset(path, engine="daskh5") reads PyTables Time32/Time64 values as datetime64'
+                if numpy_dtype(ds) is not None
+                else "numpy has no equivalent"
+            )
+            raise UnsupportedDtypeError(
+                f"{where} has an HDF5 type numpy cannot represent ({exc}); {hint}"
+            ) from exc
     if cls == h5py.h5t.BITFIELD and disk.itemsize == 1:
         # PyTables stores BoolAtom as an 8-bit bitfield; h5py reports uint8.
         return np.dtype(bool), np.dtype(bool)
@@ -354,7 +371,7 @@ def describe_array(
             st = os.stat(path)
         where = f"{path}:{name}"
         kind = node_kind(obj)
-        table_ok = allow_table and kind == "Table" and isinstance(obj, h5py.Dataset)
+        table_ok = allow_table and kind in ("Table", "Dataset") and isinstance(obj, h5py.Dataset)
         if (kind in _ELSEWHERE and not table_ok) or not isinstance(obj, h5py.Dataset):
             raise NodeKindError(
                 f"{where} is a {kind}; daskh5.from_pytables reads Array, CArray and EArray nodes. "
@@ -362,7 +379,7 @@ def describe_array(
             )
         if kind == "Unimplemented":
             raise NodeKindError(f"{where} is a node PyTables cannot map to an array")
-        dtype, disk = _dtypes(obj, where, allow_compound=table_ok)
+        dtype, disk = _dtypes(obj, where, allow_compound=table_ok, allow_time=allow_table)
         layout = check_storage(obj, where, allow_external=allow_external)
         try:
             dcpl = obj.id.get_create_plist()

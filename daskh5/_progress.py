@@ -26,7 +26,9 @@ def _bar(total: int, desc: str):
     return tqdm(total=total, unit="block", desc=desc)
 
 
-def compute_with_progress(result, name: str, desc: str, *, client=None, enabled: bool = True, **kwargs) -> Any:
+def compute_with_progress(
+    result, name: str, desc: str, *, client=None, enabled: bool = True, **kwargs
+) -> Any:
     """``result.compute(**kwargs)``, with a bar over its tasks called ``name`` when ``enabled``."""
     if not enabled:
         return result.compute(**kwargs)

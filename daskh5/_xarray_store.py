@@ -9,14 +9,16 @@ Variables of a group
     variable per column of every Table (nested columns are named
     ``parent.child``; when a group holds several Tables, or a column name
     clashes with another variable, the Table's name is prefixed:
-    ``table.column``); a pandas key (``to_hdf``, either format) is read as
-    ``pd.read_hdf`` reads it (:mod:`daskh5._pandas`).  VLArrays are not variables: they
+    ``table.column``), and of every other compound dataset; a pandas key
+    (``to_hdf``, either format) is read as ``pd.read_hdf`` reads it
+    (:mod:`daskh5._pandas`).  VLArrays are not variables: they
     are listed in a warning pointing to :func:`daskh5.read_ragged`.
 
 Dimension names, first rule that applies
     1. ``dims={"/path/or/name": ("a", "b")}`` given by the caller;
     2. names daskh5's writer stored (``DASKH5_DIMS``);
-    3. HDF5 dimension scales or labels (files written by h5py or netCDF);
+    3. HDF5 dimension scales or labels (files written by h5py or netCDF), as
+       netCDF reads them (:mod:`daskh5._netcdf`);
     4. generated: the first axis is ``row_<length>`` (so arrays and Tables with
        as many rows share it, and names can never clash between groups), other
        axes ``<variable>_dim_<axis>``.
@@ -29,7 +31,27 @@ import warnings
 
 import numpy as np
 
-from daskh5._containment import child_names, walk
+from daskh5._containment import walk
+from daskh5._h5types import (
+    LibraryReader,
+    compound_with_times,
+    library_kind,
+    numpy_dtype,
+    resolve_children,
+    skip_reason,
+    time_layout,
+    vlen_str_dtype,
+)
+from daskh5._netcdf import (
+    HIDDEN_ATTRS,
+    GroupDims,
+    attr_value,
+    enum_dtype,
+    group_dims,
+    holds_references,
+    storage_encoding,
+    variable_name,
+)
 from daskh5._nodes import describe_array, lookup, node_kind, open_h5
 from daskh5._pandas import is_bookkeeping, pandas_entries
 from daskh5._reader import NodeReader
@@ -46,6 +68,7 @@ _SYSTEM = {
     "_Netcdf4Coordinates", "_nc3_strict",
 }  # fmt: skip
 _SYSTEM_PATTERN = re.compile(r"^(FIELD_\d+_(NAME|FILL)|DASKH5_.*)$")
+_RAW_ATTRS = {"_FillValue", "missing_value"}
 _GROUP_SKIP = {"_i_table"}  # PyTables' index containers
 
 
@@ -64,14 +87,9 @@ def decode_attr(value, decode_pickles: bool = False):
                 except Exception:
                     return PickledAttribute(raw)
             return PickledAttribute(raw)
-        try:
-            return raw.decode("utf-8")
-        except UnicodeDecodeError:
-            return raw
-    if isinstance(value, np.ndarray) and value.dtype.kind == "S":
-        return np.char.decode(value, "utf-8", "replace")
-    if isinstance(value, np.generic):
-        return value.item() if value.dtype.kind in "biufc" else value
+        return raw.decode("utf-8", "replace")  # as netCDF4-python
+    if isinstance(value, np.ndarray):
+        return attr_value(value)
     return value
 
 
@@ -85,9 +103,14 @@ def split_attrs(attrs, decode_pickles: bool) -> tuple[dict, dict]:
             continue
         # a name that is not UTF-8 (h5py gives bytes) is kept, readably
         key = raw_key.decode("utf-8", "backslashreplace") if isinstance(raw_key, bytes) else raw_key
+        if key in HIDDEN_ATTRS or holds_references(value):  # bookkeeping; references do not pickle
+            continue
         if type(value).__name__ == "Empty":
-            value = ""
+            value = "" if getattr(value.dtype, "kind", "S") in "SOU" else np.array([], dtype=value.dtype)
         target = system if key in _SYSTEM or _SYSTEM_PATTERN.match(key) else user
+        if key in _RAW_ATTRS:  # left as stored: xarray decodes them by the variable's dtype
+            target[key] = attr_value(value)
+            continue
         target[key] = decode_attr(value, decode_pickles)
     return user, system
 
@@ -101,6 +124,7 @@ def list_groups(path: str, group: str | None = None, allow_external: bool = Fals
 
     Only groups reached through hard links are listed (as ``H5Ovisit`` does): links
     to other files are never entered, and a link name containing ``/`` is not a group.
+    pandas' bookkeeping groups (a key's ``meta``) are part of their key, not groups.
     """
     import h5py
 
@@ -130,6 +154,8 @@ class Entry:
         self.dims_hint, self.attrs, self.encoding = dims_hint, attrs, encoding
         self.shape, self.dtype, self.node = shape, dtype, node
         self.axis_names = axis_names  # dimension names found in the file, if any
+        self.netcdf_dims = False  # axis names came from netCDF/HDF5 dimension scales
+        self.time = False  # the reader gives PyTables Time32/Time64 integers, ``dtype`` is datetime64
 
 
 def _scale_names(ds) -> tuple[str, ...] | None:
@@ -149,9 +175,7 @@ def _scale_names(ds) -> tuple[str, ...] | None:
 
 
 def _array_encoding(info, system: dict) -> dict:
-    enc = {"pytables_attrs": system, "source_node": info.node}
-    if info.chunkshape:
-        enc["chunksizes"] = tuple(info.chunkshape)
+    enc = {**storage_encoding(info), "pytables_attrs": system, "source_node": info.node}
     codes = {32001: "blosc", 32026: "blosc2", 1: "zlib", 305: "lzo", 307: "bzip2"}
     ids = [fid for fid, _ in info.filters]
     enc["filters"] = tuple(codes.get(f, str(f)) for f in ids)
@@ -159,23 +183,64 @@ def _array_encoding(info, system: dict) -> dict:
         if fid == 32001 and len(cd) >= 6:
             names = {0: "blosclz", 1: "lz4", 2: "lz4hc", 3: "snappy", 4: "zlib", 5: "zstd"}
             enc["complib"] = "blosc:" + names.get(cd[6], "blosclz") if len(cd) > 6 else "blosc"
-            enc["complevel"], enc["shuffle"], enc["bitshuffle"] = cd[4], cd[5] == 1, cd[5] == 2
+            enc["complevel"], enc["bitshuffle"] = cd[4], cd[5] == 2  # shuffle: encoding["blosc"]
         elif fid == 1:
             enc["complib"], enc["complevel"] = "zlib", cd[0] if cd else 0
-            enc["shuffle"] = 2 in ids
-    enc["fletcher32"] = 3 in ids
+    enc.setdefault("shuffle", 2 in ids)
     return enc
 
 
-def _leaf_entries(obj, name, decode_pickles, allow_external) -> list[Entry]:
+def _is_record(obj) -> bool:
+    """A PyTables Table, or any other compound dataset (h5py, netCDF compound types, C, MATLAB)."""
+    import h5py
+
+    if not isinstance(obj, h5py.Dataset) or obj.shape is None:
+        return False
+    if node_kind(obj) == "Table":
+        return True
+    dtype = numpy_dtype(obj)
+    return node_kind(obj) == "Dataset" and dtype is not None and dtype.names is not None
+
+
+def _leaf_entries(
+    path, obj, kind, decode_pickles, layout: GroupDims | None = None, key=None, allow_external=False
+) -> list[Entry]:
     f = obj.file
-    info = describe_array(f.filename, obj.name, f=f, allow_external=allow_external)
+    path = f.filename  # an opted-in external link's node lives in its target file
     user, system = split_attrs(obj.attrs, decode_pickles)
     stored = system.get(ATTR_DIMS)
     hint = tuple(stored.split(",")) if isinstance(stored, str) and stored else None
-    axis_names = hint or _scale_names(obj)
-    return [Entry(name, NodeReader(info, f=f), None, None, user, _array_encoding(info, system), info.shape, info.dtype,
-                  obj.name, axis_names)]  # fmt: skip
+    key = key or obj.name.rsplit("/", 1)[-1]  # the link's name (a soft link names its own variable)
+    from_scales = layout.var_dims.get(key) if layout is not None and not hint else None
+    axis_names = hint or from_scales or _scale_names(obj)
+    special = library_kind(obj)
+    if special is not None:
+        reader, encoding = _library_reader(path, obj, special), {"source": path, "source_node": obj.name}
+        encoding.update({"dtype": str} if special == "str" else {"dtype": obj.dtype.subdtype[0]})
+        encoding["original_shape"] = reader.shape
+        encoding["chunksizes"] = tuple(obj.chunks) if obj.chunks else None
+    else:
+        info = describe_array(path, obj.name, allow_table=True, f=f, allow_external=allow_external)
+        reader, encoding = NodeReader(info, f=f), _array_encoding(info, system)
+    shape = reader.shape
+    times = time_layout(obj.id.get_type())
+    if from_scales is not None and len(from_scales) == len(shape):
+        shape = layout.sizes(from_scales, shape)  # record variables shorter than their unlimited dim
+        encoding["original_shape"] = shape
+    if "dtype" in encoding and isinstance(encoding["dtype"], np.dtype):
+        encoding["dtype"] = enum_dtype(obj, encoding["dtype"])
+    dtype = reader.dtype if times is None else times[1]
+    entry = Entry(variable_name(key), reader, None, None, user, encoding, shape, dtype, obj.name, axis_names)
+    entry.netcdf_dims, entry.time = from_scales is not None, times is not None
+    return [entry]
+
+
+def _library_reader(path: str, obj, kind: str) -> LibraryReader:
+    """A reader through h5py for variable-length strings and H5T_ARRAY element types."""
+    if kind == "str":
+        return LibraryReader(path, obj.name, kind, obj.shape, vlen_str_dtype())
+    base, inner = obj.dtype.subdtype
+    return LibraryReader(path, obj.name, kind, (*obj.shape, *inner), base.newbyteorder("="), inner)
 
 
 def _flatten_fields(dtype: np.dtype, prefix=()) -> list[tuple[tuple[str, ...], np.dtype]]:
@@ -190,19 +255,27 @@ def _flatten_fields(dtype: np.dtype, prefix=()) -> list[tuple[tuple[str, ...], n
     return out
 
 
-def _table_entries(obj, decode_pickles, prefix: str, allow_external: bool) -> list[Entry]:
-    f = obj.file
-    info = describe_array(f.filename, obj.name, allow_table=True, f=f, allow_external=allow_external)
+def _table_entries(
+    path, obj, decode_pickles, prefix: str, layout=None, key=None, allow_external=False
+) -> list[Entry]:
+    """One entry per (nested) field of a Table or compound dataset, along its axes."""
+    path = obj.file.filename  # an opted-in external link's node lives in its target file
+    info = describe_array(path, obj.name, allow_table=True, f=obj.file, allow_external=allow_external)
     user, system = split_attrs(obj.attrs, decode_pickles)
     reader = NodeReader(info, f=obj.file)
     enc = _array_encoding(info, system)
+    mixed = compound_with_times(obj.id.get_type())
+    times = mixed[1] if mixed is not None else {}
+    axes = layout.var_dims.get(key or obj.name.rsplit("/", 1)[-1]) if layout is not None else None
     out = []
     for field, sub in _flatten_fields(info.dtype):
         base, extra = sub.subdtype if sub.subdtype else (sub, ())
         name = prefix + ".".join(field)
-        out.append(
-            Entry(name, reader, field, None, dict(user), dict(enc), (*info.shape, *extra), base, obj.name)
-        )
+        names = (*axes, *(None,) * len(extra)) if axes is not None else None
+        entry = Entry(name, reader, field, None, dict(user), dict(enc), (*info.shape, *extra),
+                      times.get(field, base), obj.name, names)  # fmt: skip
+        entry.netcdf_dims, entry.time = axes is not None, field in times
+        out.append(entry)
     return out
 
 
@@ -226,45 +299,39 @@ def group_variables(path: str, group: str, decode_pickles: bool = False, allow_e
             for e in coords + data:
                 e.encoding["pandas_attrs"] = gattrs
             return coords + data, {}, skipped, coord_names
-        entries, skipped = [], []
-        names, bad = child_names(g)
-        skipped += [
-            f"a link named {b!r} in {g.name} (a '/' in a link name would alias another node)" for b in bad
-        ]
-        objs = {}
-        for child in sorted(names):
-            try:
-                objs[child] = lookup(g.file, f"{g.name.rstrip('/')}/{child}", allow_external=allow_external)
-            except ExternalDataError:
-                raise
-            except Daskh5Error as exc:  # e.g. a dangling soft link
-                skipped.append(f"{g.name.rstrip('/')}/{child} ({exc})")
-        tables = [c for c, obj in objs.items() if isinstance(obj, h5py.Dataset) and node_kind(obj) == "Table"]
-        leaf_names = {c for c in objs if c not in tables}
-        ragged = []
-        for child, obj in objs.items():
+        layout = group_dims(g)
+        members, skipped = resolve_children(
+            g, allow_external
+        )  # creation order if tracked; soft links followed
+        children = {k: o for k, o in members.items() if k not in layout.dimension_only}
+        tables = [c for c, o in children.items() if _is_record(o)]
+        leaf_names = {c for c in children if c not in tables}
+        entries = []
+        for child, obj in children.items():
             if not isinstance(obj, h5py.Dataset):
                 continue
             kind = node_kind(obj)
+            reason = skip_reason(obj) if kind != "VLArray" else None
             try:
-                if kind == "Table":
-                    names = [".".join(fp) for fp, _ in _flatten_fields(obj.dtype)] if obj.dtype.names else []
-                    clash = len(tables) > 1 or any(n in leaf_names for n in names)
+                if reason is not None:
+                    skipped.append(f"{g.name.rstrip('/')}/{child} ({reason})")
+                elif child in tables:
+                    fields = _flatten_fields(numpy_dtype(obj))
+                    clash = len(tables) > 1 or any(".".join(fp) in leaf_names for fp, _ in fields)
                     entries += _table_entries(
-                        obj, decode_pickles, f"{child}." if clash else "", allow_external
+                        path, obj, decode_pickles, f"{child}." if clash else "", layout, child, allow_external
                     )
                 elif kind == "VLArray":
                     skipped.append(f"{obj.name} (VLArray: read it with daskh5.read_ragged)")
                 elif kind in ("Array", "CArray", "EArray", "Dataset"):
-                    entries += _leaf_entries(obj, child, decode_pickles, allow_external)
-                    if f"{child}_start_and_stop" in objs:
-                        ragged.append(obj.name)
+                    entries += _leaf_entries(path, obj, kind, decode_pickles, layout, child, allow_external)
                 else:
                     skipped.append(f"{obj.name} ({kind})")
             except ExternalDataError:
                 raise
             except Daskh5Error as exc:
                 skipped.append(f"{obj.name} ({exc})")
+        ragged = [e.node for e in entries if f"{e.node.rsplit('/', 1)[-1]}_start_and_stop" in members]
         if ragged:
             skipped.append(
                 "flat ragged layouts "
@@ -277,6 +344,15 @@ def group_variables(path: str, group: str, decode_pickles: bool = False, allow_e
         return entries, gattrs, skipped, coord_names
 
 
+def group_unlimited(path: str, group: str, allow_external: bool = False) -> set[str]:
+    """The unlimited dimensions a group defines (dimension scales of unlimited maximum shape)."""
+    import h5py
+
+    with open_h5(path) as f:
+        g = lookup(f, group, allow_external=allow_external) if group not in ("/", "") else f
+        return group_dims(g).unlimited if isinstance(g, h5py.Group) else set()
+
+
 def assign_dims(entries: list, overrides: dict | None) -> None:
     """Set ``entry.dims`` by the rules in the module docstring."""
     overrides = overrides or {}
@@ -287,10 +363,12 @@ def assign_dims(entries: list, overrides: dict | None) -> None:
             dims = (given,) if isinstance(given, str) else tuple(given)
         elif e.dims_hint is not None:
             dims = e.dims_hint + tuple(f"{e.name}_dim_{i}" for i in range(len(e.dims_hint), len(e.shape)))
-        elif e.axis_names is not None and len(e.axis_names) == len(e.shape):
-            dims = tuple(e.axis_names)
         else:
-            dims = tuple(f"row_{e.shape[0]}" if i == 0 else f"{e.name}_dim_{i}" for i in range(len(e.shape)))
+            generated = tuple(
+                f"row_{e.shape[0]}" if i == 0 else f"{e.name}_dim_{i}" for i in range(len(e.shape))
+            )
+            named = e.axis_names if e.axis_names is not None and len(e.axis_names) == len(e.shape) else ()
+            dims = tuple(n if n is not None else g for n, g in zip(named, generated)) or generated
         if len(dims) != len(e.shape):
             raise ValueError(
                 f"dims for {e.node} ({e.name}): {dims} has {len(dims)} names for {len(e.shape)} axes"

@@ -24,7 +24,7 @@ def _filters_from_encoding(encoding: dict, default):
     return tables.Filters(
         complevel=int(encoding.get("complevel", 5)),
         complib=lib,
-        shuffle=bool(encoding.get("shuffle", True)),
+        shuffle=bool(encoding.get("shuffle", True)) or (encoding.get("blosc") or {}).get("shuffle") == 1,
         bitshuffle=bool(encoding.get("bitshuffle", False)),
         fletcher32=bool(encoding.get("fletcher32", False)),
     )

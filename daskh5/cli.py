@@ -74,18 +74,28 @@ def _node_record(obj, budget: int, allow_external: bool = False) -> dict:
 
     from daskh5._chunking import budget_chunks
     from daskh5._containment import layout_name, outside_reason
+    from daskh5._h5types import numpy_dtype, skip_reason, time_layout
     from daskh5._nodes import node_kind, size_problem
 
     kind = node_kind(obj)
     rec: dict = {"path": obj.name, "kind": kind}
     if isinstance(obj, h5py.Group):
         return rec
+    if isinstance(obj, h5py.Datatype):
+        return {**rec, "kind": "Datatype", "note": "a named datatype: it describes data, it holds none"}
+    dtype, reason = numpy_dtype(obj), skip_reason(obj)
+    if obj.shape is None or dtype is None:
+        return {**rec, "note": reason or "an HDF5 type numpy has no equivalent for"}
+    if reason:
+        rec["note"] = reason
+    elif time_layout(obj.id.get_type()) is not None:
+        rec["note"] = "PyTables Time32/Time64 values (datetime64 in the xarray engine)"
     dcpl = obj.id.get_create_plist()
     filters = [dcpl.get_filter(i)[:3:2] for i in range(dcpl.get_nfilters())]
     stored = int(obj.id.get_storage_size())
     rec.update(
         shape=list(obj.shape),
-        dtype=str(obj.dtype) if obj.dtype.names is None else "compound",
+        dtype=str(dtype) if dtype.names is None else "compound",
         chunkshape=list(obj.chunks) if obj.chunks else None,
         layout=layout_name(obj),
         filters=describe_filters(filters),
@@ -94,26 +104,26 @@ def _node_record(obj, budget: int, allow_external: bool = False) -> dict:
     outside = outside_reason(obj)
     if outside:  # what it points to (names from the file's metadata), never its values
         rec.update(outside=outside, refused=not allow_external)
-    if obj.dtype.names is not None:
-        rec["columns"] = list(obj.dtype.names)
-    if kind == "VLArray" or obj.dtype.kind == "O":
+    if dtype.names is not None:
+        rec["columns"] = list(dtype.names)
+    if kind == "VLArray" or dtype.kind == "O":
         rec["raw_bytes"] = None  # variable-length: the heap holds the values
         return rec
-    raw = int(np.prod(obj.shape, dtype=np.int64)) * obj.dtype.itemsize
+    raw = int(np.prod(obj.shape, dtype=np.int64)) * dtype.itemsize
     rec["raw_bytes"] = raw
     rec["ratio"] = raw / stored if stored else None
-    too_big = size_problem(obj.shape, obj.chunks, obj.dtype.itemsize)
+    too_big = size_problem(obj.shape, obj.chunks, dtype.itemsize)
     if too_big:
         rec["warning"] = too_big
-    elif obj.shape and obj.dtype.names is None:
+    elif obj.shape and dtype.names is None:
         chunks = budget_chunks(
-            tuple(obj.shape), tuple(obj.chunks) if obj.chunks else None, obj.dtype.itemsize, budget
+            tuple(obj.shape), tuple(obj.chunks) if obj.chunks else None, dtype.itemsize, budget
         )
         block = [max(c) if c else 0 for c in chunks]
         rec["dask"] = {
             "blocks": int(np.prod([len(c) for c in chunks])),
             "block_shape": block,
-            "block_bytes": int(np.prod(block, dtype=np.int64)) * obj.dtype.itemsize,
+            "block_bytes": int(np.prod(block, dtype=np.int64)) * dtype.itemsize,
         }
     return rec
 
@@ -240,9 +250,10 @@ def format_info(report: dict) -> str:
         depth = r["path"].rstrip("/").count("/") - top
         name = (r["path"] if depth == 0 else r["path"].rsplit("/", 1)[-1]) or "/"
         head = f"{'  ' * depth}{name}"
-        if r["kind"] == "Group" or "shape" not in r:
+        if r["kind"] == "Group" or "shape" not in r:  # a group, a link, a named datatype, nothing to read
             where = f" {r['layout']} -> {r['target']}" if "target" in r else ""
-            lines.append(f"{head:<32} {r['kind']}{where}{_outside_note(r)}")
+            note = f"  {r['note']}" if "note" in r else ""
+            lines.append(f"{head:<32} {r['kind']}{where}{note}{_outside_note(r)}")
             continue
         shape = "(" + ", ".join(map(str, r["shape"])) + ("," if len(r["shape"]) == 1 else "") + ")"
         text = f"{head:<32} {r['kind']:<8} {shape:<18} {r['dtype']:<9}"
@@ -265,6 +276,8 @@ def format_info(report: dict) -> str:
             text += f"  columns: {', '.join(r['columns'])}"
         if "warning" in r:
             text += f"  WARNING: {r['warning']}"
+        if "note" in r:
+            text += f"  NOTE: {r['note']}"
         lines.append(text + _outside_note(r))
     if report.get("hidden_index_nodes"):
         lines.append(

@@ -19,8 +19,9 @@ from collections.abc import Iterable
 
 import numpy as np
 
+from daskh5._h5types import padded, to_datetimes
 from daskh5._inputs import resolve
-from daskh5._xarray_store import assign_dims, group_variables, list_groups, warn_skipped
+from daskh5._xarray_store import assign_dims, group_unlimited, group_variables, list_groups, warn_skipped
 from daskh5.errors import Daskh5Error
 
 __all__ = ["PyTablesBackendEntrypoint"]
@@ -38,9 +39,10 @@ except ImportError as exc:  # pragma: no cover - exercised only without xarray
 class PyTablesArray(BackendArray):
     """A lazily read node, or one column of a Table, with outer indexing (one vector at a time)."""
 
-    def __init__(self, reader, field, shape, dtype, decode=None):
+    def __init__(self, reader, field, shape, dtype, time: bool = False, decode=None):
         self.reader, self.field, self.decode = reader, field, decode
         self.shape, self.dtype = tuple(shape), np.dtype(dtype)
+        self.time = time  # the file holds PyTables Time32/Time64 integers
 
     def __getitem__(self, key):
         return indexing.explicit_indexing_adapter(
@@ -48,21 +50,36 @@ class PyTablesArray(BackendArray):
         )
 
     def _raw_indexing_method(self, key: tuple):
-        if self.field is None:
-            out = np.asarray(self.reader[key])
-        else:
-            first = key[0]
-            scalar = isinstance(first, (int, np.integer))
-            rows = self.reader[(slice(first, first + 1 or None) if scalar else first,)]
-            for part in self.field:
-                rows = rows[part] if isinstance(part, str) else rows[:, part]
-            out = np.asarray(rows[(slice(None), *key[1:])]) if len(key) > 1 else np.asarray(rows)
-            out = out[0] if scalar else out
+        out = self._read(key)
+        if self.time:
+            return to_datetimes(out, self.dtype)
         if self.decode is not None:  # pandas' strings and categoricals (daskh5._pandas)
             return np.asarray(self.decode(out), dtype=self.dtype)
         if out.dtype != self.dtype and self.dtype.kind in "mM":  # pandas' int64 datetimes
             out = out.view(self.dtype)
         return out
+
+    def _read(self, key: tuple) -> np.ndarray:
+        if self.field is None and tuple(self.reader.shape) != self.shape:  # netCDF: pad to the dimension
+            return padded(
+                lambda k: np.asarray(self.reader[k]), self.reader.shape, self.shape, key, self._fill()
+            )
+        if self.field is None:
+            return np.asarray(self.reader[key])
+        first = key[0]
+        scalar = isinstance(first, (int, np.integer))  # a string column with chunks={} is read row by row
+        rows = self.reader[(slice(first, first + 1 or None) if scalar else first,)]
+        for part in self.field:
+            rows = rows[part] if isinstance(part, str) else rows[:, part]
+        out = np.asarray(rows[(slice(None), *key[1:])]) if len(key) > 1 else np.asarray(rows)
+        return out[0] if scalar else out
+
+    def _fill(self):
+        """The dataset's HDF5 fill value (netCDF-C sets it to ``_FillValue`` or netCDF's default)."""
+        info = getattr(self.reader, "info", None)
+        if info is None:
+            return getattr(self.reader, "fill", 0)
+        return np.frombuffer(info.fillvalue, dtype=info.disk_dtype)[0].astype(info.dtype)
 
 
 class PyTablesStore(AbstractDataStore):
@@ -82,11 +99,12 @@ class PyTablesStore(AbstractDataStore):
         warn_skipped(path, self.group, skipped)
         assign_dims(entries, dims)
         self.entries = entries
+        self.unlimited = group_unlimited(path, self.group, allow_external)
 
     def get_variables(self):
         out = {}
         for e in self.entries:
-            array = PyTablesArray(e.reader, e.field, e.shape, e.dtype, getattr(e, "decode", None))
+            array = PyTablesArray(e.reader, e.field, e.shape, e.dtype, e.time, getattr(e, "decode", None))
             data = indexing.LazilyIndexedArray(array)
             encoding = dict(e.encoding)
             chunks = encoding.get("chunksizes")
@@ -104,7 +122,7 @@ class PyTablesStore(AbstractDataStore):
         return {d: n for e in self.entries for d, n in zip(e.dims, e.shape, strict=True)}
 
     def get_encoding(self):
-        return {}
+        return {"unlimited_dims": set(self.unlimited)}
 
     def close(self):
         pass
@@ -118,7 +136,9 @@ class PyTablesBackendEntrypoint(BackendEntrypoint):
     hold only plain builtins; off by default: they stay undecoded bytes),
     ``allow_external`` (read variables whose values are stored outside the file:
     external links, EXTERNAL storage, virtual datasets over other files; off by
-    default: :class:`daskh5.ExternalDataError`).
+    default: :class:`daskh5.ExternalDataError`). ``auto_complex`` is accepted
+    for netCDF4-engine compatibility: complex numbers (HDF5 compounds of ``r``
+    and ``i``) are always read as complex.
     """
 
     description = (
@@ -129,6 +149,7 @@ class PyTablesBackendEntrypoint(BackendEntrypoint):
     open_dataset_parameters = (
         "filename_or_obj", "drop_variables", "mask_and_scale", "decode_times", "concat_characters",
         "decode_coords", "use_cftime", "decode_timedelta", "group", "dims", "decode_pickles", "allow_external",
+        "auto_complex",
     )  # fmt: skip
 
     def guess_can_open(self, filename_or_obj) -> bool:
@@ -160,6 +181,7 @@ class PyTablesBackendEntrypoint(BackendEntrypoint):
         dims: dict | None = None,
         decode_pickles: bool = False,
         allow_external: bool = False,
+        auto_complex: bool | None = None,
     ) -> xr.Dataset:
         path, group, _ = resolve(filename_or_obj, group, need_node=False)
         store = PyTablesStore(path, group or "/", dims, decode_pickles, allow_external)
@@ -191,6 +213,7 @@ class PyTablesBackendEntrypoint(BackendEntrypoint):
         dims: dict | None = None,
         decode_pickles: bool = False,
         allow_external: bool = False,
+        auto_complex: bool | None = None,
     ) -> dict[str, xr.Dataset]:
         path, group, _ = resolve(filename_or_obj, group, need_node=False)
         kwargs = dict(
@@ -233,30 +256,19 @@ def _unclash(ds: xr.Dataset, path: str, opened: dict) -> xr.Dataset:
     return ds.rename_dims(renames) if renames else ds
 
 
-_PYTABLES_CLASSES = ("ARRAY", "CARRAY", "EARRAY", "TABLE", "VLARRAY")
-
-
 def _no_char_stacking(store: PyTablesStore, concat_characters):
-    """``concat_characters`` per variable: never join the letters of a PyTables ``S1`` array.
+    """``concat_characters`` per variable: join the letters of netCDF char arrays only.
 
-    xarray's character-array decoding joins the last axis of an ``S1`` variable
-    (netCDF's char arrays, which have a string-length dimension).  A PyTables
-    string array (``CLASS`` attribute: Array, Table...) or a pandas column is a
-    list of strings, as PyTables and pandas read it, so its letters stay apart.
+    xarray's character-array decoding joins the last axis of an ``S1`` variable.
+    That axis is a string length only in netCDF char arrays, whose last axis is a
+    netCDF dimension; a PyTables string array, a pandas column or an h5py ``S1``
+    array is a list of one-letter strings, as PyTables, pandas and h5py read it.
     """
-    own = {
-        e.name: False
-        for e in store.entries
-        if e.dtype == np.dtype("S1")
-        and (
-            e.encoding.get("pytables_attrs", {}).get("CLASS") in _PYTABLES_CLASSES
-            or "pandas_attrs" in e.encoding
-        )
-    }
-    if not own:
+    own = {e.name: False for e in store.entries if e.dtype == np.dtype("S1") and not e.netcdf_dims}
+    if not own or concat_characters is False:
         return concat_characters
     if isinstance(concat_characters, dict):
-        return {**{e.name: True for e in store.entries}, **concat_characters, **own}
+        return {**{e.name: True for e in store.entries}, **own, **concat_characters}
     return {**{e.name: concat_characters for e in store.entries}, **own}
 
 

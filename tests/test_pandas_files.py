@@ -308,13 +308,19 @@ def test_pytables_s1_arrays_are_lists_of_strings(tmp_path):
         np.testing.assert_array_equal(ds.letters.values, f.root.letters.read())
 
 
-def test_char_arrays_not_written_by_pytables_are_still_joined(tmp_path):
+def test_only_netcdf_char_arrays_are_joined(tmp_path):
+    """An h5py S1 array is what h5py reads (letters); a netCDF char array (a string-length dim) is joined."""
     import h5py
 
     path = str(tmp_path / "chars.h5")
     with h5py.File(path, "w") as f:
         f["name"] = np.array([[b"a", b"b"], [b"c", b"d"]], dtype="S1")
-    assert xr.open_dataset(path, engine="daskh5").name.values.tolist() == [b"ab", b"cd"]
+    assert xr.open_dataset(path, engine="daskh5").name.values.tolist() == [[b"a", b"b"], [b"c", b"d"]]
+    nc = str(tmp_path / "chars.nc")
+    xr.Dataset({"name": ("x", np.array([b"ab", b"cd"]))}).to_netcdf(
+        nc, engine="h5netcdf", encoding={"name": {"dtype": "S1"}}
+    )
+    assert xr.open_dataset(nc, engine="daskh5").name.values.tolist() == [b"ab", b"cd"]
 
 
 def test_object_array_unpickler_builds_plain_arrays_only():

@@ -8,7 +8,10 @@ chunked nodes, the :class:`~daskh5._storage.ChunkIndex`.  Reading a selection:
   the needed chunks' bytes are read with ``os.pread`` (neighbouring chunks in
   one call) and decoded by GIL-releasing decoders, straight into the output
   where the chunk maps onto a contiguous part of it;
-* contiguous nodes: a read-only memory map of the data block;
+* contiguous nodes: ``os.pread`` of the rows a selection needs, straight into
+  the output for boxes of whole rows, in bounded pieces otherwise (never a
+  memory map: a file truncated while mapped kills the process with SIGBUS, a
+  short read is an error);
 * anything else (fletcher32, LZ4/zstd HDF5 plugins, compact or virtual
   layouts): h5py (with hdf5plugin when installed), which is correct but
   serialised behind h5py's global lock.
@@ -200,33 +203,23 @@ class NodeReader:
         mtime = self._mtime()
         if mtime != info.mtime_ns:
             now = describe_array(info.path, info.node)
-            if now.shape != info.shape or now.offset is None:
+            if now.shape != info.shape or now.offset is None or now.disk_dtype != info.disk_dtype:
                 raise NotHDF5Error(f"{info.path}:{info.node} changed shape after the dask array was created")
             info = now
-        nbytes = int(np.prod(info.shape, dtype=np.int64)) * info.itemsize
         image = self._image(mtime)
-        if image is not None:
-            data = np.frombuffer(
-                image, dtype=info.disk_dtype, count=nbytes // info.itemsize, offset=info.offset
-            )
-        else:
-            size = os.stat(info.path).st_size
-            if info.offset + nbytes > size:
+        out = _buffers.empty(tuple(_length(s) for s in sel), info.disk_dtype)
+
+        def read(offset: int, size: int, target=None):
+            try:
+                return pread_exact(info.path, offset, size, image, out=target)
+            except ChunkDecodeError as exc:
                 raise ChunkDecodeError(
-                    f"{info.path}:{info.node}: the data block ends at byte {info.offset + nbytes} "
-                    f"but the file has {size} bytes: the file is truncated"
-                )
-            data = _memmap(info.path, info.offset, nbytes, info.disk_dtype)
-        view = data.reshape(info.shape)
-        boxes = tuple(slice(*s) if isinstance(s, tuple) else slice(None) for s in sel)
-        view = view[boxes]
-        out = None
-        for axis, s in enumerate(sel):
-            if not isinstance(s, tuple):
-                view = out = np.take(view, s, axis=axis)
-        if out is None:
-            out = _buffers.empty(view.shape, view.dtype)
-            out[...] = view
+                    f"{info.path}:{info.node} (contiguous data at bytes {info.offset}..."
+                    f"{info.offset + int(np.prod(info.shape, dtype=np.int64)) * info.itemsize}): {exc}; "
+                    "the file was cut short (maybe while it was read): re-copy it"
+                ) from None
+
+        _fill_contiguous(read, info.offset, info.shape, info.disk_dtype, sel, out)
         return out
 
     # -- chunked nodes ---------------------------------------------------------------
@@ -548,9 +541,105 @@ def _group(ids: np.ndarray) -> dict[int, np.ndarray]:
     return {int(v): part for v, part in zip(values, np.split(order, first[1:]))}
 
 
+_PIECE = _SPAN_MAX  # bytes of a contiguous read that is cut up afterwards (strided, points, sub-boxes)
+_DIRECT_PIECE = 8 << 20  # bytes per pread straight into the output
+
+
+def _fill_contiguous(read, base: int, shape: tuple[int, ...], dtype: np.dtype, sel, out: np.ndarray) -> None:
+    """Fill ``out`` with the outer selection ``sel`` of the C-ordered array ``shape`` at byte ``base``.
+
+    ``read(offset, size, target=None)`` returns exactly ``size`` bytes (into
+    ``target`` when given).  Boxes of whole rows are read straight into
+    ``out``; anything else reads runs of the rows it needs, at most
+    :data:`_PIECE` bytes at a time, and cuts the wanted elements out.  Rows
+    bigger than a piece are read row by row, one axis down.
+    """
+    if not sel:  # a scalar node
+        _read_direct(read, base, out.reshape(-1).view(np.uint8))
+        return
+    first, inner = sel[0], sel[1:]
+    row = dtype.itemsize * int(np.prod(shape[1:], dtype=np.int64))
+    whole = all(isinstance(s, tuple) and s == (0, n) for s, n in zip(inner, shape[1:]))
+    if isinstance(first, tuple) and whole and out.flags.c_contiguous:
+        _read_direct(read, base + first[0] * row, out.reshape(-1).view(np.uint8))
+        return
+    rows = _positions(first)
+    uniq, inverse = (rows, None) if isinstance(first, tuple) else _unique_sorted(rows)
+    dense = out if inverse is None else np.empty((len(uniq), *out.shape[1:]), dtype=out.dtype)
+    if row > _PIECE:
+        for k, r in enumerate(uniq.tolist()):
+            _fill_contiguous(read, base + r * row, shape[1:], dtype, list(inner), dense[k])
+    else:
+
+        def cut(spans: list) -> None:
+            for i0, i1 in spans:
+                lo, hi = int(uniq[i0]), int(uniq[i1 - 1]) + 1
+                raw = read(base + lo * row, (hi - lo) * row)
+                view = np.frombuffer(raw, dtype=dtype).reshape((hi - lo, *shape[1:]))
+                dense[i0:i1] = _outer(_pick(view, uniq[i0:i1] - lo), inner)
+
+        _in_parallel(cut, _row_spans(uniq, row), dense.nbytes)
+    if inverse is not None:
+        np.take(dense, inverse, axis=0, out=out)
+
+
+def _read_direct(read, offset: int, target: memoryview) -> None:
+    """Read ``len(target)`` bytes at ``offset`` into ``target``, in pieces spread over the pool."""
+    pieces = [(a, min(a + _DIRECT_PIECE, len(target))) for a in range(0, len(target), _DIRECT_PIECE)]
+
+    def fill(part: list) -> None:
+        for a, b in part:
+            read(offset + a, b - a, target[a:b])
+
+    _in_parallel(fill, pieces, len(target))
+
+
+def _pick(view: np.ndarray, rows: np.ndarray) -> np.ndarray:
+    """``view[rows]`` for increasing ``rows``: a strided view when they are evenly spaced."""
+    if rows.size < 2:
+        return view[int(rows[0]) : int(rows[0]) + 1] if rows.size else view[:0]
+    step = int(rows[1] - rows[0])
+    if rows[-1] - rows[0] == step * (rows.size - 1) and (np.diff(rows) == step).all():
+        return view[int(rows[0]) : int(rows[-1]) + 1 : step]
+    return view[rows]
+
+
+def _unique_sorted(rows: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+    """The distinct rows in increasing order and where each wanted row is among them (None: the same)."""
+    if rows.size < 2 or (np.diff(rows) > 0).all():
+        return rows, None
+    uniq, inverse = np.unique(rows, return_inverse=True)
+    return uniq, inverse
+
+
+def _row_spans(rows: np.ndarray, row: int) -> list[tuple[int, int]]:
+    """Runs ``[i0, i1)`` of the sorted distinct ``rows`` read in one call each.
+
+    A run ends where the gap to the next wanted row is over :data:`_SPAN_GAP`
+    bytes or the run would pass :data:`_PIECE` bytes.
+    """
+    if rows.size == 0:
+        return []
+    gap = (np.diff(rows) - 1) * row > _SPAN_GAP
+    group = np.concatenate([[0], np.cumsum(gap)])
+    group_start = rows[np.concatenate([[0], np.flatnonzero(gap) + 1])][group]
+    piece = (rows - group_start) // max(1, _PIECE // row)
+    bounds = [0, *(np.flatnonzero((np.diff(group) != 0) | (np.diff(piece) != 0)) + 1).tolist(), rows.size]
+    return list(zip(bounds[:-1], bounds[1:]))
+
+
+def _outer(view: np.ndarray, inner) -> np.ndarray:
+    """Outer selection ``inner`` of the axes after the first of ``view``."""
+    boxes = (slice(None), *(slice(*s) if isinstance(s, tuple) else slice(None) for s in inner))
+    view = view[boxes]
+    for axis, s in enumerate(inner, start=1):
+        if not isinstance(s, tuple):
+            view = np.take(view, s, axis=axis)
+    return view
+
+
 _h5_lock = threading.Lock()
 _h5_files: dict[tuple[str, int, str | None], object] = {}
-_maps: dict[tuple[str, int, int], np.memmap] = {}
 
 
 def load_plugins() -> None:
@@ -586,16 +675,3 @@ def _h5_dataset(info: NodeInfo, driver: str | None):
         f = open_file(info.path, driver={"H5FD_CORE": "core"}.get(driver or ""))
         _h5_files[key] = f
     return lookup(f, info.node)
-
-
-def _memmap(path: str, offset: int, nbytes: int, dtype: np.dtype) -> np.ndarray:
-    st = os.stat(path)
-    key = (path, st.st_mtime_ns, offset)
-    with _h5_lock:
-        m = _maps.get(key)
-        if m is None:
-            for old in [k for k in _maps if k[0] == path]:
-                del _maps[old]
-            m = np.memmap(path, dtype=dtype, mode="r", offset=offset, shape=(nbytes // dtype.itemsize,))
-            _maps[key] = m
-    return m

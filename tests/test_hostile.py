@@ -293,3 +293,69 @@ def test_limited_runner_reports_every_outcome():
     assert corpus.run_limited("import time; time.sleep(30)", timeout=2)["status"] == "timeout"
     big = corpus.run_limited("b = bytearray(4 << 30)", memory=2 * corpus.GiB)
     assert big["status"] == "error" and big["etype"] == "builtins.MemoryError"
+
+
+# -- issue 12, section 2: decoders are an allowlist; contiguous nodes are read with pread, not a
+# memory map; integer and float types HDF5 must convert are converted, never reinterpreted ---------------------
+def _contiguous_file(path: Path) -> np.ndarray:
+    data = np.arange(1 << 18, dtype="f8").reshape(-1, 4)  # 2 MiB
+    with tables.open_file(path, "w") as f:
+        f.create_array("/", "data", obj=data)
+    return data
+
+
+_TRUNCATE = {
+    # after the array is made, before compute: HDF5's metadata no longer fits the file
+    "before-compute": "os.truncate(path, size // 2)",
+    # ... with the modification time put back, so nothing but the size tells
+    "before-compute-same-mtime": "os.truncate(path, size // 2); os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))",
+}
+
+
+@pytest.mark.parametrize("when", [*_TRUNCATE, "while-reading"])
+@pytest.mark.parametrize("selection", ["[...]", "[::3]", "[[5, 60000, 9]]"])
+def test_contiguous_node_truncated_under_the_reader(tmp_path, when, selection):
+    """A contiguous node whose file is cut short after the array was made, even in the middle of
+    a read: a daskh5 error, never SIGBUS (what a memory map of the file gives)."""
+    path = tmp_path / "contig.h5"
+    data = _contiguous_file(path)
+    if when == "while-reading":  # the reader takes its output buffer, then the file is cut
+        cut = (
+            "from daskh5 import _buffers\n"
+            "real_empty = _buffers.empty\n"
+            "def empty(*args, **kwargs):\n"
+            "    os.truncate(path, size // 2)\n"
+            "    return real_empty(*args, **kwargs)\n"
+            "_buffers.empty = empty\n"
+        )
+    else:
+        cut = _TRUNCATE[when] + "\n"
+    code = (
+        f"import os, daskh5\npath = {str(path)!r}\nst = os.stat(path)\nsize = st.st_size\n"
+        f"x = daskh5.from_pytables(path, '/data')\nfirst = x[:10].compute()\n{cut}"
+        f"result = float(x{selection}.sum().compute(scheduler='sync'))"
+    )
+    rec = corpus.run_limited(code)
+    assert rec["status"] == "error" and rec["daskh5_error"], rec
+    assert rec["etype"] in ("daskh5.errors.ChunkDecodeError", "daskh5.errors.NotHDF5Error"), rec
+    assert str(path) in rec["message"], rec["message"]
+    if when != "before-compute":  # HDF5's metadata was read already: the short read is what tells
+        assert rec["etype"] == "daskh5.errors.ChunkDecodeError", rec
+        assert "/data" in rec["message"] and "cut short" in rec["message"], rec
+    assert float(np.asarray(data).sum()) > 0
+
+
+def test_contiguous_reads_hold_no_memory_map(tmp_path):
+    """Reading a contiguous node leaves no mapping of the file in the process."""
+    path = tmp_path / "contig.h5"
+    data = _contiguous_file(path)
+    code = (
+        f"import daskh5\nx = daskh5.from_pytables({str(path)!r}, '/data')\n"
+        "total = float(x.sum().compute()) + float(x[::5].sum().compute())\n"
+        f"maps = [line for line in open('/proc/self/maps') if {str(path)!r} in line]\n"
+        "result = total, maps"
+    )
+    rec = corpus.run_limited(code)
+    assert rec["status"] == "ok", rec
+    total, maps = rec["result"]
+    assert total == float(data.sum() + data[::5].sum()) and maps == []

@@ -13,8 +13,8 @@ chunked nodes, the :class:`~daskh5._storage.ChunkIndex`.  Reading a selection:
   memory map: a file truncated while mapped kills the process with SIGBUS, a
   short read is an error);
 * anything else (fletcher32, LZ4/zstd HDF5 plugins, compact or virtual
-  layouts): h5py (with hdf5plugin when installed), which is correct but
-  serialised behind h5py's global lock.
+  layouts, types HDF5 must convert): h5py (with hdf5plugin when installed),
+  which is correct but serialised behind h5py's global lock.
 
 Selections follow outer-indexing rules (one integer array per axis is applied
 independently), like PyTables and h5py.
@@ -127,8 +127,8 @@ class NodeReader:
         self.shape = info.shape
         self.dtype = info.dtype
         self.ndim = len(info.shape)
-        self.fast = info.layout == "contiguous" or (
-            info.layout == "chunked" and pipeline_supported(info.filters)
+        self.fast = info.conversion is None and (
+            info.layout == "contiguous" or (info.layout == "chunked" and pipeline_supported(info.filters))
         )
         if info.layout == "chunked" and self.fast and index is None:
             self.index = read_chunk_index(info, f=f)

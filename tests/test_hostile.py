@@ -359,3 +359,149 @@ def test_contiguous_reads_hold_no_memory_map(tmp_path):
     assert rec["status"] == "ok", rec
     total, maps = rec["result"]
     assert total == float(data.sum() + data[::5].sum()) and maps == []
+
+
+def _write_odd_numbers(path: Path) -> dict[str, object]:
+    """Nodes whose HDF5 types are not numpy's bytes as they are; returns what h5py reads for each."""
+    import h5py
+    from h5py import h5d, h5p, h5s, h5t
+
+    def create(f, name, ftype, values, mtype, chunks=None, kind=b"CARRAY"):
+        dcpl = h5p.create(h5p.DATASET_CREATE)
+        if chunks:
+            dcpl.set_chunk(chunks)
+            dcpl.set_deflate(4)
+        ds = h5d.create(f.id, name.encode(), ftype, h5s.create_simple(values.shape), dcpl=dcpl)
+        ds.write(h5s.ALL, h5s.ALL, np.ascontiguousarray(values), mtype=mtype)
+        f[name].attrs["CLASS"] = np.bytes_(kind)
+
+    def int_type(base, precision, offset):
+        t = base.copy()
+        t.set_precision(precision)
+        t.set_offset(offset)
+        return t
+
+    i12 = int_type(h5t.STD_I32LE, 12, 4)  # 12-bit signed integers in bits 4..15 of 32-bit words
+    fbias = h5t.IEEE_F32LE.copy()
+    fbias.set_ebias(100)  # float32 layout, exponent bias 100 instead of 127
+    fmant = h5t.IEEE_F32LE.copy()
+    fmant.set_fields(31, 26, 5, 0, 26)  # 5 exponent bits, 26 mantissa bits
+    fmant.set_ebias(15)
+    fnorm = h5t.IEEE_F64LE.copy()
+    fnorm.set_norm(h5t.NORM_NONE)  # the leading mantissa bit is stored, not implied
+    rng = np.random.default_rng(3)
+    ints = rng.integers(-2000, 2000, size=(300, 3)).astype("i4")
+    floats = rng.normal(scale=3, size=300)
+    with h5py.File(path, "w") as f:
+        create(f, "i12", i12, ints, h5t.NATIVE_INT32)
+        create(f, "i12_chunked", i12, ints, h5t.NATIVE_INT32, chunks=(50, 3))
+        create(f, "u10", int_type(h5t.STD_U16BE, 10, 0), rng.integers(0, 1024, size=300).astype("u2"),
+               h5t.NATIVE_UINT16, chunks=(64,))  # fmt: skip
+        create(f, "fbias", fbias, floats.astype("f4"), h5t.NATIVE_FLOAT)
+        create(f, "fmant", fmant, floats.astype("f4"), h5t.NATIVE_FLOAT, chunks=(100,))
+        create(f, "fnorm", fnorm, floats, h5t.NATIVE_DOUBLE)
+        # a Table with a 12-bit column next to a plain one
+        row = h5t.create(h5t.COMPOUND, 12)
+        row.insert(b"n", 0, i12)
+        row.insert(b"x", 4, h5t.IEEE_F64LE)
+        mem = h5t.create(h5t.COMPOUND, 12)
+        mem.insert(b"n", 0, h5t.NATIVE_INT32)
+        mem.insert(b"x", 4, h5t.NATIVE_DOUBLE)
+        records = np.zeros(300, dtype=np.dtype({"names": ["n", "x"], "formats": ["<i4", "<f8"], "offsets": [0, 4],
+                                                "itemsize": 12}))  # fmt: skip
+        records["n"], records["x"] = ints[:, 0], floats
+        create(f, "table", row, records, mem, chunks=(64,), kind=b"TABLE")
+        # flat ragged layouts: 12-bit values, and 40-bit offsets
+        lengths = rng.integers(1, 9, size=40)
+        stops = np.cumsum(lengths)
+        ss = np.stack([stops - lengths, stops], axis=1).astype("i8")
+        create(f, "samples", i12, ints.reshape(-1)[: stops[-1]].copy(), h5t.NATIVE_INT32, chunks=(64,))
+        create(f, "samples_start_and_stop", h5t.STD_I64LE, ss, h5t.NATIVE_INT64)
+        create(f, "wide", h5t.IEEE_F64LE, floats, h5t.NATIVE_DOUBLE, chunks=(64,))
+        create(f, "wide_start_and_stop", int_type(h5t.STD_I64LE, 40, 8), ss, h5t.NATIVE_INT64)
+        # a bitfield with unused bits: HDF5 cannot convert it
+        bits = h5t.STD_B8LE.copy()
+        import ctypes
+
+        lib = ctypes.CDLL(h5t.__file__)
+        assert lib.H5Tset_precision(ctypes.c_int64(bits.id), ctypes.c_size_t(3)) >= 0
+        assert lib.H5Tset_offset(ctypes.c_int64(bits.id), ctypes.c_size_t(2)) >= 0
+        create(f, "bits", bits, np.arange(8, dtype="u1"), h5t.NATIVE_B8)
+    with h5py.File(path, "r", locking=False) as f:
+        return {name: f[name][...] for name in f if name != "bits"}
+
+
+_ODD_ARRAYS = ["i12", "i12_chunked", "u10", "fbias", "fmant", "fnorm"]
+
+
+def test_odd_number_types_are_what_the_test_thinks(tmp_path):
+    """The crafted types really are non-native: their stored bytes, read as numpy would, are not h5py's values."""
+    import h5py
+
+    path = tmp_path / "odd.h5"
+    want = _write_odd_numbers(path)
+    raw = path.read_bytes()
+    with h5py.File(path, "r", locking=False) as f:
+        for name, stored in [("i12", "<i4"), ("fbias", "<f4"), ("fnorm", "<f8")]:
+            offset = f[name].id.get_offset()
+            as_is = np.frombuffer(raw, stored, count=want[name].size, offset=offset).reshape(want[name].shape)
+            assert not np.allclose(as_is, want[name]), name
+
+
+@pytest.mark.parametrize("entry", ["from_pytables", "read_ragged", "open_ragged", "xr.open_dataset", "info"])
+def test_odd_number_types_read_as_h5py_converts_them(tmp_path, entry):
+    """Integers with fewer bits than their size or a bit offset, floats with another exponent bias,
+    mantissa or normalisation: every entry point reads h5py's values (or refuses the node clearly)."""
+    path = tmp_path / "odd.h5"
+    want = _write_odd_numbers(path)
+    code = f"""
+import numpy as np, warnings, daskh5, h5py
+path = {str(path)!r}
+with h5py.File(path, "r", locking=False) as f:
+    want = {{name: f[name][...] for name in f if name != "bits"}}
+result = {{}}
+entry = {entry!r}
+if entry == "from_pytables":
+    for name in {_ODD_ARRAYS!r} + ["samples"]:
+        x = daskh5.from_pytables(path, "/" + name, chunks="4KiB")
+        got = x.compute(scheduler="sync")
+        native = want[name].dtype.newbyteorder("=")  # daskh5 returns native byte order
+        result[name] = bool(got.dtype == native and np.array_equal(got, want[name])
+                            and np.array_equal(x[::7].compute(), want[name][::7]))
+    try:
+        daskh5.from_pytables(path, "/bits")
+        result["bits"] = "read"
+    except daskh5.UnsupportedDtypeError as exc:
+        result["bits"] = "refused" if "/bits" in str(exc) else str(exc)
+elif entry in ("read_ragged", "open_ragged"):
+    for name in ("samples", "wide"):
+        ss = want[name + "_start_and_stop"]
+        samples = [want[name][a:b] for a, b in ss]
+        if entry == "read_ragged":
+            got = daskh5.read_ragged(path, "/" + name).compute(scheduler="sync")
+        else:
+            with daskh5.open_ragged(path, "/" + name) as r:
+                got = list(r[:]) + [r[3], *r[[5, 2]]]
+            samples = samples + [samples[3], samples[5], samples[2]]
+        result[name] = len(got) == len(samples) and all(np.array_equal(a, b) for a, b in zip(got, samples))
+elif entry == "xr.open_dataset":
+    import xarray as xr
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        ds = xr.open_dataset(path, engine="daskh5")
+    for name in {_ODD_ARRAYS!r}:
+        result[name] = bool(np.array_equal(ds[name].values, want[name]))
+    result["table"] = bool(np.array_equal(ds["n"].values, want["table"]["n"]) and np.array_equal(ds["x"].values, want["table"]["x"]))
+    result["bits"] = "refused" if "bits" not in ds and any("/bits" in str(w.message) for w in caught) else "read"
+else:
+    from daskh5 import cli
+    rep = cli.info(path)
+    result = {{n["path"]: n.get("dtype") for n in rep["nodes"]}}
+"""
+    rec = corpus.run_limited(code)
+    assert rec["status"] == "ok", rec
+    got = rec["result"]
+    if entry == "info":
+        assert got["/i12"] == "int32" and got["/fbias"] == str(want["fbias"].dtype), got
+        return
+    assert {k: v for k, v in got.items() if v is not True} == ({"bits": "refused"} if "bits" in got else {}), got

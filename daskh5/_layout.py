@@ -19,6 +19,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from daskh5._codecs import SAFE_FILTERS
 from daskh5._nodes import describe_array, lookup, node_kind, open_h5
 from daskh5._reader import NodeReader, check_filters_available
 from daskh5.errors import NodeKindError, NodeNotFound, RaggedLayoutError
@@ -50,6 +51,7 @@ class RaggedLayout:
     start_stop_node: str | None
     shape_node: str | None
     driver: str | None = None  # "H5FD_CORE": each process reads the file into memory once
+    allowed: frozenset[int] = SAFE_FILTERS  # HDF5 filters the readers may decode
 
 
 def _text(value) -> str | None:
@@ -64,11 +66,13 @@ def _sibling(node: str, suffix: str) -> str:
     return posixpath.join(posixpath.dirname(node) or "/", posixpath.basename(node) + suffix)
 
 
-def _read_column(path: str, node: str, role: str, driver: str | None = None) -> np.ndarray:
+def _read_column(
+    path: str, node: str, role: str, driver: str | None = None, allowed: frozenset[int] = SAFE_FILTERS
+) -> np.ndarray:
     info = describe_array(path, node)
     if info.dtype.kind not in "iu":
         raise RaggedLayoutError(f"{path}:{node}: the {role} column holds {info.dtype}, not integers")
-    return NodeReader(info, driver=driver)[...]
+    return NodeReader(info, driver=driver, allowed=allowed)[...]
 
 
 def _first_bad(mask: np.ndarray) -> int:
@@ -114,9 +118,17 @@ def _validate_flat(path, node, ss_node, shape_node, starts, stops, shapes, flat_
 
 
 def find_layout(
-    path: str, node: str, start_stop: str | None = None, shape: str | None = None, driver: str | None = None
+    path: str,
+    node: str,
+    start_stop: str | None = None,
+    shape: str | None = None,
+    driver: str | None = None,
+    allowed: frozenset[int] = SAFE_FILTERS,
 ) -> RaggedLayout:
-    """Detect, read and validate the ragged layout whose data node is ``node``."""
+    """Detect, read and validate the ragged layout whose data node is ``node``.
+
+    ``allowed``: the HDF5 filters its nodes may use (:func:`daskh5._codecs.allowed_filters`).
+    """
     import h5py
 
     with open_h5(path) as f:
@@ -152,7 +164,7 @@ def find_layout(
             layout_kind = "vlarray"
             dcpl = obj.id.get_create_plist()
             filters = [dcpl.get_filter(i)[::2] for i in range(dcpl.get_nfilters())]
-            check_filters_available(path, node, filters)
+            check_filters_available(path, node, filters, allowed)
             if start_stop:
                 raise RaggedLayoutError(f"{path}:{node} is a VLArray; start_stop= applies to flat layouts")
         elif isinstance(obj, h5py.Dataset) and kind in ("Array", "CArray", "EArray", "Dataset"):
@@ -181,13 +193,13 @@ def find_layout(
     if layout_kind == "flat":
         info = describe_array(path, node)
         base = info.dtype
-        ss = _read_column(path, start_stop, "start/stop", driver)
+        ss = _read_column(path, start_stop, "start/stop", driver, allowed)
         if ss.ndim != 2 or ss.shape[1] != 2:
             raise RaggedLayoutError(
                 f"{path}:{start_stop}: a start/stop column is (N, 2), this one is {ss.shape}"
             )
         n = len(ss)
-    shapes = _read_column(path, shape, "shape", driver) if shape else None
+    shapes = _read_column(path, shape, "shape", driver, allowed) if shape else None
     if n_committed is not None:
         if n_committed > n:
             raise RaggedLayoutError(f"{path}:{node} says {n_committed} samples were written but has only {n}")
@@ -215,4 +227,5 @@ def find_layout(
         start_stop_node=start_stop if layout_kind == "flat" else None,
         shape_node=shape,
         driver=driver,
+        allowed=frozenset(allowed),
     )

@@ -16,6 +16,11 @@ chunked nodes, the :class:`~daskh5._storage.ChunkIndex`.  Reading a selection:
   layouts, types HDF5 must convert): h5py (with hdf5plugin when installed),
   which is correct but serialised behind h5py's global lock.
 
+Only filters in the caller's allowlist (:func:`daskh5._codecs.allowed_filters`,
+by default :data:`~daskh5._codecs.SAFE_FILTERS`) are ever decoded: a node using
+another is refused when the reader is made, and every h5py read checks the
+dataset's pipeline again just before it reads.
+
 Selections follow outer-indexing rules (one integer array per axis is applied
 independently), like PyTables and h5py.
 """
@@ -30,7 +35,16 @@ import threading
 import numpy as np
 
 from daskh5 import _buffers
-from daskh5._codecs import BLOSC2_ID, decode_blosc2_region, decode_pipeline, pipeline_supported
+from daskh5._codecs import (
+    BLOSC2_ID,
+    FILTER_NAMES,
+    SAFE_FILTERS,
+    decode_blosc2_region,
+    decode_pipeline,
+    filter_name,
+    pipeline_supported,
+    refused_filters,
+)
 from daskh5._files import file_image, pread_exact
 from daskh5._nodes import NodeInfo, describe_array, lookup, open_file
 from daskh5._storage import ChunkIndex, current_index, read_chunk_index
@@ -118,22 +132,34 @@ class NodeReader:
         ``"H5FD_CORE"`` keeps a copy of the whole file in each process's memory.
     f : h5py.File, optional
         An open handle to the file, to read the chunk index without reopening it.
+    allowed : frozenset of int, optional
+        HDF5 filter ids this reader may decode (:func:`daskh5._codecs.allowed_filters`);
+        a node using any other is refused with :class:`UnsupportedFilterError`.
     """
 
-    def __init__(self, info: NodeInfo, index: ChunkIndex | None = None, driver: str | None = None, f=None):
+    def __init__(
+        self,
+        info: NodeInfo,
+        index: ChunkIndex | None = None,
+        driver: str | None = None,
+        f=None,
+        allowed: frozenset[int] = SAFE_FILTERS,
+    ):
         self.info = info
         self.index = index
         self.driver = driver
+        self.allowed = frozenset(allowed)
         self.shape = info.shape
         self.dtype = info.dtype
         self.ndim = len(info.shape)
+        check_filters_allowed(info.path, info.node, info.filters, self.allowed)
         self.fast = info.conversion is None and (
             info.layout == "contiguous" or (info.layout == "chunked" and pipeline_supported(info.filters))
         )
         if info.layout == "chunked" and self.fast and index is None:
             self.index = read_chunk_index(info, f=f)
         if not self.fast:
-            check_filters_available(info.path, info.node, info.filters)
+            check_filters_available(info.path, info.node, info.filters, self.allowed)
 
     # -- dask / numpy protocol ------------------------------------------------------
     @property
@@ -490,7 +516,10 @@ class NodeReader:
         with _h5_lock:
             try:
                 ds = _h5_dataset(info, self.driver)
+                check_dataset_filters(ds, info.path, info.node, self.allowed)
                 out = np.asarray(ds[tuple(h5sel)])
+            except Daskh5Error:
+                raise
             except OSError as exc:
                 raise ChunkDecodeError(
                     f"{info.path}:{info.node}: HDF5 could not read {tuple(h5sel)}: {exc}. If a filter "
@@ -643,16 +672,65 @@ _h5_files: dict[tuple[str, int, str | None], object] = {}
 
 
 def load_plugins() -> None:
+    """Import hdf5plugin if it is installed.
+
+    It registers every filter it ships with HDF5 for the whole process, the
+    allowed and the refused alike: every h5py read of node data must go
+    through :func:`check_dataset_filters` first.
+    """
     try:
         import hdf5plugin  # noqa: F401  registers LZ4, zstd, bzip2, blosc2... with h5py
     except ImportError:
         pass
 
 
-def check_filters_available(path: str, node: str, filters) -> None:
-    """Fail when the array is created, not when it is computed, if no one can decode a filter."""
+def refusal(path: str, node: str, refused: list[int]) -> UnsupportedFilterError:
+    """The error for a node whose pipeline uses filters outside the allowlist."""
+    names = ", ".join(f"{fid} ({filter_name(fid)})" for fid in refused)
+    opt_in = ", ".join(repr(FILTER_NAMES.get(fid, fid)) for fid in refused)
+    return UnsupportedFilterError(
+        f"{path}:{node} is compressed with HDF5 filter {names}, which daskh5 does not decode "
+        "unless told to: decoders outside its allowlist can end or crash the process on a damaged or "
+        f"crafted chunk. If you trust this file, pass allow_filters=[{opt_in}] (daskh5 stats: "
+        f"--allow-filter {FILTER_NAMES.get(refused[0], refused[0])})"
+    )
+
+
+def check_filters_allowed(path: str, node: str, filters, allowed: frozenset[int] = SAFE_FILTERS) -> None:
+    """Refuse a node whose filter pipeline uses a filter outside ``allowed``."""
+    refused = refused_filters(filters, allowed)
+    if refused:
+        raise refusal(path, node, refused)
+
+
+def dataset_filters(ds) -> tuple[tuple[int, tuple[int, ...]], ...]:
+    """The filter pipeline of an h5py dataset as stored now, ``((id, cd_values), ...)``."""
+    dcpl = ds.id.get_create_plist()
+    return tuple(
+        (int(fid), tuple(int(c) for c in cd))
+        for fid, _flags, cd, _name in (dcpl.get_filter(i) for i in range(dcpl.get_nfilters()))
+    )
+
+
+def check_dataset_filters(ds, path: str, node: str, allowed: frozenset[int] = SAFE_FILTERS) -> None:
+    """Call right before h5py reads ``ds``'s data: the file may have been replaced since it was described.
+
+    A virtual dataset's sources in the same file are checked too (HDF5 decodes
+    their chunks when the virtual dataset is read).
+    """
+    check_filters_allowed(path, node, dataset_filters(ds), allowed)
+    if ds.is_virtual:
+        for source in ds.virtual_sources():
+            if source.file_name == "." and source.dset_name in ds.file:
+                where = f"{node} (its source {source.dset_name})"
+                check_filters_allowed(path, where, dataset_filters(ds.file[source.dset_name]), allowed)
+
+
+def check_filters_available(path: str, node: str, filters, allowed: frozenset[int] = SAFE_FILTERS) -> None:
+    """Fail when the array is created, not when it is computed, if a filter is refused or missing."""
     import h5py
 
+    check_filters_allowed(path, node, filters, allowed)
     load_plugins()
     missing = [fid for fid, _cd in filters if not h5py.h5z.filter_avail(fid)]
     if missing:

@@ -29,8 +29,9 @@ import warnings
 
 import numpy as np
 
+from daskh5._codecs import SAFE_FILTERS, refused_filters
 from daskh5._nodes import describe_array, lookup, node_kind, open_h5
-from daskh5._reader import NodeReader
+from daskh5._reader import NodeReader, dataset_filters, refusal
 from daskh5._safe_tables import restricted_loads
 from daskh5.errors import Daskh5Error, NodeNotFound
 
@@ -158,7 +159,7 @@ def _array_encoding(info, system: dict) -> dict:
     return enc
 
 
-def _leaf_entries(path, obj, kind, decode_pickles) -> list[Entry]:
+def _leaf_entries(path, obj, kind, decode_pickles, allowed=SAFE_FILTERS) -> list[Entry]:
     f = obj.file
     info = describe_array(path, obj.name, f=f)
     user, system = split_attrs(obj.attrs, decode_pickles)
@@ -166,8 +167,8 @@ def _leaf_entries(path, obj, kind, decode_pickles) -> list[Entry]:
     hint = tuple(stored.split(",")) if isinstance(stored, str) and stored else None
     axis_names = hint or _scale_names(obj)
     name = obj.name.rsplit("/", 1)[-1]
-    return [Entry(name, NodeReader(info, f=f), None, None, user, _array_encoding(info, system), info.shape, info.dtype,
-                  obj.name, axis_names)]  # fmt: skip
+    return [Entry(name, NodeReader(info, f=f, allowed=allowed), None, None, user, _array_encoding(info, system),
+                  info.shape, info.dtype, obj.name, axis_names)]  # fmt: skip
 
 
 def _flatten_fields(dtype: np.dtype, prefix=()) -> list[tuple[tuple[str, ...], np.dtype]]:
@@ -182,10 +183,10 @@ def _flatten_fields(dtype: np.dtype, prefix=()) -> list[tuple[tuple[str, ...], n
     return out
 
 
-def _table_entries(path, obj, decode_pickles, prefix: str) -> list[Entry]:
+def _table_entries(path, obj, decode_pickles, prefix: str, allowed=SAFE_FILTERS) -> list[Entry]:
     info = describe_array(path, obj.name, allow_table=True, f=obj.file)
     user, system = split_attrs(obj.attrs, decode_pickles)
-    reader = NodeReader(info, f=obj.file)
+    reader = NodeReader(info, f=obj.file, allowed=allowed)
     enc = _array_encoding(info, system)
     out = []
     for field, sub in _flatten_fields(info.dtype):
@@ -224,7 +225,9 @@ def _opaque_attr(value):
         return None
 
 
-def _pandas_entries(path, group, decode_pickles) -> tuple[list[Entry], list[Entry], list[str]] | None:
+def _pandas_entries(
+    path, group, decode_pickles, allowed=SAFE_FILTERS
+) -> tuple[list[Entry], list[Entry], list[str]] | None:
     """(data variables, index coordinates, names of the extra coordinates) of a pandas table, or None.
 
     ``df.to_hdf(format="table")`` frames and series: columns under their real
@@ -237,7 +240,7 @@ def _pandas_entries(path, group, decode_pickles) -> tuple[list[Entry], list[Entr
         return None
     table = group["table"]
     info = describe_array(path, table.name, allow_table=True, f=group.file)
-    reader = NodeReader(info, f=group.file)
+    reader = NodeReader(info, f=group.file, allowed=allowed)
     tattrs = table.attrs
     ginfo = _opaque_attr(gattrs.get("info", b""))
     ginfo = ginfo if isinstance(ginfo, dict) else {}
@@ -284,8 +287,27 @@ def _pandas_entries(path, group, decode_pickles) -> tuple[list[Entry], list[Entr
     return data, coords, [c.name for c in coords if c.name != dim]
 
 
-def group_variables(path: str, group: str, decode_pickles: bool = False):
-    """(entries, group attributes, skipped-node messages, stored coordinate names) of one group."""
+def _refused(obj, path: str, allowed, names: list[str]) -> Daskh5Error | None:
+    """The error for a dataset whose filters are outside ``allowed``, or None."""
+    try:
+        filters = dataset_filters(obj)
+    except Exception:  # damaged metadata: describe_array says so, and the node is skipped
+        return None
+    refused = refused_filters(filters, allowed)
+    if not refused:
+        return None
+    exc = refusal(path, obj.name, refused)
+    return type(exc)(f"{exc}; or open the rest with drop_variables={names!r}")
+
+
+def group_variables(
+    path: str, group: str, decode_pickles: bool = False, allowed=SAFE_FILTERS, drop=frozenset()
+):
+    """(entries, group attributes, skipped-node messages, stored coordinate names) of one group.
+
+    A node whose filters are outside ``allowed`` raises :class:`~daskh5.UnsupportedFilterError`
+    (opting in is the caller's decision) unless all its variables are in ``drop``.
+    """
     import h5py
 
     with open_h5(path) as f:
@@ -293,7 +315,7 @@ def group_variables(path: str, group: str, decode_pickles: bool = False):
         if not isinstance(g, h5py.Group):
             raise NodeNotFound(f"{path}: {group!r} is a {node_kind(g)}, not a group")
         gattrs, gsystem = split_attrs(g.attrs, decode_pickles)
-        pandas = _pandas_entries(path, g, decode_pickles)
+        pandas = _pandas_entries(path, g, decode_pickles, allowed)
         if pandas is not None:  # pandas' bookkeeping (pickled column lists...) is not user metadata
             data, coords, coord_names = pandas
             for e in coords + data:
@@ -308,15 +330,26 @@ def group_variables(path: str, group: str, decode_pickles: bool = False):
             if not isinstance(obj, h5py.Dataset):
                 continue
             kind = node_kind(obj)
+            names = [child]
+            if kind == "Table":
+                prefix = ""
+                names = [".".join(fp) for fp, _ in _flatten_fields(obj.dtype)] if obj.dtype.names else []
+                if len(tables) > 1 or any(n in leaf_names for n in names):
+                    prefix = f"{child}."
+                    names = [prefix + n for n in names]
+            if kind in ("Table", "Array", "CArray", "EArray", "Dataset"):
+                if names and all(n in drop for n in names):
+                    continue
+                refused = _refused(obj, path, allowed, names)
+                if refused is not None:  # the caller's decision to make: an error, not a skipped node
+                    raise refused
             try:
                 if kind == "Table":
-                    names = [".".join(fp) for fp, _ in _flatten_fields(obj.dtype)] if obj.dtype.names else []
-                    clash = len(tables) > 1 or any(n in leaf_names for n in names)
-                    entries += _table_entries(path, obj, decode_pickles, f"{child}." if clash else "")
+                    entries += _table_entries(path, obj, decode_pickles, prefix, allowed)
                 elif kind == "VLArray":
                     skipped.append(f"{obj.name} (VLArray: read it with daskh5.read_ragged)")
                 elif kind in ("Array", "CArray", "EArray", "Dataset"):
-                    entries += _leaf_entries(path, obj, kind, decode_pickles)
+                    entries += _leaf_entries(path, obj, kind, decode_pickles, allowed)
                 else:
                     skipped.append(f"{obj.name} ({kind})")
             except Daskh5Error as exc:

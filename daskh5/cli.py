@@ -15,6 +15,7 @@ import time
 
 import numpy as np
 
+from daskh5._codecs import filter_name, refused_filters
 from daskh5.errors import Daskh5Error
 
 __all__ = ["main"]
@@ -54,7 +55,7 @@ def describe_filters(filters) -> str:
         elif fid == 3:
             names.append("fletcher32")
         else:
-            names.append(f"filter {fid}")
+            names.append(filter_name(fid))
     return ", ".join(names) or "none"
 
 
@@ -88,6 +89,9 @@ def _node_record(obj, budget: int) -> dict:
         filters=describe_filters(filters),
         stored_bytes=stored,
     )
+    refused = refused_filters(filters)
+    if refused:  # shown, never decoded: reading it needs allow_filters (--allow-filter)
+        rec["refused_filters"] = [{"id": fid, "name": filter_name(fid)} for fid in refused]
     if obj.dtype.names is not None:
         rec["columns"] = list(obj.dtype.names)
     if kind == "VLArray" or obj.dtype.kind == "O":
@@ -201,6 +205,9 @@ def format_info(report: dict) -> str:
             text += f"  dask: {d['blocks']} x {tuple(d['block_shape'])} ({_size(d['block_bytes'])})"
         if "columns" in r:
             text += f"  columns: {', '.join(r['columns'])}"
+        if "refused_filters" in r:
+            names = ", ".join(f"{x['id']} ({x['name']})" for x in r["refused_filters"])
+            text += f"  REFUSED: filter {names} is not on daskh5's allowlist (see --allow-filter)"
         if "warning" in r:
             text += f"  WARNING: {r['warning']}"
         lines.append(text)
@@ -271,15 +278,21 @@ def _scheduler(address: str | None, workers: int):
     return ctx()
 
 
-def run_stats(path, data="/data", labels="/clusters", budget="64MiB", compute_kwargs=None):
-    """Per-label statistics of ``data`` by ``labels`` in one file (what ``daskh5 stats`` prints)."""
+def run_stats(
+    path, data="/data", labels="/clusters", budget="64MiB", compute_kwargs=None, allow_filters=()
+):
+    """Per-label statistics of ``data`` by ``labels`` in one file (what ``daskh5 stats`` prints).
+
+    ``allow_filters``: HDF5 filters to decode beyond the allowlist (``--allow-filter``).
+    """
     from daskh5.array import from_pytables
     from daskh5.stats import label_stats
 
-    x = from_pytables(path, data, chunks=budget)
-    y = from_pytables(path, labels, chunks=budget)
+    x = from_pytables(path, data, chunks=budget, allow_filters=allow_filters)
+    y = from_pytables(path, labels, chunks=budget, allow_filters=allow_filters)
     if y.ndim == 1 and y.shape[0] == x.shape[0]:
-        y = from_pytables(path, labels, chunks=(x.chunks[0],))  # row for row with the data blocks
+        # row for row with the data blocks
+        y = from_pytables(path, labels, chunks=(x.chunks[0],), allow_filters=allow_filters)
     if y.ndim != 1:
         raise CommandError(f"{path}:{labels} has shape {y.shape}; labels must be one value per row of {data}")
     if y.shape[0] != x.shape[0]:
@@ -300,7 +313,9 @@ def _stats_json(stats) -> dict:
 
 def _cmd_stats(args) -> int:
     with _scheduler(args.scheduler, args.workers) as (kwargs, _client):
-        stats, seconds, nbytes, x = run_stats(args.file, args.data, args.labels, args.budget, kwargs)
+        stats, seconds, nbytes, x = run_stats(
+            args.file, args.data, args.labels, args.budget, kwargs, args.allow_filter
+        )
     if args.json:
         print(json.dumps(_stats_json(stats), indent=2))
     else:
@@ -524,6 +539,14 @@ def _parser() -> argparse.ArgumentParser:
     q.add_argument("--workers", type=_positive, default=2, help="worker processes with --scheduler local")
     q.add_argument("--json", action="store_true", help="machine-readable output")
     q.add_argument("--plot", metavar="PNG", help="also save a plot of the statistics")
+    q.add_argument(
+        "--allow-filter",
+        action="append",
+        default=[],
+        metavar="FILTER",
+        help="also decode this HDF5 filter (id or name, e.g. sz3; repeatable): only for files you trust, "
+        "some decoders crash the process on a damaged chunk",
+    )
     q.set_defaults(run=_cmd_stats)
     return p
 

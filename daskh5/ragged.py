@@ -17,9 +17,10 @@ import numpy as np
 
 from daskh5 import _files
 from daskh5._chunking import resolve_budget
+from daskh5._codecs import SAFE_FILTERS, allowed_filters
 from daskh5._layout import RaggedLayout, find_layout
 from daskh5._nodes import describe_array, lookup, open_file
-from daskh5._reader import NodeReader, load_plugins
+from daskh5._reader import NodeReader, check_dataset_filters, load_plugins
 from daskh5.errors import RaggedLayoutError
 
 if TYPE_CHECKING:
@@ -67,8 +68,14 @@ def _close_vl_files() -> None:
 _files._close_hooks.append(_close_vl_files)
 
 
-def _vl_rows(path: str, node: str, rows, driver: str | None = None) -> list[np.ndarray]:
-    """VLArray rows ``rows`` (a slice or sorted index array) in one h5py read."""
+def _vl_rows(
+    path: str, node: str, rows, driver: str | None = None, allowed: frozenset[int] = SAFE_FILTERS
+) -> list[np.ndarray]:
+    """VLArray rows ``rows`` (a slice or sorted index array) in one h5py read.
+
+    The node's filters are checked against ``allowed`` right before h5py reads
+    (the file may have been replaced since the layout was opened).
+    """
     load_plugins()
     mtime = os.stat(path).st_mtime_ns
     with _vl_lock:
@@ -78,8 +85,10 @@ def _vl_rows(path: str, node: str, rows, driver: str | None = None) -> list[np.n
                 _vl_files.pop(key).close()
             h5driver = "core" if driver == "H5FD_CORE" else None
             f = _vl_files[(path, mtime, driver)] = open_file(path, h5driver)
+        ds = lookup(f, node)
+        check_dataset_filters(ds, path, node, allowed)
         try:
-            return list(lookup(f, node)[rows])
+            return list(ds[rows])
         except OSError as exc:
             raise RaggedLayoutError(f"{path}:{node}: could not read rows {rows}: {exc}") from exc
 
@@ -104,8 +113,11 @@ def _fix_vl(rows, layout_dtype: np.dtype, shapes, atom_shape, first: int, path: 
     return out
 
 
-def _read_vl_run(path, node, dtype, i0: int, i1: int, shapes, atom_shape, driver=None) -> list[np.ndarray]:
-    return _fix_vl(_vl_rows(path, node, slice(i0, i1), driver), dtype, shapes, atom_shape, i0, path, node)
+def _read_vl_run(
+    path, node, dtype, i0: int, i1: int, shapes, atom_shape, driver=None, allowed=SAFE_FILTERS
+) -> list[np.ndarray]:
+    rows = _vl_rows(path, node, slice(i0, i1), driver, allowed)
+    return _fix_vl(rows, dtype, shapes, atom_shape, i0, path, node)
 
 
 class RaggedArray(Sequence):
@@ -129,7 +141,7 @@ class RaggedArray(Sequence):
         self.layout = layout
         self.dtype = layout.dtype
         self._flat = (
-            NodeReader(describe_array(layout.path, layout.node), driver=layout.driver)
+            NodeReader(describe_array(layout.path, layout.node), driver=layout.driver, allowed=layout.allowed)
             if layout.kind == "flat"
             else None
         )
@@ -200,7 +212,9 @@ class RaggedArray(Sequence):
         shapes = None if lay.shapes is None else lay.shapes[i0:i1]
         if lay.kind == "flat":
             return _split_flat(self._flat, lay.starts[i0:i1], lay.stops[i0:i1], shapes, lay.ndim)
-        return _read_vl_run(lay.path, lay.node, lay.dtype, i0, i1, shapes, lay.atom_shape, lay.driver)
+        return _read_vl_run(
+            lay.path, lay.node, lay.dtype, i0, i1, shapes, lay.atom_shape, lay.driver, lay.allowed
+        )
 
     def _take(self, idx: np.ndarray) -> list[np.ndarray]:
         """Samples at ``idx`` (any order, repeats allowed) in one bulk read."""
@@ -218,7 +232,7 @@ class RaggedArray(Sequence):
             shapes = None if lay.shapes is None else lay.shapes[idx]
             return _split(values, ends - lengths, ends, shapes, lay.ndim)
         order = np.unique(idx)
-        rows = _vl_rows(lay.path, lay.node, order, lay.driver)
+        rows = _vl_rows(lay.path, lay.node, order, lay.driver, lay.allowed)
         shapes = None if lay.shapes is None else lay.shapes[order]
         fixed = _fix_vl(rows, lay.dtype, shapes, lay.atom_shape, 0, lay.path, lay.node)
         where = np.searchsorted(order, idx)
@@ -334,6 +348,7 @@ class RaggedArray(Sequence):
                     shapes,
                     lay.atom_shape,
                     lay.driver,
+                    lay.allowed,
                 )
         if not runs:
             layer[(name, 0)] = (list, ())
@@ -409,6 +424,7 @@ def open_ragged(
     start_stop: str | None = None,
     shape: str | None = None,
     driver: str | None = None,
+    allow_filters=(),
 ) -> RaggedArray:
     """Open a ragged collection for random access.
 
@@ -422,6 +438,9 @@ def open_ragged(
     driver : str, optional
         ``"H5FD_CORE"`` reads the whole file into memory once per process (as
         for :func:`daskh5.from_pytables`); default: read what is needed.
+    allow_filters : iterable of int or str, optional
+        HDF5 filters to decode beyond daskh5's allowlist, by id or name
+        (``["sz3"]``), for files you trust (as for :func:`daskh5.from_pytables`).
 
     Examples
     --------
@@ -436,7 +455,8 @@ def open_ragged(
     from daskh5.array import _normalize_driver
 
     driver = _normalize_driver(driver)
-    return RaggedArray(find_layout(os.path.abspath(os.fspath(path)), node, start_stop, shape, driver))
+    allowed = allowed_filters(allow_filters)
+    return RaggedArray(find_layout(os.path.abspath(os.fspath(path)), node, start_stop, shape, driver, allowed))
 
 
 def read_ragged(
@@ -447,14 +467,15 @@ def read_ragged(
     start_stop: str | None = None,
     shape: str | None = None,
     driver: str | None = None,
+    allow_filters=(),
 ) -> db.Bag:
     """A dask bag of the samples of a ragged collection, reshaped to their true shapes.
 
     Each partition is a run of consecutive samples within ``partition_size``
     bytes (``"64MiB"``, an int number of bytes, or dask's ``array.chunk-size``
     by default, as for :func:`daskh5.from_pytables`) and is read in one bulk
-    read, then split in memory. ``start_stop``, ``shape`` and ``driver`` are
-    as for :func:`open_ragged`.
+    read, then split in memory. ``start_stop``, ``shape``, ``driver`` and
+    ``allow_filters`` are as for :func:`open_ragged`.
 
     Examples
     --------
@@ -464,4 +485,7 @@ def read_ragged(
     >>> daskh5.read_ragged(path, "/tokens").map(len).compute()
     [1, 2, 3, 4, 5]
     """
-    return open_ragged(path, node, start_stop=start_stop, shape=shape, driver=driver).to_bag(partition_size)
+    opened = open_ragged(
+        path, node, start_stop=start_stop, shape=shape, driver=driver, allow_filters=allow_filters
+    )
+    return opened.to_bag(partition_size)

@@ -19,6 +19,7 @@ from collections.abc import Iterable
 
 import numpy as np
 
+from daskh5._codecs import SAFE_FILTERS, allowed_filters
 from daskh5._xarray_store import assign_dims, group_variables, list_groups, warn_skipped
 
 __all__ = ["PyTablesBackendEntrypoint"]
@@ -60,9 +61,19 @@ class PyTablesArray(BackendArray):
 class PyTablesStore(AbstractDataStore):
     """One group of a PyTables file, as xarray's store protocol wants it."""
 
-    def __init__(self, path: str, group: str = "/", dims: dict | None = None, decode_pickles: bool = False):
+    def __init__(
+        self,
+        path: str,
+        group: str = "/",
+        dims: dict | None = None,
+        decode_pickles: bool = False,
+        allowed: frozenset[int] = SAFE_FILTERS,
+        drop: frozenset[str] = frozenset(),
+    ):
         self.path, self.group = path, group or "/"
-        entries, self.attrs, skipped, self.coord_names = group_variables(path, self.group, decode_pickles)
+        entries, self.attrs, skipped, self.coord_names = group_variables(
+            path, self.group, decode_pickles, allowed, drop
+        )
         warn_skipped(path, self.group, skipped)
         assign_dims(entries, dims)
         self.entries = entries
@@ -98,7 +109,11 @@ class PyTablesBackendEntrypoint(BackendEntrypoint):
 
     Extra parameters: ``group`` (a group path), ``dims`` (``{"/node" or
     "name": ("dim", ...)}``), ``decode_pickles`` (rebuild pickled attributes that
-    hold only plain builtins; off by default: they stay undecoded bytes).
+    hold only plain builtins; off by default: they stay undecoded bytes),
+    ``allow_filters`` (HDF5 filters to decode beyond daskh5's allowlist, by id
+    or name, for files you trust, as for :func:`daskh5.from_pytables`; a node
+    using another filter raises :class:`~daskh5.UnsupportedFilterError` unless
+    ``drop_variables`` names all its variables).
     """
 
     description = (
@@ -108,7 +123,7 @@ class PyTablesBackendEntrypoint(BackendEntrypoint):
     supports_groups = True
     open_dataset_parameters = (
         "filename_or_obj", "drop_variables", "mask_and_scale", "decode_times", "concat_characters",
-        "decode_coords", "use_cftime", "decode_timedelta", "group", "dims", "decode_pickles",
+        "decode_coords", "use_cftime", "decode_timedelta", "group", "dims", "decode_pickles", "allow_filters",
     )  # fmt: skip
 
     def guess_can_open(self, filename_or_obj) -> bool:
@@ -137,9 +152,11 @@ class PyTablesBackendEntrypoint(BackendEntrypoint):
         group: str | None = None,
         dims: dict | None = None,
         decode_pickles: bool = False,
+        allow_filters=(),
     ) -> xr.Dataset:
         path = os.path.abspath(os.fspath(filename_or_obj))
-        store = PyTablesStore(path, group or "/", dims, decode_pickles)
+        drop = {drop_variables} if isinstance(drop_variables, str) else set(drop_variables or ())
+        store = PyTablesStore(path, group or "/", dims, decode_pickles, allowed_filters(allow_filters), drop)
         ds = StoreBackendEntrypoint().open_dataset(
             store,
             mask_and_scale=mask_and_scale,
@@ -167,12 +184,14 @@ class PyTablesBackendEntrypoint(BackendEntrypoint):
         group: str | None = None,
         dims: dict | None = None,
         decode_pickles: bool = False,
+        allow_filters=(),
     ) -> dict[str, xr.Dataset]:
         path = os.path.abspath(os.fspath(filename_or_obj))
         kwargs = dict(
             drop_variables=drop_variables, mask_and_scale=mask_and_scale, decode_times=decode_times,
             concat_characters=concat_characters, decode_coords=decode_coords, use_cftime=use_cftime,
             decode_timedelta=decode_timedelta, dims=dims, decode_pickles=decode_pickles,
+            allow_filters=allow_filters,
         )  # fmt: skip
         root = list_groups(path, group)[0]
         out = {}

@@ -297,6 +297,260 @@ def test_limited_runner_reports_every_outcome():
 
 # -- issue 12, section 2: decoders are an allowlist; contiguous nodes are read with pread, not a
 # memory map; integer and float types HDF5 must convert are converted, never reinterpreted ---------------------
+LOSSY = {  # hdf5plugin filters that end or crash the process on garbage chunks
+    "sz": lambda h: h.SZ(absolute=0.01),  # calls exit(0)
+    "sz3": lambda h: h.SZ3(absolute=0.01),  # aborts or segfaults
+    "sperr": lambda h: h.Sperr(rate=8),  # segfaults
+}
+RAGGED_CODECS = {"sz", "sz3"}  # SPERR takes 2-d and 3-d floats only: no flat ragged layout
+
+
+def _registered_lossy() -> list[str]:
+    import hdf5plugin
+
+    return [c for c in LOSSY if c in hdf5plugin.get_config().registered_filters]
+
+
+def _write_lossy(path: Path, codec: str) -> None:
+    """``/data`` (2-d float32) and, where the codec takes them, a flat ragged layout ``/samples``,
+    every node compressed with ``codec``."""
+    import h5py
+    import hdf5plugin
+
+    opts = LOSSY[codec](hdf5plugin)
+    rng = np.random.default_rng(12)
+    with h5py.File(path, "w") as f:
+        data = np.linspace(0, 50, 64 * 64).reshape(64, 64) + rng.normal(size=(64, 64))
+        f.create_dataset("data", data=data.astype("f4"), chunks=(32, 64), **opts)
+        if codec in RAGGED_CODECS:
+            lengths = rng.integers(1, 20, size=50)
+            stops = np.cumsum(lengths)
+            f.create_dataset("samples", data=rng.normal(size=int(stops[-1])).astype("f4"), chunks=(100,), **opts)
+            ss = np.stack([stops - lengths, stops], axis=1).astype("i8")
+            f.create_dataset("samples_start_and_stop", data=ss, chunks=(25, 2), **opts)
+
+
+def _garble_chunks(src: Path, dst: Path, seed: int = 0) -> None:
+    """A copy of ``src`` with every stored chunk overwritten by random bytes (metadata intact)."""
+    import h5py
+
+    extents = []
+
+    def visit(_name, obj):
+        if isinstance(obj, h5py.Dataset) and obj.chunks:
+            for i in range(obj.id.get_num_chunks()):
+                info = obj.id.get_chunk_info(i)
+                extents.append((info.byte_offset, info.size))
+
+    with h5py.File(src, "r", locking=False) as f:
+        f.visititems(visit)
+    data = bytearray(src.read_bytes())
+    rng = np.random.default_rng(seed)
+    for offset, size in extents:
+        data[offset : offset + size] = rng.integers(0, 256, size, dtype=np.uint8).tobytes()
+    dst.write_bytes(bytes(data))
+
+
+@pytest.fixture(scope="module")
+def lossy(tmp_path_factory):
+    """codec -> (intact file, the same file with garbage chunks)."""
+    out = {}
+    for codec in _registered_lossy():
+        d = tmp_path_factory.mktemp(codec)
+        intact, garbled = d / "intact.h5", d / "garbled.h5"
+        _write_lossy(intact, codec)
+        _garble_chunks(intact, garbled)
+        out[codec] = (str(intact), str(garbled))
+    return out
+
+
+@pytest.mark.parametrize("codec", _registered_lossy())
+def test_garbled_lossy_chunks_do_kill_a_process(lossy, codec):
+    """The hazard is real: HDF5 with hdf5plugin's decoder dies on the garbled file (so the test below can fail)."""
+    _intact, garbled = lossy[codec]
+    code = f"import h5py, hdf5plugin\nh5py.File({garbled!r}, 'r', locking=False)['/data'][...]"
+    assert corpus.run_limited(code)["status"] == "died"
+
+
+@pytest.mark.parametrize("entry", corpus.ENTRY_POINTS)
+@pytest.mark.parametrize("codec", _registered_lossy())
+def test_refused_filters_never_reach_a_decoder(lossy, codec, entry):
+    """Every entry point on garbage SZ/SZ3/SPERR chunks: a daskh5 error naming the filter, or
+    (``info``) a report that shows the filter as refused; the process never dies."""
+    _intact, garbled = lossy[codec]
+    node = {"from_pytables": "/data", "read_ragged": "/samples", "open_ragged": "/samples"}.get(entry)
+    if node == "/samples" and codec not in RAGGED_CODECS:
+        pytest.skip(f"{codec} cannot compress a flat ragged layout")
+    if entry.startswith("info"):
+        code = (
+            "from daskh5 import cli\n"
+            f"rep = cli.info({garbled!r})\n"
+            f"cli.main([{', '.join(map(repr, entry.split()))}, {garbled!r}])\n"
+            "result = {n['path']: n.get('refused_filters') for n in rep['nodes']}, "
+            "[g.get('error', '') for g in rep['ragged']]"
+        )
+    else:
+        code = f"result = corpus.run_entry({entry!r}, {garbled!r}, {node!r})"
+    rec = corpus.run_limited(code)
+    assert rec["status"] == "ok", rec
+    fid = {"sz": 32017, "sz3": 32024, "sperr": 32028}[codec]
+    if entry.startswith("info"):
+        refused, ragged_errors = rec["result"]
+        assert refused["/data"] == [{"id": fid, "name": codec}]
+        assert f"REFUSED: filter {fid} ({codec})" in rec["stdout"] or "refused_filters" in rec["stdout"]
+        if codec in RAGGED_CODECS:  # its side columns would have to be decoded to validate it
+            assert ragged_errors and all(f"filter {fid} ({codec})" in e for e in ragged_errors), ragged_errors
+        return
+    result = rec["result"]
+    assert result["status"] == "error" and result["daskh5_error"], result
+    assert result["etype"] == "daskh5.errors.UnsupportedFilterError", result
+    msg = result["message"]
+    assert garbled in msg and f"{fid} ({codec})" in msg and f"allow_filters=[{codec!r}]" in msg, msg
+    assert (node or "/data") in msg or "/samples" in msg, msg
+
+
+@pytest.mark.parametrize("codec", _registered_lossy())
+def test_trusted_filters_read_what_h5py_reads(lossy, codec):
+    """``allow_filters=[codec]`` on an intact file: every entry point reads HDF5's (lossy) values."""
+    intact, _garbled = lossy[codec]
+    code = f"""
+import h5py, hdf5plugin, numpy as np, xarray as xr, daskh5
+path, codec = {intact!r}, {codec!r}
+with h5py.File(path, "r", locking=False) as f:
+    want = f["/data"][...]
+    flat = f["/samples"][...] if "samples" in f else None
+    ss = f["/samples_start_and_stop"][...] if "samples" in f else None
+result = {{}}
+result["from_pytables"] = bool(np.array_equal(daskh5.from_pytables(path, "/data", allow_filters=[codec]).compute(), want))
+with xr.open_dataset(path, engine="daskh5", allow_filters=[codec]) as ds:
+    result["xr.open_dataset"] = bool(np.array_equal(ds["data"].values, want))
+tree = xr.open_datatree(path, engine="daskh5", allow_filters=[codec])
+result["xr.open_datatree"] = bool(np.array_equal(tree["data"].values, want))
+if flat is not None:
+    samples = [flat[a:b] for a, b in ss]
+    bag = daskh5.read_ragged(path, "/samples", allow_filters=[codec]).compute(scheduler="sync")
+    result["read_ragged"] = len(bag) == len(samples) and all(np.array_equal(a, b) for a, b in zip(bag, samples))
+    with daskh5.open_ragged(path, "/samples", allow_filters=[codec]) as r:
+        result["open_ragged"] = all(np.array_equal(r[i], s) for i, s in enumerate(samples))
+"""
+    rec = corpus.run_limited(code)
+    assert rec["status"] == "ok", rec
+    expected = {"from_pytables", "xr.open_dataset", "xr.open_datatree"}
+    if codec in RAGGED_CODECS:
+        expected |= {"read_ragged", "open_ragged"}
+    assert rec["result"] == dict.fromkeys(expected, True)
+
+
+def test_allow_filters_takes_ids_and_names(tmp_path):
+    from daskh5._codecs import SAFE_FILTERS, allowed_filters
+
+    assert allowed_filters() == SAFE_FILTERS
+    assert allowed_filters(["SZ3", 32017, "32028"]) - SAFE_FILTERS == {32017, 32024, 32028}
+    with pytest.raises(ValueError, match="unknown filter name 'sz4'"):
+        allowed_filters(["sz4"])
+    with pytest.raises(TypeError):
+        allowed_filters([1.5])
+
+
+def _write_vl_with_filter(path: Path, fid: int) -> list[np.ndarray]:
+    """A PyTables-style VLArray whose pipeline has filter ``fid`` (optional: HDF5 writes it anyway)."""
+    import h5py
+    from h5py import h5d, h5p, h5s, h5t, h5z
+
+    rows = [np.arange(i, dtype="f4") for i in range(1, 11)]
+    with h5py.File(path, "w") as f:
+        dcpl = h5p.create(h5p.DATASET_CREATE)
+        dcpl.set_chunk((5,))
+        dcpl.set_filter(fid, h5z.FLAG_OPTIONAL, ())
+        h5d.create(f.id, b"vl", h5t.vlen_create(h5t.IEEE_F32LE), h5s.create_simple((len(rows),)), dcpl=dcpl)
+        f["vl"][...] = np.array(rows, dtype=object)
+        f["vl"].attrs["CLASS"] = np.bytes_(b"VLARRAY")
+    return rows
+
+
+def test_vlarray_with_a_refused_filter(tmp_path):
+    """VLArray rows are read by h5py, so their pipeline is checked too (and opting in reads them)."""
+    import hdf5plugin
+
+    if "sz" not in hdf5plugin.get_config().registered_filters:
+        pytest.skip("this hdf5plugin has no SZ")
+    path = tmp_path / "vl.h5"
+    rows = _write_vl_with_filter(path, 32017)
+    code = f"""
+import numpy as np, daskh5
+out = []
+for call in (lambda: daskh5.read_ragged({str(path)!r}, "/vl"), lambda: daskh5.open_ragged({str(path)!r}, "/vl")):
+    try:
+        call()
+        out.append("opened")
+    except daskh5.UnsupportedFilterError as exc:
+        out.append(str(exc))
+got = daskh5.read_ragged({str(path)!r}, "/vl", allow_filters=["sz"]).compute(scheduler="sync")
+result = out, [r.tolist() for r in got]
+"""
+    rec = corpus.run_limited(code)
+    assert rec["status"] == "ok", rec
+    refusals, got = rec["result"]
+    assert all("32017 (sz)" in r and "/vl" in r for r in refusals), refusals
+    assert got == [r.tolist() for r in rows]
+
+
+def test_a_file_replaced_after_open_is_checked_again(tmp_path):
+    """The pipeline is checked again right before every h5py read: a file swapped for one whose
+    node uses a refused filter, after the array or ragged reader was made, is refused then."""
+    import h5py
+    import hdf5plugin
+
+    if "sz" not in hdf5plugin.get_config().registered_filters:
+        pytest.skip("this hdf5plugin has no SZ")
+    path, vl_path = tmp_path / "swap.h5", tmp_path / "vl.h5"
+    data = np.arange(4096, dtype="f4").reshape(64, 64)
+    with h5py.File(path, "w") as f:  # fletcher32: read through h5py, not by daskh5's decoders
+        f.create_dataset("data", data=data, chunks=(32, 64), fletcher32=True)
+    _write_vl_with_filter(vl_path, 1)
+    swapped, vl_swapped = tmp_path / "swapped.h5", tmp_path / "vl_swapped.h5"
+    with h5py.File(swapped, "w") as f:
+        f.create_dataset("data", data=data, chunks=(32, 64), **hdf5plugin.SZ(absolute=0.01))
+    _garble_chunks(swapped, swapped)
+    _write_vl_with_filter(vl_swapped, 32017)
+    code = f"""
+import os, daskh5
+x = daskh5.from_pytables({str(path)!r}, "/data")
+r = daskh5.open_ragged({str(vl_path)!r}, "/vl")
+os.replace({str(swapped)!r}, {str(path)!r})
+os.replace({str(vl_swapped)!r}, {str(vl_path)!r})
+result = []
+for call in (lambda: x.compute(scheduler="sync"), lambda: r[0:3]):
+    try:
+        call()
+        result.append("read")
+    except daskh5.UnsupportedFilterError as exc:
+        result.append(str(exc))
+"""
+    rec = corpus.run_limited(code)
+    assert rec["status"] == "ok", rec
+    assert all("32017 (sz)" in m for m in rec["result"]), rec["result"]
+
+
+def test_virtual_dataset_over_a_refused_filter(tmp_path):
+    """A virtual dataset whose source (in the same file) has garbage SZ chunks: a daskh5 error, not death."""
+    import h5py
+    import hdf5plugin
+
+    if "sz" not in hdf5plugin.get_config().registered_filters:
+        pytest.skip("this hdf5plugin has no SZ")
+    path = tmp_path / "vds.h5"
+    with h5py.File(path, "w") as f:
+        f.create_dataset("src", data=np.ones((64, 64), "f4"), chunks=(32, 64), **hdf5plugin.SZ(absolute=0.1))
+        layout = h5py.VirtualLayout(shape=(64, 64), dtype="f4")
+        layout[...] = h5py.VirtualSource(".", "src", shape=(64, 64))
+        f.create_virtual_dataset("v", layout)
+    _garble_chunks(path, path)
+    rec = corpus.run_limited(f"result = corpus.run_entry('from_pytables', {str(path)!r}, '/v')")
+    assert rec["status"] == "ok", rec
+    assert rec["result"]["status"] == "error" and rec["result"]["daskh5_error"], rec["result"]
+
+
 def _contiguous_file(path: Path) -> np.ndarray:
     data = np.arange(1 << 18, dtype="f8").reshape(-1, 4)  # 2 MiB
     with tables.open_file(path, "w") as f:

@@ -86,7 +86,11 @@ def filter_name(fid: int) -> str:
     return FILTER_NAMES.get(int(fid), f"filter {int(fid)}")
 
 
-_NAME_IDS = {name: fid for fid, name in FILTER_NAMES.items()} | {"gzip": ZLIB_ID, "deflate": ZLIB_ID, "bshuf": 32008}
+_NAME_IDS = {name: fid for fid, name in FILTER_NAMES.items()} | {
+    "gzip": ZLIB_ID,
+    "deflate": ZLIB_ID,
+    "bshuf": 32008,
+}
 
 
 def allowed_filters(allow_filters=()) -> frozenset[int]:
@@ -124,6 +128,7 @@ def refused_filters(filters: Sequence[tuple], allowed: frozenset[int] = SAFE_FIL
     [32017]
     """
     return [int(f[0]) for f in filters if int(f[0]) not in allowed]
+
 
 _BLOSC_HEADER = struct.Struct("<BBBBIII")
 

@@ -654,7 +654,7 @@ def _row_spans(rows: np.ndarray, row: int) -> list[tuple[int, int]]:
     group_start = rows[np.concatenate([[0], np.flatnonzero(gap) + 1])][group]
     piece = (rows - group_start) // max(1, _PIECE // row)
     bounds = [0, *(np.flatnonzero((np.diff(group) != 0) | (np.diff(piece) != 0)) + 1).tolist(), rows.size]
-    return list(zip(bounds[:-1], bounds[1:]))
+    return list(itertools.pairwise(bounds))
 
 
 def _outer(view: np.ndarray, inner) -> np.ndarray:

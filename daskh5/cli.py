@@ -278,9 +278,7 @@ def _scheduler(address: str | None, workers: int):
     return ctx()
 
 
-def run_stats(
-    path, data="/data", labels="/clusters", budget="64MiB", compute_kwargs=None, allow_filters=()
-):
+def run_stats(path, data="/data", labels="/clusters", budget="64MiB", compute_kwargs=None, allow_filters=()):
     """Per-label statistics of ``data`` by ``labels`` in one file (what ``daskh5 stats`` prints).
 
     ``allow_filters``: HDF5 filters to decode beyond the allowlist (``--allow-filter``).

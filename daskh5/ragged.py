@@ -456,7 +456,9 @@ def open_ragged(
 
     driver = _normalize_driver(driver)
     allowed = allowed_filters(allow_filters)
-    return RaggedArray(find_layout(os.path.abspath(os.fspath(path)), node, start_stop, shape, driver, allowed))
+    return RaggedArray(
+        find_layout(os.path.abspath(os.fspath(path)), node, start_stop, shape, driver, allowed)
+    )
 
 
 def read_ragged(

@@ -325,7 +325,9 @@ def _write_lossy(path: Path, codec: str) -> None:
         if codec in RAGGED_CODECS:
             lengths = rng.integers(1, 20, size=50)
             stops = np.cumsum(lengths)
-            f.create_dataset("samples", data=rng.normal(size=int(stops[-1])).astype("f4"), chunks=(100,), **opts)
+            f.create_dataset(
+                "samples", data=rng.normal(size=int(stops[-1])).astype("f4"), chunks=(100,), **opts
+            )
             ss = np.stack([stops - lengths, stops], axis=1).astype("i8")
             f.create_dataset("samples_start_and_stop", data=ss, chunks=(25, 2), **opts)
 
@@ -450,6 +452,39 @@ def test_allow_filters_takes_ids_and_names(tmp_path):
         allowed_filters(["sz4"])
     with pytest.raises(TypeError):
         allowed_filters([1.5])
+
+
+def test_stats_command_refuses_and_opts_in(tmp_path):
+    """``daskh5 stats`` on SZ-compressed data: one error line naming ``--allow-filter``, exit 1;
+    with ``--allow-filter sz`` it computes."""
+    import h5py
+    import hdf5plugin
+
+    if "sz" not in hdf5plugin.get_config().registered_filters:
+        pytest.skip("this hdf5plugin has no SZ")
+    path = tmp_path / "stats.h5"
+    rng = np.random.default_rng(5)
+    with h5py.File(path, "w") as f:
+        f.create_dataset(
+            "data", data=rng.normal(size=(2000, 2)), chunks=(500, 2), **hdf5plugin.SZ(absolute=1e-3)
+        )
+        f.create_dataset("clusters", data=rng.integers(0, 3, size=2000), chunks=(500,))
+    runs = []
+    for extra in ([], ["--allow-filter", "sz"]):
+        proc = subprocess.run(
+            [sys.executable, "-m", "daskh5", "stats", str(path), "--json", *extra],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            env=corpus.worker_env(hardened=False),
+            cwd=str(corpus.REPO),
+        )
+        runs.append(proc)
+    refused, allowed = runs
+    assert refused.returncode == 1 and refused.stderr.startswith("daskh5: error: "), refused
+    assert "32017 (sz)" in refused.stderr and "--allow-filter sz" in refused.stderr
+    assert allowed.returncode == 0, allowed.stderr
+    assert sum(json.loads(allowed.stdout)["count"]) == 2000
 
 
 def _write_vl_with_filter(path: Path, fid: int) -> list[np.ndarray]:
@@ -758,4 +793,6 @@ else:
     if entry == "info":
         assert got["/i12"] == "int32" and got["/fbias"] == str(want["fbias"].dtype), got
         return
-    assert {k: v for k, v in got.items() if v is not True} == ({"bits": "refused"} if "bits" in got else {}), got
+    assert {k: v for k, v in got.items() if v is not True} == (
+        {"bits": "refused"} if "bits" in got else {}
+    ), got

@@ -592,24 +592,84 @@ def _fill_contiguous(read, base: int, shape: tuple[int, ...], dtype: np.dtype, s
     if isinstance(first, tuple) and whole and out.flags.c_contiguous:
         _read_direct(read, base + first[0] * row, out.reshape(-1).view(np.uint8))
         return
-    rows = _positions(first)
-    uniq, inverse = (rows, None) if isinstance(first, tuple) else _unique_sorted(rows)
-    dense = out if inverse is None else np.empty((len(uniq), *out.shape[1:]), dtype=out.dtype)
+    rows = _Rows.of(first)
+    dense = out if rows.inverse is None else np.empty((rows.n, *out.shape[1:]), dtype=out.dtype)
     if row > _PIECE:
-        for k, r in enumerate(uniq.tolist()):
-            _fill_contiguous(read, base + r * row, shape[1:], dtype, list(inner), dense[k])
+        for k in range(rows.n):
+            _fill_contiguous(read, base + rows.at(k) * row, shape[1:], dtype, list(inner), dense[k])
     else:
 
         def cut(spans: list) -> None:
             for i0, i1 in spans:
-                lo, hi = int(uniq[i0]), int(uniq[i1 - 1]) + 1
+                lo, hi = rows.at(i0), rows.at(i1 - 1) + 1
                 raw = read(base + lo * row, (hi - lo) * row)
                 view = np.frombuffer(raw, dtype=dtype).reshape((hi - lo, *shape[1:]))
-                dense[i0:i1] = _outer(_pick(view, uniq[i0:i1] - lo), inner)
+                dense[i0:i1] = _outer(rows.pick(view, i0, i1), inner)
 
-        _in_parallel(cut, _row_spans(uniq, row), dense.nbytes)
-    if inverse is not None:
-        np.take(dense, inverse, axis=0, out=out)
+        _in_parallel(cut, rows.spans(row), dense.nbytes)
+    if rows.inverse is not None:
+        np.take(dense, rows.inverse, axis=0, out=out)
+
+
+class _Rows:
+    """The distinct rows a selection wants along one axis, in increasing order.
+
+    Evenly spaced rows (ranges, strided slices) are kept as ``start + k * step``,
+    so a block of millions of them costs no per-row arithmetic; others as an
+    array, with ``inverse`` mapping the wanted rows (any order, repeats) onto them.
+    """
+
+    __slots__ = ("array", "inverse", "n", "start", "step")
+
+    def __init__(self, n: int, start: int = 0, step: int | None = 1, array=None, inverse=None):
+        self.n, self.start, self.step, self.array, self.inverse = n, start, step, array, inverse
+
+    @classmethod
+    def of(cls, s) -> _Rows:
+        if isinstance(s, tuple):
+            return cls(s[1] - s[0], s[0])
+        if s.size < 2:
+            return cls(int(s.size), int(s[0]) if s.size else 0)
+        d = np.diff(s)
+        if (d > 0).all():
+            step = int(d[0])
+            return (
+                cls(int(s.size), int(s[0]), step)
+                if (d == step).all()
+                else cls(int(s.size), step=None, array=s)
+            )
+        uniq, inverse = np.unique(s, return_inverse=True)
+        return cls(int(uniq.size), step=None, array=uniq, inverse=inverse)
+
+    def at(self, k: int) -> int:
+        return self.start + k * self.step if self.step else int(self.array[k])
+
+    def pick(self, view: np.ndarray, i0: int, i1: int) -> np.ndarray:
+        """Rows ``i0:i1`` out of ``view``, which starts at row ``at(i0)``."""
+        if self.step:
+            return view[:: self.step]
+        local = self.array[i0:i1] - self.array[i0]
+        return view if int(local[-1]) + 1 == i1 - i0 else view[local]
+
+    def spans(self, row: int) -> list[tuple[int, int]]:
+        """Runs ``[i0, i1)`` read in one call each.
+
+        A run ends where the gap to the next wanted row is over :data:`_SPAN_GAP`
+        bytes or the run would pass :data:`_PIECE` bytes.
+        """
+        if self.n == 0:
+            return []
+        per_piece = max(1, _PIECE // row)
+        if self.step:
+            m = 1 if (self.step - 1) * row > _SPAN_GAP else max(1, (per_piece - 1) // self.step + 1)
+            return [(i, min(i + m, self.n)) for i in range(0, self.n, m)]
+        rows = self.array
+        gap = (np.diff(rows) - 1) * row > _SPAN_GAP
+        group = np.concatenate([[0], np.cumsum(gap)])
+        group_start = rows[np.concatenate([[0], np.flatnonzero(gap) + 1])][group]
+        piece = (rows - group_start) // per_piece
+        bounds = [0, *(np.flatnonzero((np.diff(group) != 0) | (np.diff(piece) != 0)) + 1).tolist(), self.n]
+        return list(itertools.pairwise(bounds))
 
 
 def _read_direct(read, offset: int, target: memoryview) -> None:
@@ -621,40 +681,6 @@ def _read_direct(read, offset: int, target: memoryview) -> None:
             read(offset + a, b - a, target[a:b])
 
     _in_parallel(fill, pieces, len(target))
-
-
-def _pick(view: np.ndarray, rows: np.ndarray) -> np.ndarray:
-    """``view[rows]`` for increasing ``rows``: a strided view when they are evenly spaced."""
-    if rows.size < 2:
-        return view[int(rows[0]) : int(rows[0]) + 1] if rows.size else view[:0]
-    step = int(rows[1] - rows[0])
-    if rows[-1] - rows[0] == step * (rows.size - 1) and (np.diff(rows) == step).all():
-        return view[int(rows[0]) : int(rows[-1]) + 1 : step]
-    return view[rows]
-
-
-def _unique_sorted(rows: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
-    """The distinct rows in increasing order and where each wanted row is among them (None: the same)."""
-    if rows.size < 2 or (np.diff(rows) > 0).all():
-        return rows, None
-    uniq, inverse = np.unique(rows, return_inverse=True)
-    return uniq, inverse
-
-
-def _row_spans(rows: np.ndarray, row: int) -> list[tuple[int, int]]:
-    """Runs ``[i0, i1)`` of the sorted distinct ``rows`` read in one call each.
-
-    A run ends where the gap to the next wanted row is over :data:`_SPAN_GAP`
-    bytes or the run would pass :data:`_PIECE` bytes.
-    """
-    if rows.size == 0:
-        return []
-    gap = (np.diff(rows) - 1) * row > _SPAN_GAP
-    group = np.concatenate([[0], np.cumsum(gap)])
-    group_start = rows[np.concatenate([[0], np.flatnonzero(gap) + 1])][group]
-    piece = (rows - group_start) // max(1, _PIECE // row)
-    bounds = [0, *(np.flatnonzero((np.diff(group) != 0) | (np.diff(piece) != 0)) + 1).tolist(), rows.size]
-    return list(itertools.pairwise(bounds))
 
 
 def _outer(view: np.ndarray, inner) -> np.ndarray:

@@ -9,7 +9,10 @@ a buffer overrun.
 Decoders are plain functions ``decode(data, cd_values, nbytes, itemsize, out)``
 returning a buffer of exactly ``nbytes`` bytes (``out`` when it was used).
 Filters without an entry in :data:`DECODERS` are read through h5py instead
-(see :mod:`daskh5._reader`).
+(see :mod:`daskh5._reader`), but only those in :data:`SAFE_FILTERS`: HDF5
+runs any filter a plugin registered, and some (SZ, SZ3, SPERR) end the process
+on garbage input.  Others need the caller's ``allow_filters`` (see
+:func:`allowed_filters`).
 """
 
 from __future__ import annotations
@@ -22,7 +25,17 @@ import numpy as np
 
 from daskh5.errors import ChunkDecodeError
 
-__all__ = ["BLOSC2_ID", "DECODERS", "decode_pipeline", "pipeline_supported"]
+__all__ = [
+    "BLOSC2_ID",
+    "DECODERS",
+    "FILTER_NAMES",
+    "SAFE_FILTERS",
+    "allowed_filters",
+    "decode_pipeline",
+    "filter_name",
+    "pipeline_supported",
+    "refused_filters",
+]
 
 ZLIB_ID = 1
 SHUFFLE_ID = 2
@@ -31,6 +44,91 @@ BLOSC_ID = 32001
 BLOSC2_ID = 32026
 
 Decoder = Callable[..., object]
+
+#: HDF5 filter id -> the name daskh5 uses for it (HDF5's built-ins, PyTables' and hdf5plugin's).
+FILTER_NAMES: dict[int, str] = {
+    ZLIB_ID: "zlib",
+    SHUFFLE_ID: "shuffle",
+    FLETCHER32_ID: "fletcher32",
+    4: "szip",
+    5: "nbit",
+    6: "scaleoffset",
+    305: "lzo",
+    307: "bzip2",
+    BLOSC_ID: "blosc",
+    32004: "lz4",
+    32008: "bitshuffle",
+    32013: "zfp",
+    32015: "zstd",
+    32017: "sz",
+    32018: "fcidecomp",
+    32024: "sz3",
+    BLOSC2_ID: "blosc2",
+    32028: "sperr",
+    32033: "htj2k",
+}
+
+#: Filters daskh5 decodes in files it does not trust: its own decoders, and the lossless
+#: codecs PyTables and hdf5plugin write, which HDF5 decodes with bounds checks.  Lossy
+#: scientific codecs (SZ, SZ3, SPERR, ZFP...), image codecs and HDF5's szip/nbit/scaleoffset
+#: are left out: on damaged input some of them end or crash the process.
+SAFE_FILTERS: frozenset[int] = frozenset(
+    {ZLIB_ID, SHUFFLE_ID, FLETCHER32_ID, 305, 307, BLOSC_ID, 32004, 32008, 32015, BLOSC2_ID}
+)
+
+
+def filter_name(fid: int) -> str:
+    """The name of HDF5 filter ``fid``.
+
+    >>> filter_name(32017), filter_name(40000)
+    ('sz', 'filter 40000')
+    """
+    return FILTER_NAMES.get(int(fid), f"filter {int(fid)}")
+
+
+_NAME_IDS = {name: fid for fid, name in FILTER_NAMES.items()} | {
+    "gzip": ZLIB_ID,
+    "deflate": ZLIB_ID,
+    "bshuf": 32008,
+}
+
+
+def allowed_filters(allow_filters=()) -> frozenset[int]:
+    """:data:`SAFE_FILTERS` plus the filters a caller trusts, given by id or name.
+
+    >>> sorted(allowed_filters(["sz", 32024]) - SAFE_FILTERS)
+    [32017, 32024]
+    """
+    if isinstance(allow_filters, (str, int)):
+        allow_filters = [allow_filters]
+    extra = set()
+    for item in allow_filters or ():
+        if isinstance(item, bool) or not isinstance(item, (str, int)):
+            raise TypeError(f"allow_filters: give HDF5 filter ids or names, got {item!r}")
+        if isinstance(item, str):
+            key = item.strip().lower()
+            if key.isdigit():
+                extra.add(int(key))
+            elif key in _NAME_IDS:
+                extra.add(_NAME_IDS[key])
+            else:
+                raise ValueError(
+                    f"allow_filters: unknown filter name {item!r}; give its HDF5 filter id or one of "
+                    + ", ".join(sorted(_NAME_IDS))
+                )
+        else:
+            extra.add(int(item))
+    return SAFE_FILTERS | frozenset(extra)
+
+
+def refused_filters(filters: Sequence[tuple], allowed: frozenset[int] = SAFE_FILTERS) -> list[int]:
+    """Ids of a pipeline's filters that are not in ``allowed``, in pipeline order.
+
+    >>> refused_filters([(32017, ()), (1, (5,))])
+    [32017]
+    """
+    return [int(f[0]) for f in filters if int(f[0]) not in allowed]
+
 
 _BLOSC_HEADER = struct.Struct("<BBBBIII")
 

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from daskh5._codecs import SAFE_FILTERS
 from daskh5._containment import check_storage
 from daskh5._nodes import describe_array, lookup, node_kind, open_h5
 from daskh5._reader import NodeReader, check_filters_available
@@ -53,6 +54,7 @@ class RaggedLayout:
     shape_node: str | None
     driver: str | None = None  # "H5FD_CORE": each process reads the file into memory once
     allow_external: bool = False  # the caller allowed values from outside the file
+    allowed: frozenset[int] = SAFE_FILTERS  # HDF5 filters the readers may decode
 
 
 def _text(value) -> str | None:
@@ -77,13 +79,17 @@ def _column(f, name: str, allow_external: bool) -> tuple[str, str] | None:
 
 
 def _read_column(
-    where: tuple[str, str], role: str, driver: str | None = None, allow_external: bool = False
+    where: tuple[str, str],
+    role: str,
+    driver: str | None = None,
+    allow_external: bool = False,
+    allowed: frozenset[int] = SAFE_FILTERS,
 ) -> np.ndarray:
     path, node = where
     info = describe_array(path, node, allow_external=allow_external)
     if info.dtype.kind not in "iu":
         raise RaggedLayoutError(f"{path}:{node}: the {role} column holds {info.dtype}, not integers")
-    return NodeReader(info, driver=driver)[...]
+    return NodeReader(info, driver=driver, allowed=allowed)[...]
 
 
 def _first_bad(mask: np.ndarray) -> int:
@@ -137,6 +143,7 @@ def find_layout(
     driver: str | None = None,
     *,
     allow_external: bool = False,
+    allowed: frozenset[int] = SAFE_FILTERS,
 ) -> RaggedLayout:
     """Detect, read and validate the ragged layout whose data node is ``node``.
 
@@ -145,6 +152,7 @@ def find_layout(
     file that really holds the data node (another file only through an external link,
     with ``allow_external``).  Any of them stored outside the file raises
     :class:`~daskh5.errors.ExternalDataError` unless ``allow_external``.
+    ``allowed``: the HDF5 filters its nodes may use (:func:`daskh5._codecs.allowed_filters`).
     """
     import h5py
 
@@ -185,7 +193,7 @@ def find_layout(
             layout_kind = "vlarray"
             dcpl = obj.id.get_create_plist()
             filters = [dcpl.get_filter(i)[::2] for i in range(dcpl.get_nfilters())]
-            check_filters_available(path, node, filters)
+            check_filters_available(path, node, filters, allowed)
             if start_stop:
                 raise RaggedLayoutError(f"{path}:{node} is a VLArray; start_stop= applies to flat layouts")
         elif isinstance(obj, h5py.Dataset) and kind in ("Array", "CArray", "EArray", "Dataset"):
@@ -222,13 +230,13 @@ def find_layout(
     if layout_kind == "flat":
         info = describe_array(path, node, allow_external=allow_external)
         base = info.dtype
-        ss = _read_column(ss_at, "start/stop", driver, allow_external)
+        ss = _read_column(ss_at, "start/stop", driver, allow_external, allowed)
         if ss.ndim != 2 or ss.shape[1] != 2:
             raise RaggedLayoutError(
                 f"{ss_at[0]}:{start_stop}: a start/stop column is (N, 2), this one is {ss.shape}"
             )
         n = len(ss)
-    shapes = _read_column(shape_at, "shape", driver, allow_external) if shape else None
+    shapes = _read_column(shape_at, "shape", driver, allow_external, allowed) if shape else None
     if n_committed is not None:
         if n_committed > n:
             raise RaggedLayoutError(f"{path}:{node} says {n_committed} samples were written but has only {n}")
@@ -257,4 +265,5 @@ def find_layout(
         shape_node=shape,
         driver=driver,
         allow_external=allow_external,
+        allowed=frozenset(allowed),
     )

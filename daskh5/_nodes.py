@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import difflib
+import functools
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -71,6 +72,7 @@ class NodeInfo:
     external: tuple[tuple[str, int, int], ...] = ()  # EXTERNAL storage: (file, offset, size) segments
     virtual: tuple = ()  # a VDS of boxes: (start, shape, source file, source node, source start) each
     allow_external: bool = False  # the caller allowed values from outside the file
+    conversion: str | None = None  # why HDF5 must convert the stored values (odd precision...), or None
 
     @property
     def itemsize(self) -> int:
@@ -283,6 +285,73 @@ def _compound_bools(tid, dtype: np.dtype) -> np.dtype:
     )  # fmt: skip
 
 
+#: (precision, bit offset, (sign, exponent position, exponent bits, mantissa position, mantissa bits),
+#: exponent bias, normalisation) of the IEEE floats numpy reads as they are stored, by byte size.
+_IEEE = {
+    2: (16, 0, (15, 10, 5, 0, 10), 15),
+    4: (32, 0, (31, 23, 8, 0, 23), 127),
+    8: (64, 0, (63, 52, 11, 0, 52), 1023),
+}
+
+
+def _float_layout(tid) -> tuple:
+    return (tid.get_precision(), tid.get_offset(), tuple(tid.get_fields()), tid.get_ebias())
+
+
+@functools.cache
+def _native_floats() -> dict[int, tuple]:
+    import h5py
+
+    layouts = {size: (*std, h5py.h5t.NORM_IMPLIED) for size, std in _IEEE.items()}
+    ld = h5py.h5t.NATIVE_LDOUBLE  # x87 extended precision on x86: its size, layout and explicit bit
+    layouts.setdefault(ld.get_size(), (*_float_layout(ld), ld.get_norm()))
+    return layouts
+
+
+def conversion_needed(tid, where: str) -> str | None:
+    """Why the stored values of HDF5 type ``tid`` are not numpy's bytes as they are, or None.
+
+    HDF5 integers may use fewer bits than their size (``precision``) at a bit
+    ``offset``, floats any sign/exponent/mantissa layout and exponent bias;
+    h5py converts those (HDF5 does the arithmetic), while reinterpreting their
+    bytes gives wrong numbers.  Bitfields HDF5 cannot convert raise
+    :class:`UnsupportedDtypeError`.
+    """
+    import h5py
+
+    cls = tid.get_class()
+    if cls == h5py.h5t.INTEGER:
+        bits = 8 * tid.get_size()
+        if (tid.get_precision(), tid.get_offset()) != (bits, 0):
+            return f"{tid.get_precision()}-bit integers at bit {tid.get_offset()} of {bits}-bit words"
+    elif cls == h5py.h5t.FLOAT:
+        have = (*_float_layout(tid), tid.get_norm())
+        if have != _native_floats().get(tid.get_size()):
+            prec, off, (sign, epos, ebits, mpos, mbits), ebias, _norm = have
+            return (
+                f"{8 * tid.get_size()}-bit floats with {prec} bits at bit {off}: sign bit {sign}, {ebits} "
+                f"exponent bits at {epos} (bias {ebias}), {mbits} mantissa bits at {mpos}, "
+                "not the IEEE layout numpy reads"
+            )
+    elif cls == h5py.h5t.BITFIELD:
+        size = tid.get_size()
+        std = [getattr(h5py.h5t, f"STD_B{8 * size}{order}", None) for order in ("LE", "BE")]
+        if not any(t is not None and tid == t for t in std):
+            raise UnsupportedDtypeError(
+                f"{where} stores a {8 * size}-bit bitfield with unused bits, which HDF5 cannot convert "
+                "to numbers; rewrite the node with a plain integer or boolean type"
+            )
+    elif cls in (h5py.h5t.ENUM, h5py.h5t.ARRAY):
+        return conversion_needed(tid.get_super(), where)
+    elif cls == h5py.h5t.COMPOUND:
+        for i in range(tid.get_nmembers()):
+            why = conversion_needed(tid.get_member_type(i), where)
+            if why:
+                name = tid.get_member_name(i).decode("utf-8", "backslashreplace")
+                return f"column {name!r}: {why}"
+    return None
+
+
 @contextlib.contextmanager
 def maybe_open(path: str, f=None) -> Iterator:
     """``f`` if the caller has the file open already, else the file opened for the block."""
@@ -381,6 +450,8 @@ def describe_array(
             raise NodeKindError(f"{where} is a node PyTables cannot map to an array")
         dtype, disk = _dtypes(obj, where, allow_compound=table_ok, allow_time=allow_table)
         layout = check_storage(obj, where, allow_external=allow_external)
+        stored_type = obj.id.get_type()
+        conversion = conversion_needed(stored_type, where)
         try:
             dcpl = obj.id.get_create_plist()
             external = external_segments(dcpl, path) if layout == "external" else ()
@@ -399,7 +470,7 @@ def describe_array(
             raise NotHDF5Error(f"{where}: could not read the node's storage metadata: {exc}") from exc
         extdim = obj.attrs.get("EXTDIM") if kind == "EArray" else None
         shape = [int(s) for s in obj.shape]
-        _check_size(where, shape, obj.chunks, disk.itemsize, layout, offset, st.st_size if st else 0)
+        _check_size(where, shape, obj.chunks, stored_type.get_size(), layout, offset, st.st_size if st else 0)
         committed = obj.attrs.get(ATTR_APPENDING) if extdim is not None else None
         if committed is not None and 0 <= int(committed) < shape[int(extdim)]:
             shape[int(extdim)] = int(committed)  # rows of an unfinished daskh5.append are not shown
@@ -421,4 +492,5 @@ def describe_array(
             external=external,
             virtual=virtual,
             allow_external=allow_external,
+            conversion=conversion,
         )

@@ -33,16 +33,32 @@ import warnings
 
 import numpy as np
 
+from daskh5._codecs import SAFE_FILTERS
 from daskh5._containment import follow
 from daskh5._nodes import describe_array
 from daskh5._pandas_pickles import MAX_OBJECTS, inert_loads, load_object_array
-from daskh5._reader import NodeReader
+from daskh5._reader import NodeReader, check_dataset_filters
 from daskh5._safe_tables import Opaque
-from daskh5.errors import Daskh5Error, ExternalDataError, NodeKindError, NodeNotFound, UnsafePickleError
+from daskh5.errors import (
+    Daskh5Error,
+    ExternalDataError,
+    NodeKindError,
+    NodeNotFound,
+    UnsafePickleError,
+    UnsupportedFilterError,
+)
 
 _allow_external: contextvars.ContextVar[bool] = contextvars.ContextVar(
     "daskh5_pandas_external", default=False
 )
+_allowed: contextvars.ContextVar[frozenset] = contextvars.ContextVar(
+    "daskh5_pandas_filters", default=SAFE_FILTERS
+)
+
+
+def _reader(info, f=None) -> NodeReader:
+    """A :class:`NodeReader` that decodes only the filters the caller allowed."""
+    return NodeReader(info, f=f, allowed=_allowed.get())
 
 
 def _node(group, name: str):
@@ -204,6 +220,7 @@ def _read_object_node(ds, limit: int) -> np.ndarray:
         raise UnsafePickleError(
             f"{where}: a pandas object block is one pickled row, this has shape {ds.shape}"
         )
+    check_dataset_filters(ds, ds.file.filename, ds.name, _allowed.get())  # h5py decodes it
     try:
         raw = np.asarray(ds[0], dtype=np.uint8).tobytes()
     except Exception as exc:
@@ -287,7 +304,7 @@ class _TableKey:
         self.table = _node(group, "table")
         self.tattrs = self.table.attrs
         self.info = _describe(self.table, allow_table=True)
-        self.reader = NodeReader(self.info, f=self.table.file)
+        self.reader = _reader(self.info, f=self.table.file)
         self.encoding = _text(inert_loads(self.gattrs.get("encoding")), "utf-8") or "utf-8"
         self.errors = _text(self.gattrs.get("errors"), "strict") or "strict"
         ginfo = inert_loads(self.gattrs.get("info", b"")) if "info" in self.gattrs else None
@@ -341,7 +358,7 @@ class _TableKey:
                 if self._attr_text(f"{name}_meta") == "category"
                 else None
             )
-        except ExternalDataError:
+        except (ExternalDataError, UnsupportedFilterError):
             raise
         except (Daskh5Error, KeyError, ValueError, TypeError, IndexError) as exc:
             skipped.append(
@@ -411,7 +428,7 @@ def _fixed_array(path, group, node: str, encoding: str, errors: str, limit: int)
     if _text(attrs.get("PSEUDOATOM")) == "object":
         out = _strings_as_pandas_infers(_read_object_node(ds, limit), index=True)
     else:
-        out = np.asarray(NodeReader(_describe(ds))[...])
+        out = np.asarray(_reader(_describe(ds))[...])
     kind = _text(attrs.get("kind"))
     dtype = _time_dtype(value_type) or _time_dtype(kind)
     if dtype is not None and out.dtype.kind in "iu":
@@ -436,7 +453,7 @@ def _fixed_index(
         out = []
         for i in range(int(gattrs.get(f"{key}_nlevels", 0))):
             level = _fixed_array(path, group, f"{key}_level{i}", encoding, errors, nrows_limit)
-            codes = np.asarray(NodeReader(_describe(_node(group, f"{key}_label{i}")))[...])
+            codes = np.asarray(_reader(_describe(_node(group, f"{key}_label{i}")))[...])
             attrs = _node(group, f"{key}_level{i}").attrs
             values = CategoryDecoder(level, category_dtype(level) if level.dtype.kind not in "iub" or
                                      (codes < 0).any() else level.dtype)(codes)  # fmt: skip
@@ -534,7 +551,7 @@ def _fixed_block(path, group, ds, limit: int):
     if _text(attrs.get("PSEUDOATOM")) == "object":
         out = _read_object_node(ds, limit)
         return out.T if out.ndim == 2 and not transposed else out
-    reader = NodeReader(_describe(ds))
+    reader = _reader(_describe(ds))
     return reader, 0 if transposed or len(reader.shape) == 1 else 1
 
 
@@ -588,7 +605,9 @@ def _block_column(block, ds, label: str, j, nrows: int, dim: str, skipped: list)
     return e
 
 
-def pandas_entries(path: str, group, decode_pickles: bool = False, allow_external: bool = False):
+def pandas_entries(
+    path: str, group, decode_pickles: bool = False, allow_external: bool = False, allowed=SAFE_FILTERS
+):
     """(data variables, coordinates, extra coordinate names, skipped notes) of a pandas key, or None.
 
     ``group`` is an open h5py group; None when it is not a key pandas wrote, or
@@ -597,11 +616,12 @@ def pandas_entries(path: str, group, decode_pickles: bool = False, allow_externa
     link; one stored outside the file raises
     :class:`~daskh5.errors.ExternalDataError` unless ``allow_external``.
     """
-    token = _allow_external.set(allow_external)
+    token, filters = _allow_external.set(allow_external), _allowed.set(frozenset(allowed))
     try:
         return _pandas_entries(path, group, decode_pickles)
     finally:
         _allow_external.reset(token)
+        _allowed.reset(filters)
 
 
 def _pandas_entries(path: str, group, decode_pickles: bool):
@@ -618,7 +638,7 @@ def _pandas_entries(path: str, group, decode_pickles: bool):
         return None
     try:
         out = read(path, group, decode_pickles, skipped)
-    except ExternalDataError:
+    except (ExternalDataError, UnsupportedFilterError):
         raise
     except (Daskh5Error, KeyError, ValueError, TypeError, IndexError, OSError) as exc:
         warnings.warn(

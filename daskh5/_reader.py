@@ -8,14 +8,22 @@ chunked nodes, the :class:`~daskh5._storage.ChunkIndex`.  Reading a selection:
   the needed chunks' bytes are read with ``os.pread`` (neighbouring chunks in
   one call) and decoded by GIL-releasing decoders, straight into the output
   where the chunk maps onto a contiguous part of it;
-* contiguous nodes: a read-only memory map of the data block;
+* contiguous nodes: ``os.pread`` of the rows a selection needs, straight into
+  the output for boxes of whole rows, in bounded pieces otherwise (never a
+  memory map: a file truncated while mapped kills the process with SIGBUS, a
+  short read is an error);
 * EXTERNAL raw storage (only with ``allow_external``): ``pread`` of the
   external files (:mod:`daskh5._external`);
 * virtual datasets of boxes: each source through its own reader
   (:mod:`daskh5._virtual`);
 * anything else (fletcher32, LZ4/zstd HDF5 plugins, compact layouts, other
-  virtual datasets): h5py (with hdf5plugin when installed), which is correct
-  but serialised behind h5py's global lock.
+  virtual datasets, types HDF5 must convert): h5py (with hdf5plugin when
+  installed), which is correct but serialised behind h5py's global lock.
+
+Only filters in the caller's allowlist (:func:`daskh5._codecs.allowed_filters`,
+by default :data:`~daskh5._codecs.SAFE_FILTERS`) are ever decoded: a node using
+another is refused when the reader is made, and every h5py read checks the
+dataset's pipeline again just before it reads.
 
 Selections follow outer-indexing rules (one integer array per axis is applied
 independently), like PyTables and h5py.
@@ -27,11 +35,21 @@ import itertools
 import operator
 import os
 import threading
+from functools import partial
 
 import numpy as np
 
 from daskh5 import _buffers
-from daskh5._codecs import BLOSC2_ID, decode_blosc2_region, decode_pipeline, pipeline_supported
+from daskh5._codecs import (
+    BLOSC2_ID,
+    FILTER_NAMES,
+    SAFE_FILTERS,
+    decode_blosc2_region,
+    decode_pipeline,
+    filter_name,
+    pipeline_supported,
+    refused_filters,
+)
 from daskh5._containment import check_storage, with_origin
 from daskh5._external import read_external
 from daskh5._files import file_image, pread_exact
@@ -122,22 +140,34 @@ class NodeReader:
         ``"H5FD_CORE"`` keeps a copy of the whole file in each process's memory.
     f : h5py.File, optional
         An open handle to the file, to read the chunk index without reopening it.
+    allowed : frozenset of int, optional
+        HDF5 filter ids this reader may decode (:func:`daskh5._codecs.allowed_filters`);
+        a node using any other is refused with :class:`UnsupportedFilterError`.
     """
 
-    def __init__(self, info: NodeInfo, index: ChunkIndex | None = None, driver: str | None = None, f=None):
+    def __init__(
+        self,
+        info: NodeInfo,
+        index: ChunkIndex | None = None,
+        driver: str | None = None,
+        f=None,
+        allowed: frozenset[int] = SAFE_FILTERS,
+    ):
         self.info = info
         self.index = index
         self.driver = driver
+        self.allowed = frozenset(allowed)
         self.shape = info.shape
         self.dtype = info.dtype
         self.ndim = len(info.shape)
-        self.fast = info.layout == "contiguous" or (
-            info.layout == "chunked" and pipeline_supported(info.filters)
+        check_filters_allowed(info.path, info.node, info.filters, self.allowed)
+        self.fast = info.conversion is None and (
+            info.layout == "contiguous" or (info.layout == "chunked" and pipeline_supported(info.filters))
         )
         if info.layout == "chunked" and self.fast and index is None:
             self.index = read_chunk_index(info, f=f)
         if not self.fast:
-            check_filters_available(info.path, info.node, info.filters)
+            check_filters_available(info.path, info.node, info.filters, self.allowed)
 
     # -- dask / numpy protocol ------------------------------------------------------
     @property
@@ -211,33 +241,23 @@ class NodeReader:
         mtime = self._mtime()
         if mtime != info.mtime_ns:
             now = describe_array(info.path, info.node)
-            if now.shape != info.shape or now.offset is None:
+            if now.shape != info.shape or now.offset is None or now.disk_dtype != info.disk_dtype:
                 raise NotHDF5Error(f"{info.path}:{info.node} changed shape after the dask array was created")
             info = now
-        nbytes = int(np.prod(info.shape, dtype=np.int64)) * info.itemsize
         image = self._image(mtime)
-        if image is not None:
-            data = np.frombuffer(
-                image, dtype=info.disk_dtype, count=nbytes // info.itemsize, offset=info.offset
-            )
-        else:
-            size = os.stat(info.path).st_size
-            if info.offset + nbytes > size:
+        out = _buffers.empty(tuple(_length(s) for s in sel), info.disk_dtype)
+
+        def read(offset: int, size: int, target=None):
+            try:
+                return pread_exact(info.path, offset, size, image, out=target)
+            except ChunkDecodeError as exc:
                 raise ChunkDecodeError(
-                    f"{info.path}:{info.node}: the data block ends at byte {info.offset + nbytes} "
-                    f"but the file has {size} bytes: the file is truncated"
-                )
-            data = _memmap(info.path, info.offset, nbytes, info.disk_dtype)
-        view = data.reshape(info.shape)
-        boxes = tuple(slice(*s) if isinstance(s, tuple) else slice(None) for s in sel)
-        view = view[boxes]
-        out = None
-        for axis, s in enumerate(sel):
-            if not isinstance(s, tuple):
-                view = out = np.take(view, s, axis=axis)
-        if out is None:
-            out = _buffers.empty(view.shape, view.dtype)
-            out[...] = view
+                    f"{info.path}:{info.node} (contiguous data at bytes {info.offset}..."
+                    f"{info.offset + int(np.prod(info.shape, dtype=np.int64)) * info.itemsize}): {exc}; "
+                    "the file was cut short (maybe while it was read): re-copy it"
+                ) from None
+
+        _fill_contiguous(read, info.offset, info.shape, info.disk_dtype, sel, out)
         return out
 
     # -- chunked nodes ---------------------------------------------------------------
@@ -494,7 +514,9 @@ class NodeReader:
 
         def source(i: int):
             if i not in sources:
-                sources[i] = open_source(self.info, i, describe_array, NodeReader)
+                sources[i] = open_source(
+                    self.info, i, describe_array, partial(NodeReader, allowed=self.allowed)
+                )
             return sources[i]
 
         try:
@@ -522,7 +544,10 @@ class NodeReader:
         with _h5_lock:
             try:
                 ds = _h5_dataset(info, self.driver)
+                check_dataset_filters(ds, info.path, info.node, self.allowed)
                 out = np.asarray(ds[tuple(h5sel)])
+            except Daskh5Error:
+                raise
             except OSError as exc:
                 raise ChunkDecodeError(
                     f"{info.path}:{info.node}: HDF5 could not read {tuple(h5sel)}: {exc}. If a filter "
@@ -573,22 +598,193 @@ def _group(ids: np.ndarray) -> dict[int, np.ndarray]:
     return {int(v): part for v, part in zip(values, np.split(order, first[1:]))}
 
 
+_PIECE = _SPAN_MAX  # bytes of a contiguous read that is cut up afterwards (strided, points, sub-boxes)
+_DIRECT_PIECE = 8 << 20  # bytes per pread straight into the output
+
+
+def _fill_contiguous(read, base: int, shape: tuple[int, ...], dtype: np.dtype, sel, out: np.ndarray) -> None:
+    """Fill ``out`` with the outer selection ``sel`` of the C-ordered array ``shape`` at byte ``base``.
+
+    ``read(offset, size, target=None)`` returns exactly ``size`` bytes (into
+    ``target`` when given).  Boxes of whole rows are read straight into
+    ``out``; anything else reads runs of the rows it needs, at most
+    :data:`_PIECE` bytes at a time, and cuts the wanted elements out.  Rows
+    bigger than a piece are read row by row, one axis down.
+    """
+    if not sel:  # a scalar node
+        _read_direct(read, base, out.reshape(-1).view(np.uint8))
+        return
+    first, inner = sel[0], sel[1:]
+    row = dtype.itemsize * int(np.prod(shape[1:], dtype=np.int64))
+    whole = all(isinstance(s, tuple) and s == (0, n) for s, n in zip(inner, shape[1:]))
+    if isinstance(first, tuple) and whole and out.flags.c_contiguous:
+        _read_direct(read, base + first[0] * row, out.reshape(-1).view(np.uint8))
+        return
+    rows = _Rows.of(first)
+    dense = out if rows.inverse is None else np.empty((rows.n, *out.shape[1:]), dtype=out.dtype)
+    if row > _PIECE:
+        for k in range(rows.n):
+            _fill_contiguous(read, base + rows.at(k) * row, shape[1:], dtype, list(inner), dense[k])
+    else:
+
+        def cut(spans: list) -> None:
+            for i0, i1 in spans:
+                lo, hi = rows.at(i0), rows.at(i1 - 1) + 1
+                raw = read(base + lo * row, (hi - lo) * row)
+                view = np.frombuffer(raw, dtype=dtype).reshape((hi - lo, *shape[1:]))
+                dense[i0:i1] = _outer(rows.pick(view, i0, i1), inner)
+
+        _in_parallel(cut, rows.spans(row), dense.nbytes)
+    if rows.inverse is not None:
+        np.take(dense, rows.inverse, axis=0, out=out)
+
+
+class _Rows:
+    """The distinct rows a selection wants along one axis, in increasing order.
+
+    Evenly spaced rows (ranges, strided slices) are kept as ``start + k * step``,
+    so a block of millions of them costs no per-row arithmetic; others as an
+    array, with ``inverse`` mapping the wanted rows (any order, repeats) onto them.
+    """
+
+    __slots__ = ("array", "inverse", "n", "start", "step")
+
+    def __init__(self, n: int, start: int = 0, step: int | None = 1, array=None, inverse=None):
+        self.n, self.start, self.step, self.array, self.inverse = n, start, step, array, inverse
+
+    @classmethod
+    def of(cls, s) -> _Rows:
+        if isinstance(s, tuple):
+            return cls(s[1] - s[0], s[0])
+        if s.size < 2:
+            return cls(int(s.size), int(s[0]) if s.size else 0)
+        d = np.diff(s)
+        if (d > 0).all():
+            step = int(d[0])
+            return (
+                cls(int(s.size), int(s[0]), step)
+                if (d == step).all()
+                else cls(int(s.size), step=None, array=s)
+            )
+        uniq, inverse = np.unique(s, return_inverse=True)
+        return cls(int(uniq.size), step=None, array=uniq, inverse=inverse)
+
+    def at(self, k: int) -> int:
+        return self.start + k * self.step if self.step else int(self.array[k])
+
+    def pick(self, view: np.ndarray, i0: int, i1: int) -> np.ndarray:
+        """Rows ``i0:i1`` out of ``view``, which starts at row ``at(i0)``."""
+        if self.step:
+            return view[:: self.step]
+        local = self.array[i0:i1] - self.array[i0]
+        return view if int(local[-1]) + 1 == i1 - i0 else view[local]
+
+    def spans(self, row: int) -> list[tuple[int, int]]:
+        """Runs ``[i0, i1)`` read in one call each.
+
+        A run ends where the gap to the next wanted row is over :data:`_SPAN_GAP`
+        bytes or the run would pass :data:`_PIECE` bytes.
+        """
+        if self.n == 0:
+            return []
+        per_piece = max(1, _PIECE // row)
+        if self.step:
+            m = 1 if (self.step - 1) * row > _SPAN_GAP else max(1, (per_piece - 1) // self.step + 1)
+            return [(i, min(i + m, self.n)) for i in range(0, self.n, m)]
+        rows = self.array
+        gap = (np.diff(rows) - 1) * row > _SPAN_GAP
+        group = np.concatenate([[0], np.cumsum(gap)])
+        group_start = rows[np.concatenate([[0], np.flatnonzero(gap) + 1])][group]
+        piece = (rows - group_start) // per_piece
+        bounds = [0, *(np.flatnonzero((np.diff(group) != 0) | (np.diff(piece) != 0)) + 1).tolist(), self.n]
+        return list(itertools.pairwise(bounds))
+
+
+def _read_direct(read, offset: int, target: memoryview) -> None:
+    """Read ``len(target)`` bytes at ``offset`` into ``target``, in pieces spread over the pool."""
+    pieces = [(a, min(a + _DIRECT_PIECE, len(target))) for a in range(0, len(target), _DIRECT_PIECE)]
+
+    def fill(part: list) -> None:
+        for a, b in part:
+            read(offset + a, b - a, target[a:b])
+
+    _in_parallel(fill, pieces, len(target))
+
+
+def _outer(view: np.ndarray, inner) -> np.ndarray:
+    """Outer selection ``inner`` of the axes after the first of ``view``."""
+    boxes = (slice(None), *(slice(*s) if isinstance(s, tuple) else slice(None) for s in inner))
+    view = view[boxes]
+    for axis, s in enumerate(inner, start=1):
+        if not isinstance(s, tuple):
+            view = np.take(view, s, axis=axis)
+    return view
+
+
 _h5_lock = threading.Lock()
 _h5_files: dict[tuple[str, int, str | None], object] = {}
-_maps: dict[tuple[str, int, int], np.memmap] = {}
 
 
 def load_plugins() -> None:
+    """Import hdf5plugin if it is installed.
+
+    It registers every filter it ships with HDF5 for the whole process, the
+    allowed and the refused alike: every h5py read of node data must go
+    through :func:`check_dataset_filters` first.
+    """
     try:
         import hdf5plugin  # noqa: F401  registers LZ4, zstd, bzip2, blosc2... with h5py
     except ImportError:
         pass
 
 
-def check_filters_available(path: str, node: str, filters) -> None:
-    """Fail when the array is created, not when it is computed, if no one can decode a filter."""
+def refusal(path: str, node: str, refused: list[int]) -> UnsupportedFilterError:
+    """The error for a node whose pipeline uses filters outside the allowlist."""
+    names = ", ".join(f"{fid} ({filter_name(fid)})" for fid in refused)
+    opt_in = ", ".join(repr(FILTER_NAMES.get(fid, fid)) for fid in refused)
+    return UnsupportedFilterError(
+        f"{path}:{node} is compressed with HDF5 filter {names}, which daskh5 does not decode "
+        "unless told to: decoders outside its allowlist can end or crash the process on a damaged or "
+        f"crafted chunk. If you trust this file, pass allow_filters=[{opt_in}] (daskh5 stats: "
+        f"--allow-filter {FILTER_NAMES.get(refused[0], refused[0])})"
+    )
+
+
+def check_filters_allowed(path: str, node: str, filters, allowed: frozenset[int] = SAFE_FILTERS) -> None:
+    """Refuse a node whose filter pipeline uses a filter outside ``allowed``."""
+    refused = refused_filters(filters, allowed)
+    if refused:
+        raise refusal(path, node, refused)
+
+
+def dataset_filters(ds) -> tuple[tuple[int, tuple[int, ...]], ...]:
+    """The filter pipeline of an h5py dataset as stored now, ``((id, cd_values), ...)``."""
+    dcpl = ds.id.get_create_plist()
+    return tuple(
+        (int(fid), tuple(int(c) for c in cd))
+        for fid, _flags, cd, _name in (dcpl.get_filter(i) for i in range(dcpl.get_nfilters()))
+    )
+
+
+def check_dataset_filters(ds, path: str, node: str, allowed: frozenset[int] = SAFE_FILTERS) -> None:
+    """Call right before h5py reads ``ds``'s data: the file may have been replaced since it was described.
+
+    A virtual dataset's sources in the same file are checked too (HDF5 decodes
+    their chunks when the virtual dataset is read).
+    """
+    check_filters_allowed(path, node, dataset_filters(ds), allowed)
+    if ds.is_virtual:
+        for source in ds.virtual_sources():
+            if source.file_name == "." and source.dset_name in ds.file:
+                where = f"{node} (its source {source.dset_name})"
+                check_filters_allowed(path, where, dataset_filters(ds.file[source.dset_name]), allowed)
+
+
+def check_filters_available(path: str, node: str, filters, allowed: frozenset[int] = SAFE_FILTERS) -> None:
+    """Fail when the array is created, not when it is computed, if a filter is refused or missing."""
     import h5py
 
+    check_filters_allowed(path, node, filters, allowed)
     load_plugins()
     missing = [fid for fid, _cd in filters if not h5py.h5z.filter_avail(fid)]
     if missing:
@@ -617,16 +813,3 @@ def _h5_dataset(info: NodeInfo, driver: str | None):
         return ds
     del ds
     return with_origin(f, info.node, layout)
-
-
-def _memmap(path: str, offset: int, nbytes: int, dtype: np.dtype) -> np.ndarray:
-    st = os.stat(path)
-    key = (path, st.st_mtime_ns, offset)
-    with _h5_lock:
-        m = _maps.get(key)
-        if m is None:
-            for old in [k for k in _maps if k[0] == path]:
-                del _maps[old]
-            m = np.memmap(path, dtype=dtype, mode="r", offset=offset, shape=(nbytes // dtype.itemsize,))
-            _maps[key] = m
-    return m

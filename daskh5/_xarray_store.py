@@ -31,6 +31,7 @@ import warnings
 
 import numpy as np
 
+from daskh5._codecs import SAFE_FILTERS, refused_filters
 from daskh5._containment import walk
 from daskh5._h5types import (
     LibraryReader,
@@ -54,7 +55,7 @@ from daskh5._netcdf import (
 )
 from daskh5._nodes import describe_array, lookup, node_kind, open_h5
 from daskh5._pandas import is_bookkeeping, pandas_entries
-from daskh5._reader import NodeReader
+from daskh5._reader import NodeReader, dataset_filters, refusal
 from daskh5._safe_tables import restricted_loads
 from daskh5.errors import Daskh5Error, ExternalDataError, NodeNotFound
 
@@ -203,7 +204,14 @@ def _is_record(obj) -> bool:
 
 
 def _leaf_entries(
-    path, obj, kind, decode_pickles, layout: GroupDims | None = None, key=None, allow_external=False
+    path,
+    obj,
+    kind,
+    decode_pickles,
+    layout: GroupDims | None = None,
+    key=None,
+    allow_external=False,
+    allowed=SAFE_FILTERS,
 ) -> list[Entry]:
     f = obj.file
     path = f.filename  # an opted-in external link's node lives in its target file
@@ -221,7 +229,7 @@ def _leaf_entries(
         encoding["chunksizes"] = tuple(obj.chunks) if obj.chunks else None
     else:
         info = describe_array(path, obj.name, allow_table=True, f=f, allow_external=allow_external)
-        reader, encoding = NodeReader(info, f=f), _array_encoding(info, system)
+        reader, encoding = NodeReader(info, f=f, allowed=allowed), _array_encoding(info, system)
     shape = reader.shape
     times = time_layout(obj.id.get_type())
     if from_scales is not None and len(from_scales) == len(shape):
@@ -256,13 +264,13 @@ def _flatten_fields(dtype: np.dtype, prefix=()) -> list[tuple[tuple[str, ...], n
 
 
 def _table_entries(
-    path, obj, decode_pickles, prefix: str, layout=None, key=None, allow_external=False
+    path, obj, decode_pickles, prefix: str, layout=None, key=None, allow_external=False, allowed=SAFE_FILTERS
 ) -> list[Entry]:
     """One entry per (nested) field of a Table or compound dataset, along its axes."""
     path = obj.file.filename  # an opted-in external link's node lives in its target file
     info = describe_array(path, obj.name, allow_table=True, f=obj.file, allow_external=allow_external)
     user, system = split_attrs(obj.attrs, decode_pickles)
-    reader = NodeReader(info, f=obj.file)
+    reader = NodeReader(info, f=obj.file, allowed=allowed)
     enc = _array_encoding(info, system)
     mixed = compound_with_times(obj.id.get_type())
     times = mixed[1] if mixed is not None else {}
@@ -279,12 +287,35 @@ def _table_entries(
     return out
 
 
-def group_variables(path: str, group: str, decode_pickles: bool = False, allow_external: bool = False):
+def _refused(obj, path: str, allowed, names: list[str]) -> Daskh5Error | None:
+    """The error for a dataset whose filters are outside ``allowed``, or None."""
+    try:
+        filters = dataset_filters(obj)
+    except Exception:  # damaged metadata: describe_array says so, and the node is skipped
+        return None
+    refused = refused_filters(filters, allowed)
+    if not refused:
+        return None
+    exc = refusal(path, obj.name, refused)
+    return type(exc)(f"{exc}; or open the rest with drop_variables={names!r}")
+
+
+def group_variables(
+    path: str,
+    group: str,
+    decode_pickles: bool = False,
+    allow_external: bool = False,
+    allowed=SAFE_FILTERS,
+    drop=frozenset(),
+):
     """(entries, group attributes, skipped-node messages, stored coordinate names) of one group.
 
     A child whose values live outside the file raises
     :class:`~daskh5.errors.ExternalDataError` unless ``allow_external``; a link
     name containing ``/`` (it would alias another node) is skipped with a note.
+    A node whose filters are outside ``allowed`` raises
+    :class:`~daskh5.UnsupportedFilterError` (opting in is the caller's decision)
+    unless all its variables are in ``drop``.
     """
     import h5py
 
@@ -293,7 +324,7 @@ def group_variables(path: str, group: str, decode_pickles: bool = False, allow_e
         if not isinstance(g, h5py.Group):
             raise NodeNotFound(f"{path}: {group!r} is a {node_kind(g)}, not a group")
         gattrs, gsystem = split_attrs(g.attrs, decode_pickles)
-        pandas = pandas_entries(path, g, decode_pickles, allow_external)
+        pandas = pandas_entries(path, g, decode_pickles, allow_external, allowed)
         if pandas is not None:  # pandas' bookkeeping (pickled column lists...) is not user metadata
             data, coords, coord_names, skipped = pandas
             for e in coords + data:
@@ -312,19 +343,32 @@ def group_variables(path: str, group: str, decode_pickles: bool = False, allow_e
                 continue
             kind = node_kind(obj)
             reason = skip_reason(obj) if kind != "VLArray" else None
+            names, prefix = [child], ""
+            if child in tables and reason is None:
+                fields = _flatten_fields(numpy_dtype(obj))
+                names = [".".join(fp) for fp, _ in fields]
+                if len(tables) > 1 or any(n in leaf_names for n in names):
+                    prefix = f"{child}."
+                    names = [prefix + n for n in names]
+            if reason is None and kind in ("Table", "Array", "CArray", "EArray", "Dataset"):
+                if names and all(n in drop for n in names):
+                    continue
+                refused = _refused(obj, path, allowed, names)
+                if refused is not None:  # the caller's decision to make: an error, not a skipped node
+                    raise refused
             try:
                 if reason is not None:
                     skipped.append(f"{g.name.rstrip('/')}/{child} ({reason})")
                 elif child in tables:
-                    fields = _flatten_fields(numpy_dtype(obj))
-                    clash = len(tables) > 1 or any(".".join(fp) in leaf_names for fp, _ in fields)
                     entries += _table_entries(
-                        path, obj, decode_pickles, f"{child}." if clash else "", layout, child, allow_external
+                        path, obj, decode_pickles, prefix, layout, child, allow_external, allowed
                     )
                 elif kind == "VLArray":
                     skipped.append(f"{obj.name} (VLArray: read it with daskh5.read_ragged)")
                 elif kind in ("Array", "CArray", "EArray", "Dataset"):
-                    entries += _leaf_entries(path, obj, kind, decode_pickles, layout, child, allow_external)
+                    entries += _leaf_entries(
+                        path, obj, kind, decode_pickles, layout, child, allow_external, allowed
+                    )
                 else:
                     skipped.append(f"{obj.name} ({kind})")
             except ExternalDataError:

@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from daskh5._chunking import resolve_chunks
+from daskh5._codecs import allowed_filters
 from daskh5._inputs import resolve
 from daskh5._nodes import describe_array
 from daskh5._reader import NodeReader
@@ -55,6 +56,7 @@ def from_pytables(
     name: str | None = None,
     inline_array: bool = False,
     allow_external: bool = False,
+    allow_filters=(),
 ) -> da.Array:
     """A lazy dask array over an Array, CArray or EArray node of an HDF5 file.
 
@@ -98,6 +100,13 @@ def from_pytables(
         Off by default, because a crafted file can point at any file the
         process can read: such nodes raise :class:`daskh5.ExternalDataError`
         (see :doc:`/user-guide/safety`).
+    allow_filters : iterable of int or str, optional
+        HDF5 filters to decode beyond daskh5's allowlist (zlib, shuffle,
+        fletcher32, LZO, bzip2, blosc, LZ4, bitshuffle, zstd, blosc2), by id
+        or name, e.g. ``["sz3"]`` or ``[32017]``.  Only for files you trust:
+        some decoders (SZ, SZ3, SPERR) end or crash the process on a damaged
+        chunk.  A node using any other filter raises
+        :class:`~daskh5.UnsupportedFilterError` here, before any data is read.
 
     Returns
     -------
@@ -109,7 +118,8 @@ def from_pytables(
     FileNotFoundError, KeyError, TypeError, OSError
         As daskh5 subclasses (:mod:`daskh5.errors`) naming the file and node;
         :class:`daskh5.ExternalDataError` (a ``PermissionError``) for values
-        stored outside the file without ``allow_external``.
+        stored outside the file without ``allow_external``;
+        :class:`~daskh5.UnsupportedFilterError` for a filter outside the allowlist.
 
     Examples
     --------
@@ -133,8 +143,9 @@ def from_pytables(
     if handle is not None:
         driver = driver or _tables_driver(handle, node)
     driver = _normalize_driver(driver)
+    allowed = allowed_filters(allow_filters)
     info = describe_array(path, node, allow_external=allow_external)
-    reader = NodeReader(info, driver=driver)
+    reader = NodeReader(info, driver=driver, allowed=allowed)
     chunks = resolve_chunks(chunks, info.shape, info.chunkshape, info.dtype)
     name = name or "from-pytables-" + tokenize(reader, chunks)
     meta = np.empty((0,) * len(info.shape), dtype=info.dtype)

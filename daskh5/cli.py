@@ -15,6 +15,7 @@ import time
 
 import numpy as np
 
+from daskh5._codecs import filter_name, refused_filters
 from daskh5._optional import require
 from daskh5.errors import Daskh5Error
 
@@ -55,7 +56,7 @@ def describe_filters(filters) -> str:
         elif fid == 3:
             names.append("fletcher32")
         else:
-            names.append(f"filter {fid}")
+            names.append(filter_name(fid))
     return ", ".join(names) or "none"
 
 
@@ -104,6 +105,9 @@ def _node_record(obj, budget: int, allow_external: bool = False) -> dict:
     outside = outside_reason(obj)
     if outside:  # what it points to (names from the file's metadata), never its values
         rec.update(outside=outside, refused=not allow_external)
+    refused = refused_filters(filters)
+    if refused:  # shown, never decoded: reading it needs allow_filters (--allow-filter)
+        rec["refused_filters"] = [{"id": fid, "name": filter_name(fid)} for fid in refused]
     if dtype.names is not None:
         rec["columns"] = list(dtype.names)
     if kind == "VLArray" or dtype.kind == "O":
@@ -274,6 +278,9 @@ def format_info(report: dict) -> str:
             text += f"  dask: {d['blocks']} x {tuple(d['block_shape'])} ({_size(d['block_bytes'])})"
         if "columns" in r:
             text += f"  columns: {', '.join(r['columns'])}"
+        if "refused_filters" in r:
+            names = ", ".join(f"{x['id']} ({x['name']})" for x in r["refused_filters"])
+            text += f"  REFUSED: filter {names} is not on daskh5's allowlist (see --allow-filter)"
         if "warning" in r:
             text += f"  WARNING: {r['warning']}"
         if "note" in r:
@@ -380,6 +387,7 @@ def run_stats(
     budget="64MiB",
     compute_kwargs=None,
     allow_external=False,
+    allow_filters=(),
     *,
     client=None,
     progress=False,
@@ -387,17 +395,20 @@ def run_stats(
     """Per-label statistics of ``data`` by ``labels`` in one file (what ``daskh5 stats`` prints).
 
     ``allow_external``: read nodes whose values are stored outside the file (see
-    :func:`daskh5.from_pytables`). ``progress``: a bar over the blocks as their
-    partial statistics finish (on ``client``'s cluster when one is given).
+    :func:`daskh5.from_pytables`). ``allow_filters``: HDF5 filters to decode
+    beyond the allowlist (``--allow-filter``). ``progress``: a bar over the
+    blocks as their partial statistics finish (on ``client``'s cluster when one
+    is given).
     """
     from daskh5._progress import compute_with_progress
     from daskh5.array import from_pytables
     from daskh5.stats import label_stats
 
-    x = from_pytables(path, data, chunks=budget, allow_external=allow_external)
-    y = from_pytables(path, labels, chunks=budget, allow_external=allow_external)
+    opts = {"allow_external": allow_external, "allow_filters": allow_filters}
+    x = from_pytables(path, data, chunks=budget, **opts)
+    y = from_pytables(path, labels, chunks=budget, **opts)
     if y.ndim == 1 and y.shape[0] == x.shape[0]:  # row for row with the data blocks
-        y = from_pytables(path, labels, chunks=(x.chunks[0],), allow_external=allow_external)
+        y = from_pytables(path, labels, chunks=(x.chunks[0],), **opts)
     if y.ndim != 1:
         raise CommandError(f"{path}:{labels} has shape {y.shape}; labels must be one value per row of {data}")
     if y.shape[0] != x.shape[0]:
@@ -430,6 +441,7 @@ def _cmd_stats(args) -> int:
             args.budget,
             kwargs,
             allow_external=args.allow_external,
+            allow_filters=args.allow_filter,
             client=client,
             progress=not args.no_progress,
         )
@@ -701,6 +713,14 @@ def _parser() -> argparse.ArgumentParser:
     q.add_argument("--plot", metavar="PNG", help="also save a plot of the statistics")
     q.add_argument("--no-progress", action="store_true", help="no progress bar")
     _external_flag(q)
+    q.add_argument(
+        "--allow-filter",
+        action="append",
+        default=[],
+        metavar="FILTER",
+        help="also decode this HDF5 filter (id or name, e.g. sz3; repeatable): only for files you trust, "
+        "some decoders crash the process on a damaged chunk",
+    )
     q.set_defaults(run=_cmd_stats)
     return p
 

@@ -17,12 +17,13 @@ import numpy as np
 
 from daskh5 import _files
 from daskh5._chunking import resolve_budget
+from daskh5._codecs import SAFE_FILTERS, allowed_filters
 from daskh5._containment import check_storage, with_origin
 from daskh5._inputs import resolve
 from daskh5._layout import RaggedLayout, find_layout
 from daskh5._nodes import describe_array, lookup, open_file
 from daskh5._optional import require
-from daskh5._reader import NodeReader, load_plugins
+from daskh5._reader import NodeReader, check_dataset_filters, load_plugins
 from daskh5.errors import RaggedLayoutError
 
 if TYPE_CHECKING:
@@ -71,11 +72,17 @@ _files._close_hooks.append(_close_vl_files)
 
 
 def _vl_rows(
-    path: str, node: str, rows, driver: str | None = None, allow_external: bool = False
+    path: str,
+    node: str,
+    rows,
+    driver: str | None = None,
+    allow_external: bool = False,
+    allowed: frozenset[int] = SAFE_FILTERS,
 ) -> list[np.ndarray]:
     """VLArray rows ``rows`` (a slice or sorted index array) in one h5py read.
 
-    The node's links and storage are checked again (the file may have been replaced).
+    The node's links, storage and filters are checked again right before h5py
+    reads (the file may have been replaced since the layout was opened).
     """
     load_plugins()
     mtime = os.stat(path).st_mtime_ns
@@ -88,6 +95,7 @@ def _vl_rows(
             f = _vl_files[(path, mtime, driver)] = open_file(path, h5driver)
         ds = lookup(f, node, allow_external=allow_external)
         layout = check_storage(ds, f"{path}:{node}", allow_external=allow_external)
+        check_dataset_filters(ds, path, node, allowed)
         if layout in ("external", "virtual"):  # HDF5 reads these itself: names relative to the file
             del ds
             ds = with_origin(f, node, layout)
@@ -118,9 +126,18 @@ def _fix_vl(rows, layout_dtype: np.dtype, shapes, atom_shape, first: int, path: 
 
 
 def _read_vl_run(
-    path, node, dtype, i0: int, i1: int, shapes, atom_shape, driver=None, allow_external=False
+    path,
+    node,
+    dtype,
+    i0: int,
+    i1: int,
+    shapes,
+    atom_shape,
+    driver=None,
+    allow_external=False,
+    allowed=SAFE_FILTERS,
 ) -> list[np.ndarray]:
-    rows = _vl_rows(path, node, slice(i0, i1), driver, allow_external)
+    rows = _vl_rows(path, node, slice(i0, i1), driver, allow_external, allowed)
     return _fix_vl(rows, dtype, shapes, atom_shape, i0, path, node)
 
 
@@ -148,6 +165,7 @@ class RaggedArray(Sequence):
             NodeReader(
                 describe_array(layout.path, layout.node, allow_external=layout.allow_external),
                 driver=layout.driver,
+                allowed=layout.allowed,
             )
             if layout.kind == "flat"
             else None
@@ -220,7 +238,16 @@ class RaggedArray(Sequence):
         if lay.kind == "flat":
             return _split_flat(self._flat, lay.starts[i0:i1], lay.stops[i0:i1], shapes, lay.ndim)
         return _read_vl_run(
-            lay.path, lay.node, lay.dtype, i0, i1, shapes, lay.atom_shape, lay.driver, lay.allow_external
+            lay.path,
+            lay.node,
+            lay.dtype,
+            i0,
+            i1,
+            shapes,
+            lay.atom_shape,
+            lay.driver,
+            lay.allow_external,
+            lay.allowed,
         )
 
     def _take(self, idx: np.ndarray) -> list[np.ndarray]:
@@ -239,7 +266,7 @@ class RaggedArray(Sequence):
             shapes = None if lay.shapes is None else lay.shapes[idx]
             return _split(values, ends - lengths, ends, shapes, lay.ndim)
         order = np.unique(idx)
-        rows = _vl_rows(lay.path, lay.node, order, lay.driver, lay.allow_external)
+        rows = _vl_rows(lay.path, lay.node, order, lay.driver, lay.allow_external, lay.allowed)
         shapes = None if lay.shapes is None else lay.shapes[order]
         fixed = _fix_vl(rows, lay.dtype, shapes, lay.atom_shape, 0, lay.path, lay.node)
         where = np.searchsorted(order, idx)
@@ -356,6 +383,7 @@ class RaggedArray(Sequence):
                     lay.atom_shape,
                     lay.driver,
                     lay.allow_external,
+                    lay.allowed,
                 )
         if not runs:
             layer[(name, 0)] = (list, ())
@@ -440,6 +468,7 @@ def open_ragged(
     shape: str | None = None,
     driver: str | None = None,
     allow_external: bool = False,
+    allow_filters=(),
 ) -> RaggedArray:
     """Open a ragged collection for random access.
 
@@ -458,6 +487,9 @@ def open_ragged(
         outside the file (external links, EXTERNAL storage, virtual datasets
         over other files), relative to the file's directory. Off by default:
         :class:`daskh5.ExternalDataError` (see :doc:`/user-guide/safety`).
+    allow_filters : iterable of int or str, optional
+        HDF5 filters to decode beyond daskh5's allowlist, by id or name
+        (``["sz3"]``), for files you trust (as for :func:`daskh5.from_pytables`).
 
     Examples
     --------
@@ -472,8 +504,11 @@ def open_ragged(
     from daskh5.array import _normalize_driver
 
     driver = _normalize_driver(driver)
+    allowed = allowed_filters(allow_filters)
     path, node, _ = resolve(path, node)
-    return RaggedArray(find_layout(path, node, start_stop, shape, driver, allow_external=allow_external))
+    return RaggedArray(
+        find_layout(path, node, start_stop, shape, driver, allow_external=allow_external, allowed=allowed)
+    )
 
 
 def read_ragged(
@@ -485,6 +520,7 @@ def read_ragged(
     shape: str | None = None,
     driver: str | None = None,
     allow_external: bool = False,
+    allow_filters=(),
 ) -> db.Bag:
     """A dask bag of the samples of a ragged collection, reshaped to their true shapes.
 
@@ -495,8 +531,8 @@ def read_ragged(
     dask's threaded scheduler unless a scheduler is given (``scheduler=``,
     ``dask.config``, a ``distributed`` client): samples are NumPy arrays, so
     threads run in parallel, and a script needs no ``__main__`` guard.
-    ``start_stop``, ``shape``, ``driver`` and ``allow_external`` are as for
-    :func:`open_ragged`.
+    ``start_stop``, ``shape``, ``driver``, ``allow_external`` and
+    ``allow_filters`` are as for :func:`open_ragged`.
 
     Examples
     --------
@@ -507,6 +543,7 @@ def read_ragged(
     [1, 2, 3, 4, 5]
     """
     ragged = open_ragged(
-        path, node, start_stop=start_stop, shape=shape, driver=driver, allow_external=allow_external
-    )
+        path, node, start_stop=start_stop, shape=shape, driver=driver, allow_external=allow_external,
+        allow_filters=allow_filters,
+    )  # fmt: skip
     return ragged.to_bag(partition_size)

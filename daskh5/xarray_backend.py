@@ -19,6 +19,7 @@ from collections.abc import Iterable
 
 import numpy as np
 
+from daskh5._codecs import SAFE_FILTERS, allowed_filters
 from daskh5._h5types import padded, to_datetimes
 from daskh5._inputs import resolve
 from daskh5._xarray_store import assign_dims, group_unlimited, group_variables, list_groups, warn_skipped
@@ -92,9 +93,11 @@ class PyTablesStore(AbstractDataStore):
         dims: dict | None = None,
         decode_pickles: bool = False,
         allow_external: bool = False,
+        allowed: frozenset[int] = SAFE_FILTERS,
+        drop: frozenset[str] = frozenset(),
     ):
         self.path, self.group = path, group or "/"
-        found = group_variables(path, self.group, decode_pickles, allow_external)
+        found = group_variables(path, self.group, decode_pickles, allow_external, allowed, drop)
         entries, self.attrs, skipped, self.coord_names = found
         warn_skipped(path, self.group, skipped)
         assign_dims(entries, dims)
@@ -136,9 +139,13 @@ class PyTablesBackendEntrypoint(BackendEntrypoint):
     hold only plain builtins; off by default: they stay undecoded bytes),
     ``allow_external`` (read variables whose values are stored outside the file:
     external links, EXTERNAL storage, virtual datasets over other files; off by
-    default: :class:`daskh5.ExternalDataError`). ``auto_complex`` is accepted
-    for netCDF4-engine compatibility: complex numbers (HDF5 compounds of ``r``
-    and ``i``) are always read as complex.
+    default: :class:`daskh5.ExternalDataError`), ``allow_filters`` (HDF5 filters
+    to decode beyond daskh5's allowlist, by id or name, for files you trust, as
+    for :func:`daskh5.from_pytables`; a node using another filter raises
+    :class:`~daskh5.UnsupportedFilterError` unless ``drop_variables`` names all
+    its variables). ``auto_complex`` is accepted for netCDF4-engine
+    compatibility: complex numbers (HDF5 compounds of ``r`` and ``i``) are
+    always read as complex.
     """
 
     description = (
@@ -149,7 +156,7 @@ class PyTablesBackendEntrypoint(BackendEntrypoint):
     open_dataset_parameters = (
         "filename_or_obj", "drop_variables", "mask_and_scale", "decode_times", "concat_characters",
         "decode_coords", "use_cftime", "decode_timedelta", "group", "dims", "decode_pickles", "allow_external",
-        "auto_complex",
+        "allow_filters", "auto_complex",
     )  # fmt: skip
 
     def guess_can_open(self, filename_or_obj) -> bool:
@@ -181,10 +188,14 @@ class PyTablesBackendEntrypoint(BackendEntrypoint):
         dims: dict | None = None,
         decode_pickles: bool = False,
         allow_external: bool = False,
+        allow_filters=(),
         auto_complex: bool | None = None,
     ) -> xr.Dataset:
         path, group, _ = resolve(filename_or_obj, group, need_node=False)
-        store = PyTablesStore(path, group or "/", dims, decode_pickles, allow_external)
+        drop = {drop_variables} if isinstance(drop_variables, str) else set(drop_variables or ())
+        store = PyTablesStore(
+            path, group or "/", dims, decode_pickles, allow_external, allowed_filters(allow_filters), drop
+        )
         ds = StoreBackendEntrypoint().open_dataset(
             store,
             mask_and_scale=mask_and_scale,
@@ -213,6 +224,7 @@ class PyTablesBackendEntrypoint(BackendEntrypoint):
         dims: dict | None = None,
         decode_pickles: bool = False,
         allow_external: bool = False,
+        allow_filters=(),
         auto_complex: bool | None = None,
     ) -> dict[str, xr.Dataset]:
         path, group, _ = resolve(filename_or_obj, group, need_node=False)
@@ -221,6 +233,7 @@ class PyTablesBackendEntrypoint(BackendEntrypoint):
             concat_characters=concat_characters, decode_coords=decode_coords, use_cftime=use_cftime,
             decode_timedelta=decode_timedelta, dims=dims, decode_pickles=decode_pickles,
             allow_external=allow_external,
+            allow_filters=allow_filters,
         )  # fmt: skip
         groups = list_groups(path, group, allow_external)
         root = groups[0]

@@ -1167,7 +1167,6 @@ def _close_caches() -> None:
                 except Exception:
                     pass
             cache.clear()
-        _reader._maps.clear()
     except Exception:
         pass
 

@@ -26,11 +26,11 @@ def seed_file(h5path):
 
 
 class ReadCounter:
-    """Counts every way daskh5 touches node data: pread, memory maps and h5py reads."""
+    """Counts every way daskh5 touches node data: pread and h5py reads."""
 
     def __init__(self, monkeypatch):
         self.calls = 0
-        for name in ["pread_exact", "_memmap", "_h5_dataset"]:
+        for name in ["pread_exact", "_h5_dataset"]:
             original = getattr(_reader, name)
             monkeypatch.setattr(_reader, name, self._wrap(original))
 

@@ -167,3 +167,31 @@ def test_row_path_matches_the_general_path(tmp_path, filters, start, length, wri
     np.testing.assert_array_equal(got, expected[start:stop])
     index = reader.index
     np.testing.assert_array_equal(reader._read_box(sel, index, None), got)
+
+
+@pytest.mark.parametrize(
+    "piece, direct, gap",
+    [(100, 64, 0), (600, 1000, 40), (7, 3, 1 << 20)],
+    ids=["rows-bigger-than-a-piece", "pieces-of-rows", "tiny-pieces-big-gaps"],
+)
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(key=selections)
+def test_contiguous_reads_in_bounded_pieces(files, monkeypatch, piece, direct, gap, key):
+    """Contiguous nodes read in pieces (rows split one axis down when a row is bigger than a piece)."""
+    from daskh5 import _reader
+
+    path, data = files
+    monkeypatch.setattr(_reader, "_PIECE", piece)
+    monkeypatch.setattr(_reader, "_DIRECT_PIECE", direct)
+    monkeypatch.setattr(_reader, "_SPAN_GAP", gap)
+    sizes = []
+    pread = _reader.pread_exact
+
+    def recorded(path, offset, size, *args, **kwargs):
+        sizes.append(size)
+        return pread(path, offset, size, *args, **kwargs)
+
+    monkeypatch.setattr(_reader, "pread_exact", recorded)
+    reader = NodeReader(describe_array(path, "/contig"))
+    np.testing.assert_array_equal(reader[key], outer(data, key))
+    assert max(sizes, default=0) <= max(piece, direct, data.itemsize)

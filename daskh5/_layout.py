@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from daskh5._nodes import describe_array, lookup, node_kind, open_h5
+from daskh5._nodes import describe_array, has_node, lookup, node_kind, node_name, open_h5
 from daskh5._reader import NodeReader, check_filters_available
 from daskh5.errors import NodeKindError, NodeNotFound, RaggedLayoutError
 
@@ -121,7 +121,7 @@ def find_layout(
 
     with open_h5(path) as f:
         obj = lookup(f, node)
-        node = obj.name
+        node = node_name(obj.name)
         path = f.filename
         kind = node_kind(obj)
         attrs = obj.attrs
@@ -162,7 +162,7 @@ def find_layout(
                     "node (use daskh5.from_pytables for regular arrays)"
                 )
             start_stop = start_stop or _sibling(node, "_start_and_stop")
-            if start_stop not in f:
+            if not has_node(f, start_stop):
                 raise NodeNotFound(
                     f"{path}: {node} is a {kind} without a start/stop column: no node {start_stop!r}. "
                     "Pass start_stop='/path/to/offsets' if it has another name"
@@ -173,9 +173,9 @@ def find_layout(
                 f"{path}:{node} is a {kind}; ragged data is a VLArray or a 1-d array with side columns"
             )
         shape_default = _sibling(node, "_shape")
-        if shape is None and shape_default in f:
+        if shape is None and has_node(f, shape_default):
             shape = shape_default
-        if shape is not None and shape not in f:
+        if shape is not None and not has_node(f, shape):
             raise NodeNotFound(f"{path}: no shape column {shape!r} for {node}")
 
     if layout_kind == "flat":

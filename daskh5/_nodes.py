@@ -26,7 +26,18 @@ from daskh5.errors import (
     UnsupportedDtypeError,
 )
 
-__all__ = ["NodeInfo", "describe_array", "lookup", "maybe_open", "node_kind", "open_file", "open_h5"]
+__all__ = [
+    "NodeInfo",
+    "describe_array",
+    "h5_key",
+    "has_node",
+    "lookup",
+    "maybe_open",
+    "node_kind",
+    "node_name",
+    "open_file",
+    "open_h5",
+]
 
 #: PyTables' ``CLASS`` attribute -> the name users know.
 _PYTABLES_CLASSES = {
@@ -177,7 +188,7 @@ def _nearest(f, node: str, n: int = 5) -> list[str]:
     names: list[str] = []
 
     def visit(name: str) -> None:
-        names.append("/" + name)
+        names.append("/" + node_name(name))
         return None if len(names) < 100_000 else True
 
     f.visit(visit)
@@ -185,15 +196,71 @@ def _nearest(f, node: str, n: int = 5) -> list[str]:
     return close or sorted(names)[:n]
 
 
+def node_name(name: str | bytes) -> str:
+    r"""An HDF5 name as text; bytes that are not UTF-8 become surrogates, as :func:`os.fsdecode` does.
+
+    h5py hands out a link name that is not valid UTF-8 as ``bytes``.
+
+    >>> node_name(b"/caf\xc3\xa9"), node_name(b"/x\xff")
+    ('/café', '/x\udcff')
+    """
+    if isinstance(name, (bytes, np.bytes_)):
+        return bytes(name).decode("utf-8", "surrogateescape")
+    return name
+
+
+def h5_key(node: str) -> str | bytes:
+    r"""What to give h5py for the name ``node``: the original bytes if it holds surrogates.
+
+    >>> h5_key("/data"), h5_key("/x\udcff")
+    ('/data', b'/x\xff')
+    """
+    if not isinstance(node, str):
+        return node
+    try:
+        node.encode("utf-8")
+    except UnicodeEncodeError:
+        return node.encode("utf-8", "surrogateescape")
+    return node
+
+
+def has_node(f, node: str) -> bool:
+    """``node in f`` for any name (h5py's ``in`` fails on a name that is not UTF-8)."""
+    try:
+        f[h5_key(node)]
+    except (KeyError, UnicodeDecodeError) as exc:
+        if isinstance(exc, KeyError) or _missing(exc):
+            return False
+        raise
+    return True
+
+
+def _missing(exc: BaseException) -> bool:
+    """Whether h5py's error says there is no such object.
+
+    For a name that is not UTF-8, h5py fails to decode its own "doesn't exist"
+    message (which quotes the name) and raises ``UnicodeDecodeError`` instead.
+    """
+    if isinstance(exc, UnicodeDecodeError):
+        return True
+    return isinstance(exc, KeyError) and ("doesn't exist" in str(exc) or "not found" in str(exc).lower())
+
+
 def lookup(f, node: str):
-    """The h5py object at ``node`` or a :class:`NodeNotFound` naming the nearest nodes."""
+    """The h5py object at ``node`` or a :class:`NodeNotFound` naming the nearest nodes.
+
+    ``node`` may hold surrogates for bytes of a name that is not UTF-8 (see
+    :func:`node_name`), or be those bytes.
+    """
+    if isinstance(node, (bytes, np.bytes_)):
+        node = node_name(node)
     if not isinstance(node, str) or not node:
         raise NodeNotFound(f"{f.filename}: node must be a path like '/data', got {node!r}")
     key = node if node.startswith("/") else "/" + node
     try:
-        return f[key]
-    except KeyError as exc:
-        if "doesn't exist" not in str(exc) and "not found" not in str(exc).lower():
+        return f[h5_key(key)]
+    except (KeyError, UnicodeDecodeError) as exc:
+        if not _missing(exc):
             raise NotHDF5Error(
                 f"{f.filename}: node {key!r} is listed but cannot be opened ({exc}); the file's "
                 "metadata is damaged: re-copy it"
@@ -332,7 +399,7 @@ def describe_array(
     st = os.stat(path) if os.path.exists(path) else None
     with maybe_open(path, f) as f:
         obj = lookup(f, node)
-        name = obj.name
+        name = node_name(obj.name)
         where = f"{path}:{name}"
         kind = node_kind(obj)
         table_ok = allow_table and kind == "Table" and isinstance(obj, h5py.Dataset)

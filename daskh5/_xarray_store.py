@@ -29,7 +29,7 @@ import warnings
 
 import numpy as np
 
-from daskh5._nodes import describe_array, lookup, node_kind, open_h5
+from daskh5._nodes import describe_array, h5_key, has_node, lookup, node_kind, node_name, open_h5
 from daskh5._reader import NodeReader
 from daskh5._safe_tables import restricted_loads
 from daskh5.errors import Daskh5Error, NodeNotFound
@@ -103,11 +103,12 @@ def list_groups(path: str, group: str | None = None) -> list[str]:
         start = lookup(f, root) if root != "/" else f
         if not isinstance(start, h5py.Group):
             raise NodeNotFound(f"{path}: {root!r} is not a group")
-        out = [start.name]
+        out = [node_name(start.name)]
 
         def visit(name, obj):
+            name = node_name(name)
             if isinstance(obj, h5py.Group) and not any(p in _GROUP_SKIP for p in name.split("/")):
-                out.append(f"{start.name.rstrip('/')}/{name}")
+                out.append(f"{out[0].rstrip('/')}/{name}")
 
         start.visititems(visit)
     return sorted(out, key=lambda p: (p.count("/"), p))
@@ -129,7 +130,7 @@ def _scale_names(ds) -> tuple[str, ...] | None:
         names = []
         for dim in ds.dims:
             if len(dim):
-                names.append(dim[0].name.rsplit("/", 1)[-1])
+                names.append(node_name(dim[0].name).rsplit("/", 1)[-1])
             elif dim.label:
                 names.append(dim.label)
             else:
@@ -165,9 +166,9 @@ def _leaf_entries(path, obj, kind, decode_pickles) -> list[Entry]:
     stored = system.get(ATTR_DIMS)
     hint = tuple(stored.split(",")) if isinstance(stored, str) and stored else None
     axis_names = hint or _scale_names(obj)
-    name = obj.name.rsplit("/", 1)[-1]
+    name = info.node.rsplit("/", 1)[-1]
     return [Entry(name, NodeReader(info, f=f), None, None, user, _array_encoding(info, system), info.shape, info.dtype,
-                  obj.name, axis_names)]  # fmt: skip
+                  info.node, axis_names)]  # fmt: skip
 
 
 def _flatten_fields(dtype: np.dtype, prefix=()) -> list[tuple[tuple[str, ...], np.dtype]]:
@@ -192,7 +193,7 @@ def _table_entries(path, obj, decode_pickles, prefix: str) -> list[Entry]:
         base, extra = sub.subdtype if sub.subdtype else (sub, ())
         name = prefix + ".".join(field)
         out.append(
-            Entry(name, reader, field, None, dict(user), dict(enc), (*info.shape, *extra), base, obj.name)
+            Entry(name, reader, field, None, dict(user), dict(enc), (*info.shape, *extra), base, info.node)
         )
     return out
 
@@ -300,11 +301,12 @@ def group_variables(path: str, group: str, decode_pickles: bool = False):
                 e.encoding["pandas_attrs"] = gattrs
             return coords + data, {}, [], coord_names
         entries, skipped = [], []
-        children = sorted(g.keys())
-        tables = [c for c in children if isinstance(g[c], h5py.Dataset) and node_kind(g[c]) == "Table"]
+        children = sorted(node_name(k) for k in g.keys())
+        objs = {c: g[h5_key(c)] for c in children}
+        tables = [c for c in children if isinstance(objs[c], h5py.Dataset) and node_kind(objs[c]) == "Table"]
         leaf_names = {c for c in children if c not in tables}
         for child in children:
-            obj = g[child]
+            obj = objs[child]
             if not isinstance(obj, h5py.Dataset):
                 continue
             kind = node_kind(obj)
@@ -314,14 +316,14 @@ def group_variables(path: str, group: str, decode_pickles: bool = False):
                     clash = len(tables) > 1 or any(n in leaf_names for n in names)
                     entries += _table_entries(path, obj, decode_pickles, f"{child}." if clash else "")
                 elif kind == "VLArray":
-                    skipped.append(f"{obj.name} (VLArray: read it with daskh5.read_ragged)")
+                    skipped.append(f"{node_name(obj.name)} (VLArray: read it with daskh5.read_ragged)")
                 elif kind in ("Array", "CArray", "EArray", "Dataset"):
                     entries += _leaf_entries(path, obj, kind, decode_pickles)
                 else:
-                    skipped.append(f"{obj.name} ({kind})")
+                    skipped.append(f"{node_name(obj.name)} ({kind})")
             except Daskh5Error as exc:
-                skipped.append(f"{obj.name} ({exc})")
-        ragged = [e.node for e in entries if f"{e.node}_start_and_stop" in f]
+                skipped.append(f"{node_name(obj.name)} ({exc})")
+        ragged = [e.node for e in entries if has_node(f, f"{e.node}_start_and_stop")]
         if ragged:
             skipped.append(
                 "flat ragged layouts "

@@ -12,6 +12,7 @@ import json
 import os
 import sys
 import time
+import warnings
 
 import numpy as np
 
@@ -25,6 +26,46 @@ _SHUFFLES = {0: "", 1: "+shuffle", 2: "+bitshuffle"}
 
 class CommandError(Exception):
     """A problem the user can fix, reported as one line."""
+
+
+def _escapes() -> dict[int, str]:
+    """What :func:`terminal_safe` writes for each character a terminal would act on."""
+    table = {c: f"\\x{c:02x}" for c in (*range(0x20), *range(0x7F, 0xA0))}  # C0, DEL, C1
+    table.update({0x09: "\\t", 0x0A: "\\n", 0x0D: "\\r"})
+    bidi = (0x200E, 0x200F, *range(0x202A, 0x202F), *range(0x2066, 0x206A))  # reorder what follows
+    table.update({c: f"\\u{c:04x}" for c in bidi})
+    table.update({c: f"\\u{c:04x}" for c in range(0xD800, 0xE000)})  # lone surrogates cannot be printed
+    table.update({c: f"\\x{c - 0xDC00:02x}" for c in range(0xDC80, 0xDD00)})  # a non-UTF-8 name's bytes
+    return table
+
+
+_ESCAPES = _escapes()
+
+
+def terminal_safe(text: str) -> str:
+    r"""``text`` with every character a terminal would act on written as an escape, like ``repr``.
+
+    Control characters (C0 including newline and carriage return, DEL, C1), bidirectional
+    overrides and the surrogates that stand for the bytes of a name that is not UTF-8 are
+    escaped; other Unicode is kept.  Names and values from a file pass through here before
+    ``daskh5`` prints them, so a file cannot move the cursor, set the clipboard (OSC 52) or
+    forge lines of output.
+
+    >>> print(terminal_safe("caf\u00e9 \x1b]52;c;aGk=\x07 a\r\nb \udcff"))
+    café \x1b]52;c;aGk=\x07 a\r\nb \xff
+    """
+    return text.translate(_ESCAPES)
+
+
+def _escaped(value):
+    """Every string in a report (keys and values, nested) through :func:`terminal_safe`."""
+    if isinstance(value, str):
+        return terminal_safe(value)
+    if isinstance(value, dict):
+        return {_escaped(k): _escaped(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(_escaped(v) for v in value)
+    return value
 
 
 # -- info ------------------------------------------------------------------------------------------
@@ -72,10 +113,10 @@ def _node_record(obj, budget: int) -> dict:
     import h5py
 
     from daskh5._chunking import budget_chunks
-    from daskh5._nodes import node_kind, size_problem
+    from daskh5._nodes import node_kind, node_name, size_problem
 
     kind = node_kind(obj)
-    rec: dict = {"path": obj.name, "kind": kind}
+    rec: dict = {"path": node_name(obj.name), "kind": kind}
     if isinstance(obj, h5py.Group):
         return rec
     dcpl = obj.id.get_create_plist()
@@ -83,31 +124,36 @@ def _node_record(obj, budget: int) -> dict:
     stored = int(obj.id.get_storage_size())
     rec.update(
         shape=list(obj.shape),
-        dtype=str(obj.dtype) if obj.dtype.names is None else "compound",
         chunkshape=list(obj.chunks) if obj.chunks else None,
         filters=describe_filters(filters),
         stored_bytes=stored,
     )
-    if obj.dtype.names is not None:
-        rec["columns"] = list(obj.dtype.names)
-    if kind == "VLArray" or obj.dtype.kind == "O":
+    try:
+        dtype = obj.dtype
+    except (TypeError, ValueError) as exc:  # e.g. a column name that is not UTF-8 (UnicodeDecodeError)
+        rec.update(dtype="?", raw_bytes=None, warning=f"numpy cannot represent its HDF5 type ({exc})")
+        return rec
+    rec["dtype"] = str(dtype) if dtype.names is None else "compound"
+    if dtype.names is not None:
+        rec["columns"] = list(dtype.names)
+    if kind == "VLArray" or dtype.kind == "O":
         rec["raw_bytes"] = None  # variable-length: the heap holds the values
         return rec
-    raw = int(np.prod(obj.shape, dtype=np.int64)) * obj.dtype.itemsize
+    raw = int(np.prod(obj.shape, dtype=np.int64)) * dtype.itemsize
     rec["raw_bytes"] = raw
     rec["ratio"] = raw / stored if stored else None
-    too_big = size_problem(obj.shape, obj.chunks, obj.dtype.itemsize)
+    too_big = size_problem(obj.shape, obj.chunks, dtype.itemsize)
     if too_big:
         rec["warning"] = too_big
-    elif obj.shape and obj.dtype.names is None:
+    elif obj.shape and dtype.names is None:
         chunks = budget_chunks(
-            tuple(obj.shape), tuple(obj.chunks) if obj.chunks else None, obj.dtype.itemsize, budget
+            tuple(obj.shape), tuple(obj.chunks) if obj.chunks else None, dtype.itemsize, budget
         )
         block = [max(c) if c else 0 for c in chunks]
         rec["dask"] = {
             "blocks": int(np.prod([len(c) for c in chunks])),
             "block_shape": block,
-            "block_bytes": int(np.prod(block, dtype=np.int64)) * obj.dtype.itemsize,
+            "block_bytes": int(np.prod(block, dtype=np.int64)) * dtype.itemsize,
         }
     return rec
 
@@ -115,13 +161,14 @@ def _node_record(obj, budget: int) -> dict:
 def _ragged_records(path: str, f, records: list[dict]) -> list[dict]:
     """Ragged layouts in the file: flat EArrays with side columns, and VLArrays."""
     from daskh5._layout import ATTR_KIND, find_layout
+    from daskh5._nodes import h5_key
 
     found = []
     names = {r["path"] for r in records}
     for r in records:
         if r["kind"] in ("Group",) or r["path"].endswith(("_start_and_stop", "_shape")):
             continue
-        obj = f[r["path"]]
+        obj = f[h5_key(r["path"])]
         flat = f"{r['path']}_start_and_stop" in names or ATTR_KIND in obj.attrs
         vl = r["kind"] == "VLArray"
         if not (flat or vl):
@@ -149,7 +196,7 @@ def info(path: str, node: str | None = None, budget: str = "64MiB", *, show_all:
     import h5py
 
     from daskh5._chunking import resolve_budget
-    from daskh5._nodes import lookup, open_h5
+    from daskh5._nodes import h5_key, lookup, node_name, open_h5
 
     nbytes = resolve_budget(budget)
     with open_h5(path) as f:
@@ -157,11 +204,11 @@ def info(path: str, node: str | None = None, budget: str = "64MiB", *, show_all:
         records = [_node_record(root, nbytes)]
         if isinstance(root, h5py.Group):
             names: list[str] = []
-            root.visit(names.append)
+            root.visit(lambda name: names.append(node_name(name)))
             hidden = [n for n in names if any(part.startswith("_i_") for part in n.split("/"))]
             if not show_all:
                 names = [n for n in names if n not in set(hidden)]
-            records += [_node_record(root[name], nbytes) for name in names]
+            records += [_node_record(root[h5_key(name)], nbytes) for name in names]
         ragged = _ragged_records(f.filename, f, records)
         filename = f.filename
     return {
@@ -222,7 +269,8 @@ def format_info(report: dict) -> str:
 
 def _cmd_info(args) -> int:
     report = info(args.file, args.node, args.budget, show_all=args.all)
-    print(json.dumps(report, indent=2) if args.json else format_info(report))
+    # JSON escapes control characters itself; the text form is escaped before it is laid out
+    print(json.dumps(report, indent=2) if args.json else format_info(_escaped(report)))
     return 0
 
 
@@ -543,17 +591,25 @@ def _count(text: str) -> int:
 
 
 def _one_line(exc: BaseException) -> str:
-    text = " ".join(str(exc).split()) or type(exc).__name__
+    """The error as one printable line: control characters escaped (see :func:`terminal_safe`)."""
+    text = " ".join(terminal_safe(str(exc)).split()) or type(exc).__name__
     if isinstance(exc, KeyError) and not isinstance(exc, Daskh5Error):
         text = f"no such node {text}"
     return text
+
+
+def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    """Warnings as one escaped line each (they can quote names from the file)."""
+    print(f"daskh5: warning: {_one_line(Exception(message))}", file=sys.stderr)
 
 
 def main(argv: list[str] | None = None) -> int:
     """Run the ``daskh5`` command line; returns the exit code."""
     args = _parser().parse_args(argv)
     try:
-        return args.run(args)
+        with warnings.catch_warnings():
+            warnings.showwarning = _show_warning
+            return args.run(args)
     except BrokenPipeError:  # `daskh5 info --json | head`: the reader left, nothing to report
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0

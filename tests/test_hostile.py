@@ -293,3 +293,179 @@ def test_limited_runner_reports_every_outcome():
     assert corpus.run_limited("import time; time.sleep(30)", timeout=2)["status"] == "timeout"
     big = corpus.run_limited("b = bytearray(4 << 30)", memory=2 * corpus.GiB)
     assert big["status"] == "error" and big["etype"] == "builtins.MemoryError"
+
+
+# -- issue 12, items 4 and 5: terminal output is escaped; names that are not UTF-8 --------------------------------
+ESC_NAME = "x\x1b]52;c;aGk=\x07\r\ndaskh5: error: forged"  # OSC 52 sets the clipboard; then a forged line
+
+
+def _escapes_file(path) -> None:
+    """Node, column and attribute texts with ESC, OSC 52, BEL, CR and LF in them."""
+    import h5py
+
+    with h5py.File(path, "w") as f:
+        f.create_dataset(ESC_NAME, data=np.arange(3))
+        f[ESC_NAME].attrs["note"] = np.bytes_(b"\x1b[2J\x1b[H cleared \r\n")
+        tid = h5py.h5t.create(h5py.h5t.COMPOUND, 12)
+        tid.insert(b"c\x1b[31m", 0, h5py.h5t.NATIVE_DOUBLE)
+        tid.insert(b"ok", 8, h5py.h5t.NATIVE_INT32)
+        h5py.h5d.create(f.id, "tab\x9b2J".encode(), tid, h5py.h5s.create_simple((3,)))  # C1 CSI
+
+
+def _non_utf8_file(path) -> None:
+    """PyTables nodes renamed (with h5py's low-level API) to link names that are not valid UTF-8."""
+    import h5py
+
+    with tables.open_file(path, "w") as f:
+        f.create_carray("/", "data", obj=np.arange(10.0), chunkshape=(5,))
+        f.create_carray("/", "bad", obj=np.arange(10.0) * 2, chunkshape=(5,))
+        f.create_table("/", "tab", obj=np.array([(1.5, 2)], dtype=[("a", "f8"), ("b", "i4")]))
+        f.create_group("/", "grp")
+        f.create_carray("/grp", "leaf", obj=np.arange(4.0))
+        f.create_earray("/", "rag", obj=np.array([0.0, 1.0, 2.0, 0.0, 1.0]))  # a flat layout...
+        f.create_earray("/", "rag_start_and_stop", obj=np.array([[0, 3], [3, 5]]))  # ...found by name
+    with h5py.File(path, "a") as f:
+        renames = [(b"bad", b"\xff\xfe"), (b"tab", b"t\xff"), (b"grp/leaf", b"grp/l\xff")]
+        renames += [(b"rag", b"r\xff"), (b"rag_start_and_stop", b"r\xff_start_and_stop")]
+        for old, new in renames:
+            f.id.links.create_hard(new, f.id, old)
+            f.id.unlink(old)
+        aid = h5py.h5a.create(f["data"].id, b"a\xff", h5py.h5t.NATIVE_INT32, h5py.h5s.create(h5py.h5s.SCALAR))
+        aid.write(np.array(5, dtype=np.int32))
+
+
+_RUN_CLI = """
+import contextlib, io
+from daskh5 import cli
+out, err = io.StringIO(), io.StringIO()
+with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+    rc = cli.main({argv!r})
+result = {{"rc": rc, "out": out.getvalue(), "err": err.getvalue()}}
+"""
+
+_TERMINAL = ("\x1b", "\x07", "\r", "\x9b", "\udcff")
+
+
+def _assert_printable(text: str) -> None:
+    bad = sorted({c for c in text if c in _TERMINAL or (ord(c) < 0x20 and c != "\n")})
+    assert not bad, f"printed raw {bad!r}: {text!r}"
+
+
+def test_info_text_escapes_names_and_columns(tmp_path):
+    path = tmp_path / "escapes.h5"
+    _escapes_file(path)
+    got = corpus.run_limited(_RUN_CLI.format(argv=["info", str(path)]))
+    assert got["status"] == "ok", got
+    out = got["result"]["out"]
+    _assert_printable(out)
+    assert got["result"]["rc"] == 0
+    assert r"x\x1b]52;c;aGk=\x07\r\ndaskh5: error: forged" in out  # shown, escaped like repr
+    assert r"columns: c\x1b[31m, ok" in out and r"tab\x9b2J" in out
+    assert not any(line.startswith("daskh5: error") for line in out.splitlines())  # no forged line
+    assert len(out.splitlines()) == 4  # the header, "/", and one line per node
+
+
+def test_info_json_escapes_control_characters(tmp_path):
+    path = tmp_path / "escapes.h5"
+    _escapes_file(path)
+    got = corpus.run_limited(_RUN_CLI.format(argv=["info", "--json", str(path)]))
+    assert got["status"] == "ok", got
+    _assert_printable(got["result"]["out"])
+    report = json.loads(got["result"]["out"])
+    assert {r["path"] for r in report["nodes"]} == {"/", "/" + ESC_NAME, "/tab\x9b2J"}
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [["info", "{path}", "/nope" + ESC_NAME], ["stats", "{path}", "--data", "/" + ESC_NAME, "--labels", "/x"]],
+    ids=["missing-node", "stats-labels"],
+)
+def test_error_lines_are_escaped(tmp_path, argv):
+    """The ``daskh5: error:`` line quotes names (the user's and the file's) escaped, on one line."""
+    path = tmp_path / "escapes.h5"
+    _escapes_file(path)
+    argv = [a.format(path=path) for a in argv]
+    got = corpus.run_limited(_RUN_CLI.format(argv=argv))
+    assert got["status"] == "ok", got
+    err = got["result"]["err"]
+    _assert_printable(err)
+    assert got["result"]["rc"] == 1 and err.count("\n") == 1 and err.startswith("daskh5: error: "), err
+    assert r"\x1b]52;c;aGk=\x07\r\n" in err
+
+
+NON_UTF8_ENTRIES = {
+    "from_pytables str": "result = daskh5.from_pytables(P, '/\\udcff\\udcfe').compute().tolist()",
+    "from_pytables bytes": "result = daskh5.from_pytables(P, b'/\\xff\\xfe').compute().tolist()",
+    "from_pytables in group": "result = daskh5.from_pytables(P, '/grp/l\\udcff').compute().tolist()",
+    "from_pytables missing": "daskh5.from_pytables(P, '/n\\udcff')",
+    "read_ragged": "result = [a.tolist() for a in daskh5.read_ragged(P, '/r\\udcff').compute(scheduler='sync')]",
+    "open_ragged": "result = [a.tolist() for a in daskh5.open_ragged(P, '/r\\udcff')[:]]",
+    "xr.open_dataset": (
+        "import xarray as xr\n"
+        "with xr.open_dataset(P, engine='daskh5') as ds:\n"
+        "    result = {k: ds[k].values.tolist() for k in sorted(ds.data_vars) if 'r' not in k}"
+    ),
+    "xr.open_dataset group": (
+        "import xarray as xr\n"
+        "with xr.open_dataset(P, engine='daskh5', group='/grp') as ds:\n"
+        "    result = sorted(ds.data_vars)"
+    ),
+    "xr.open_datatree": (
+        "import xarray as xr\n"
+        "tree = xr.open_datatree(P, engine='daskh5')\n"
+        "result = {g: sorted(tree[g].data_vars) for g in tree.groups}"
+    ),
+}
+
+
+@pytest.mark.parametrize("entry", sorted(NON_UTF8_ENTRIES))
+def test_names_that_are_not_utf8_read_or_fail_clearly(tmp_path, entry):
+    """h5py gives such names as bytes; daskh5 takes and gives them as str with surrogates (like os.fsdecode)."""
+    path = str(tmp_path / "names.h5")
+    _non_utf8_file(path)
+    got = corpus.run_limited(
+        f"import daskh5, warnings\nwarnings.simplefilter('ignore')\nP = {path!r}\n" + NON_UTF8_ENTRIES[entry]
+    )
+    want = {
+        "from_pytables str": (np.arange(10.0) * 2).tolist(),
+        "from_pytables bytes": (np.arange(10.0) * 2).tolist(),
+        "from_pytables in group": np.arange(4.0).tolist(),
+        "read_ragged": [[0.0, 1.0, 2.0], [0.0, 1.0]],
+        "open_ragged": [[0.0, 1.0, 2.0], [0.0, 1.0]],
+        "xr.open_dataset": {
+            "a": [1.5],
+            "b": [2],
+            "data": np.arange(10.0).tolist(),
+            "\udcff\udcfe": (np.arange(10.0) * 2).tolist(),
+        },  # the Table t\xff gives columns a and b
+        "xr.open_dataset group": ["l\udcff"],
+        "xr.open_datatree": {
+            "/": ["a", "b", "data", "r\udcff", "r\udcff_start_and_stop", "\udcff\udcfe"],
+            "/grp": ["l\udcff"],
+        },
+    }
+    if entry == "from_pytables missing":
+        assert got["status"] == "error" and got["etype"] == "daskh5.errors.NodeNotFound", got
+        assert "no node '/n\\udcff'" in got["message"]
+        return
+    assert got["status"] == "ok", got
+    assert got["result"] == want[entry]
+
+
+@pytest.mark.parametrize("fmt", ["text", "json"])
+def test_info_lists_names_that_are_not_utf8(tmp_path, fmt):
+    path = str(tmp_path / "names.h5")
+    _non_utf8_file(path)
+    argv = ["info", path] + (["--json"] if fmt == "json" else [])
+    got = corpus.run_limited(_RUN_CLI.format(argv=argv))
+    assert got["status"] == "ok" and got["result"]["rc"] == 0, got
+    out = got["result"]["out"]
+    if fmt == "json":
+        report = json.loads(out)
+        paths = {r["path"] for r in report["nodes"]}
+        assert {"/\udcff\udcfe", "/t\udcff", "/grp/l\udcff", "/r\udcff"} <= paths
+        assert [g["node"] for g in report["ragged"]] == ["/r\udcff"] and report["ragged"][0]["samples"] == 2
+    else:
+        _assert_printable(out)
+        for shown in (r"\xff\xfe ", r"t\xff ", r"l\xff ", r"/r\xff (flat): 2 samples"):
+            assert shown in out, out

@@ -19,11 +19,13 @@ from daskh5.errors import (
     IncompatibleArrayError,
     NodeExistsError,
     NodeKindError,
+    NodeNameError,
     NodeNotFound,
     NotHDF5Error,
     RaggedLayoutError,
     UnsupportedDtypeError,
     UnsupportedFilterError,
+    WriteError,
 )
 from daskh5.ragged import RaggedArray, open_ragged, read_ragged
 from daskh5.stats import LabelStats, label_stats
@@ -40,12 +42,14 @@ __all__ = [
     "LabelStats",
     "NodeExistsError",
     "NodeKindError",
+    "NodeNameError",
     "NodeNotFound",
     "NotHDF5Error",
     "RaggedArray",
     "RaggedLayoutError",
     "UnsupportedDtypeError",
     "UnsupportedFilterError",
+    "WriteError",
     "__version__",
     "append",
     "close_files",

@@ -11,15 +11,18 @@ from __future__ import annotations
 __all__ = [
     "ChunkDecodeError",
     "Daskh5Error",
+    "FileBusyError",
     "FileNotFound",
     "NodeKindError",
     "IncompatibleArrayError",
     "NodeExistsError",
+    "NodeNameError",
     "NodeNotFound",
     "NotHDF5Error",
     "RaggedLayoutError",
     "UnsupportedDtypeError",
     "UnsupportedFilterError",
+    "WriteError",
 ]
 
 
@@ -72,3 +75,14 @@ class IncompatibleArrayError(Daskh5Error, ValueError):
 
 class FileBusyError(Daskh5Error, OSError):
     """The file is open elsewhere in a way that stops writing it (HDF5's file lock)."""
+
+
+class NodeNameError(Daskh5Error, ValueError):
+    """A writer was given a node path it cannot create (not absolute, or with a NUL character)."""
+
+
+class WriteError(Daskh5Error, OSError):
+    """A write did not reach the disk whole (disk full, file-size limit, I/O or HDF5 error).
+
+    Raised before anything replaces the file: ``path`` is as it was before the call.
+    """

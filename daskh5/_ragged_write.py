@@ -210,7 +210,11 @@ def write_ragged(
         ``"w"`` writes a new file (replacing any file at ``path`` only once
         the new one is complete).  ``"a"`` creates the file if needed and,
         when the layout exists, appends to it (offsets continue; dtype and
-        sample rank must match).
+        sample rank must match).  Either way the result is written to a
+        temporary file (to add to a file, a copy of it), checked and fsynced,
+        and only then renamed over ``path``: if anything fails (a bad sample,
+        a full disk: :class:`~daskh5.WriteError`), ``path`` is byte for byte
+        as it was.
     dtype : numpy dtype, optional
         Needed only to create an empty layout from zero samples.
     batch_size : int or str

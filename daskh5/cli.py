@@ -18,7 +18,7 @@ import numpy as np
 
 from daskh5.errors import Daskh5Error
 
-__all__ = ["main"]
+__all__ = ["main", "terminal_safe"]
 
 _BLOSC_CODECS = {0: "blosclz", 1: "lz4", 2: "lz4hc", 3: "snappy", 4: "zlib", 5: "zstd"}
 _SHUFFLES = {0: "", 1: "+shuffle", 2: "+bitshuffle"}

@@ -225,24 +225,42 @@ def h5_key(node: str) -> str | bytes:
 
 
 def has_node(f, node: str) -> bool:
-    """``node in f`` for any name (h5py's ``in`` fails on a name that is not UTF-8)."""
-    try:
-        f[h5_key(node)]
-    except (KeyError, UnicodeDecodeError) as exc:
-        if isinstance(exc, KeyError) or _missing(exc):
+    """``node in f`` (a link by that name exists), for any name.
+
+    h5py's ``in`` decodes the name, which fails for one that is not UTF-8:
+    such names are checked link by link.
+    """
+    import h5py
+
+    key = h5_key(node)
+    if isinstance(key, str):
+        return key in f
+    group = f["/"] if key.startswith(b"/") else f
+    parts = [p for p in key.split(b"/") if p]
+    for i, part in enumerate(parts):
+        if not group.id.links.exists(part):
             return False
-        raise
+        if i < len(parts) - 1:
+            try:
+                group = group[part]
+            except (KeyError, UnicodeDecodeError):
+                return False
+            if not isinstance(group, h5py.Group):
+                return False
     return True
 
 
-def _missing(exc: BaseException) -> bool:
-    """Whether h5py's error says there is no such object.
+def _missing(f, key: str, exc: BaseException) -> bool:
+    """Whether h5py's error opening ``key`` says there is no such object.
 
-    For a name that is not UTF-8, h5py fails to decode its own "doesn't exist"
-    message (which quotes the name) and raises ``UnicodeDecodeError`` instead.
+    For a name that is not UTF-8, h5py fails to decode its own error message
+    (which quotes the name) and raises ``UnicodeDecodeError`` instead.
     """
     if isinstance(exc, UnicodeDecodeError):
-        return True
+        try:
+            return not has_node(f, key)
+        except Exception:  # damaged links: it is not a plain "no such node"
+            return False
     return isinstance(exc, KeyError) and ("doesn't exist" in str(exc) or "not found" in str(exc).lower())
 
 
@@ -260,7 +278,7 @@ def lookup(f, node: str):
     try:
         return f[h5_key(key)]
     except (KeyError, UnicodeDecodeError) as exc:
-        if not _missing(exc):
+        if not _missing(f, key, exc):
             raise NotHDF5Error(
                 f"{f.filename}: node {key!r} is listed but cannot be opened ({exc}); the file's "
                 "metadata is damaged: re-copy it"

@@ -21,12 +21,14 @@ from daskh5.errors import (
     IncompatibleArrayError,
     NodeExistsError,
     NodeKindError,
+    NodeNameError,
     NodeNotFound,
     NotHDF5Error,
     RaggedLayoutError,
     UnsafePickleError,
     UnsupportedDtypeError,
     UnsupportedFilterError,
+    WriteError,
 )
 from daskh5.ragged import RaggedArray, open_ragged, read_ragged
 from daskh5.stats import LabelStats, label_stats
@@ -44,6 +46,7 @@ __all__ = [
     "LabelStats",
     "NodeExistsError",
     "NodeKindError",
+    "NodeNameError",
     "NodeNotFound",
     "NotHDF5Error",
     "RaggedArray",
@@ -52,6 +55,7 @@ __all__ = [
     "UnsafePickleError",
     "UnsupportedDtypeError",
     "UnsupportedFilterError",
+    "WriteError",
     "__version__",
     "append",
     "close_files",

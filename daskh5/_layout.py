@@ -22,7 +22,7 @@ import numpy as np
 
 from daskh5._codecs import SAFE_FILTERS
 from daskh5._containment import check_storage
-from daskh5._nodes import describe_array, lookup, node_kind, open_h5
+from daskh5._nodes import describe_array, lookup, node_kind, node_name, open_h5
 from daskh5._reader import NodeReader, check_filters_available
 from daskh5.errors import NodeKindError, NodeNotFound, RaggedLayoutError
 
@@ -160,7 +160,7 @@ def find_layout(
         asked = {role: (name, _column(given, name, allow_external)) for role, name in
                  (("start_stop", start_stop), ("shape", shape)) if name}  # fmt: skip
         obj = lookup(given, node, allow_external=allow_external)
-        node = obj.name
+        node = node_name(obj.name)
         path = os.path.abspath(obj.file.filename)
         f = obj.file
         kind = node_kind(obj)

@@ -30,7 +30,18 @@ from daskh5.errors import (
     UnsupportedDtypeError,
 )
 
-__all__ = ["NodeInfo", "describe_array", "lookup", "maybe_open", "node_kind", "open_file", "open_h5"]
+__all__ = [
+    "NodeInfo",
+    "describe_array",
+    "h5_key",
+    "has_node",
+    "lookup",
+    "maybe_open",
+    "node_kind",
+    "node_name",
+    "open_file",
+    "open_h5",
+]
 
 #: PyTables' ``CLASS`` attribute -> the name users know.
 _PYTABLES_CLASSES = {
@@ -183,7 +194,7 @@ def _nearest(f, node: str, n: int = 5) -> list[str]:
     names: list[str] = []
 
     def visit(name: str) -> None:
-        names.append("/" + name)
+        names.append("/" + node_name(name))
         return None if len(names) < 100_000 else True
 
     f.visit(visit)
@@ -191,13 +202,71 @@ def _nearest(f, node: str, n: int = 5) -> list[str]:
     return close or sorted(names)[:n]
 
 
+def node_name(name: str | bytes) -> str:
+    r"""An HDF5 name as text; bytes that are not UTF-8 become surrogates, as :func:`os.fsdecode` does.
+
+    h5py hands out a link name that is not valid UTF-8 as ``bytes``.
+
+    >>> node_name(b"/caf\xc3\xa9"), node_name(b"/x\xff")
+    ('/café', '/x\udcff')
+    """
+    if isinstance(name, (bytes, np.bytes_)):
+        return bytes(name).decode("utf-8", "surrogateescape")
+    return name
+
+
+def h5_key(node: str) -> str | bytes:
+    r"""What to give h5py for the name ``node``: the original bytes if it holds surrogates.
+
+    >>> h5_key("/data"), h5_key("/x\udcff")
+    ('/data', b'/x\xff')
+    """
+    if not isinstance(node, str):
+        return node
+    try:
+        node.encode("utf-8")
+    except UnicodeEncodeError:
+        return node.encode("utf-8", "surrogateescape")
+    return node
+
+
+def has_node(f, node: str) -> bool:
+    """``node in f`` (a link by that name exists), for any name.
+
+    h5py's ``in`` decodes the name, which fails for one that is not UTF-8:
+    such names are checked link by link.
+    """
+    import h5py
+
+    key = h5_key(node)
+    if isinstance(key, str):
+        return key in f
+    group = f["/"] if key.startswith(b"/") else f
+    parts = [p for p in key.split(b"/") if p]
+    for i, part in enumerate(parts):
+        if not group.id.links.exists(part):
+            return False
+        if i < len(parts) - 1:
+            try:
+                group = group[part]
+            except (KeyError, UnicodeDecodeError):
+                return False
+            if not isinstance(group, h5py.Group):
+                return False
+    return True
+
+
 def lookup(f, node: str, *, allow_external: bool = False):
     """The h5py object at ``node`` or a :class:`NodeNotFound` naming the nearest nodes.
 
     Links are checked one path component at a time and never followed out of
     the file unless ``allow_external`` (:func:`daskh5._containment.follow`): an
-    external link raises :class:`~daskh5.errors.ExternalDataError`.
+    external link raises :class:`~daskh5.errors.ExternalDataError`. ``node``
+    may hold surrogates for bytes of a name that is not UTF-8 (see
+    :func:`node_name`), or be those bytes.
     """
+    if isinstance(node, (bytes, np.bytes_)):
+        node = node_name(node)
     if not isinstance(node, str) or not node:
         raise NodeNotFound(f"{f.filename}: node must be a path like '/data', got {node!r}")
     key = node if node.startswith("/") else "/" + node
@@ -434,7 +503,7 @@ def describe_array(
     st = os.stat(path) if os.path.exists(path) else None
     with maybe_open(path, f) as f:
         obj = lookup(f, node, allow_external=allow_external)
-        name = obj.name
+        name = node_name(obj.name)
         if os.path.abspath(obj.file.filename) != path:  # reached through an external link
             path = os.path.abspath(obj.file.filename)
             st = os.stat(path)

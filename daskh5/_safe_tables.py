@@ -1,4 +1,4 @@
-"""Write with PyTables safely: no code run from the file, no half-written new file.
+"""Write with PyTables safely: no code run from the file, no half-written file, no lost update.
 
 PyTables unpickles string attributes ending in ``b"."`` when a file or node
 is opened.  daskh5 writes with PyTables, and writing into an existing file
@@ -7,19 +7,31 @@ means opening it, so for the duration of daskh5's own PyTables session the
 ``loads`` admits only plain builtins; anything else stays the raw bytes
 PyTables falls back to.  Other threads using PyTables during such a session
 see the same restriction.
+
+Every write goes to a temporary file next to the target, a copy of it when
+adding to an existing file (:func:`atomic_target`), which replaces the target
+only once it is complete, checked (:mod:`daskh5._verify`) and fsynced; the
+target is locked against other writers meanwhile.  A failure at any point
+leaves the target byte for byte as it was.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import io
 import os
 import pickle
 import secrets
+import stat
+import sys
 import threading
 from collections.abc import Iterator
 
-__all__ = ["atomic_target", "open_tables", "restricted_loads"]
+from daskh5._verify import hdf5_errors, hdf5_message, write_failed
+from daskh5.errors import WriteError
+
+__all__ = ["atomic_target", "open_tables", "restricted_loads", "shown"]
 
 _SAFE = {
     ("builtins", name)
@@ -141,51 +153,281 @@ def open_tables(path: str, mode: str, **kwargs) -> Iterator:
 
     Names that are not Python identifiers are fine for daskh5 (it never uses
     PyTables' natural naming), so PyTables' warning about them is silenced.
+    Errors opening or closing (HDF5 flushes on close) for writing are daskh5
+    errors naming the user's file (see :func:`shown`).
     """
     import warnings
 
     import tables
 
+    from daskh5.errors import FileBusyError, NotHDF5Error
+
+    where = shown(path)
     with _no_unpickling(), warnings.catch_warnings():
         warnings.simplefilter("ignore", tables.NaturalNameWarning)
         try:
             f = tables.open_file(path, mode, **kwargs)
         except (OSError, tables.HDF5ExtError) as exc:
-            if mode != "r" and "unable to lock" in str(exc).lower():
-                from daskh5.errors import FileBusyError
-
+            text = str(exc).lower()
+            if "unable to lock" in text:
                 raise FileBusyError(
-                    f"{path} is open in another process (HDF5 locks it while it is open); close it "
+                    f"{where} is open in another process (HDF5 locks it while it is open); close it "
                     "there before writing, or write to another file"
                 ) from None
-            raise
+            if "signature" in text:
+                raise NotHDF5Error(f"{where} is not an HDF5 file; daskh5 cannot add to it") from exc
+            if mode == "r":
+                raise NotHDF5Error(f"{where} could not be opened ({hdf5_message(exc)})") from exc
+            raise write_failed(where, "", path, exc) from exc
         try:
             yield f
-        finally:
+        except BaseException:
+            with contextlib.suppress(Exception):
+                f.close()
+            raise
+        if mode == "r":
             f.close()
+        else:
+            with hdf5_errors(where, "", path):
+                f.close()
+
+
+_active: dict[str, str] = {}  # temporary file this process is writing -> the path it will replace
+
+
+def writer_node(node, fn: str, example: str = "/data") -> str:
+    """A writer's node path: ``"data"`` means ``"/data"`` (as for readers), then :func:`check_node_path`.
+
+    >>> writer_node("grp/data", "to_pytables")
+    '/grp/data'
+    """
+    if isinstance(node, str) and node.strip("/"):
+        node = "/" + node.strip("/")
+    return check_node_path(node, fn, example)
+
+
+def check_node_path(node, fn: str, example: str = "/data") -> str:
+    """``node`` if a writer can create a node of that path, else :class:`~daskh5.errors.NodeNameError`.
+
+    PyTables hands names to HDF5 as C strings, so a NUL would silently cut the
+    name short (``"/a\\x00b"`` would write ``/a``).
+
+    >>> check_node_path("/a/b", "to_pytables")
+    '/a/b'
+    >>> check_node_path("/a\\x00b", "to_pytables")
+    Traceback (most recent call last):
+    ...
+    daskh5.errors.NodeNameError: to_pytables: node '/a\\x00b' holds a NUL character, ...
+    """
+    from daskh5.errors import NodeNameError
+
+    if not isinstance(node, str) or not node.startswith("/") or node == "/":
+        raise NodeNameError(f"{fn}: node must be an absolute node path like {example!r}, got {node!r}")
+    if "\x00" in node:
+        raise NodeNameError(
+            f"{fn}: node {node!r} holds a NUL character, where HDF5 would cut the name short; "
+            "choose a name without it"
+        )
+    if any(part in ("", ".", "..") for part in node[1:].split("/")):
+        raise NodeNameError(f"{fn}: node {node!r} has an empty, '.' or '..' part; write it like {example!r}")
+    try:
+        node.encode("utf-8")
+    except UnicodeEncodeError:
+        raise NodeNameError(
+            f"{fn}: node {node!r} is not valid Unicode (it holds surrogates for bytes that are not UTF-8); "
+            "PyTables writes UTF-8 names only"
+        ) from None
+    return node
+
+
+def shown(path: str) -> str:
+    """The user's path for a temporary file daskh5 is writing in its place (else ``path``)."""
+    return _active.get(path, path)
 
 
 @contextlib.contextmanager
 def atomic_target(path: str, mode: str) -> Iterator[tuple[str, bool]]:
-    """``(target, fresh)``: where a writer should write ``path``.
+    """``(target, fresh)``: the temporary file a writer writes instead of ``path``.
 
-    A new file (``mode="w"``, or ``path`` missing) is written under a temporary
-    name next to ``path`` and renamed into place only if the block succeeds; if
-    it fails the temporary file is removed, so ``path`` is absent or as it was.
-    An existing file opened in ``"a"`` is written in place (``fresh`` is False:
-    the writer undoes its own changes on failure).
+    ``fresh``: the target is a new, empty file (``mode="w"``, or no file at
+    ``path``); otherwise it is a copy of the file at ``path`` (a reflink, where
+    the filesystem has them).  While the block runs, the file at ``path`` is
+    locked against other writers with ``flock``, as HDF5 locks the files it
+    opens: a process holding it open makes this a
+    :class:`~daskh5.errors.FileBusyError`.
+
+    If the block succeeds, the target is fsynced and renamed over ``path``
+    (symlinks followed, permission bits kept), unless another process replaced,
+    changed or created ``path`` meanwhile (``FileBusyError``).  If the block
+    fails, the target is removed: ``path`` is byte for byte as it was.  A
+    ``path`` that is itself a target being written (one writer calling another)
+    is written in place.
     """
-    if mode != "w" and os.path.exists(path):
+    if path in _active:
         yield path, False
         return
-    target = _new_file_beside(path)
+    real = os.path.realpath(path)
+    with _locked(real, path) as (fd, before):
+        fresh = mode == "w" or before is None
+        with hdf5_errors(path, ""):
+            target = _new_file_beside(real)
+        _active[target] = path
+        try:
+            with hdf5_errors(path, "", target):
+                if before is not None:
+                    os.chmod(target, stat.S_IMODE(before.st_mode))
+                if not fresh:
+                    _copy(fd, target, before.st_size)
+            yield target, fresh
+            _commit(target, real, before, path)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.remove(target)
+            raise
+        finally:
+            _active.pop(target, None)
+
+
+def _identity(st: os.stat_result) -> tuple[int, ...]:
+    return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
+
+
+@contextlib.contextmanager
+def _locked(real: str, path: str) -> Iterator[tuple[int | None, os.stat_result | None]]:
+    """``(descriptor, stat)`` of the file at ``real``, locked for the block; ``(None, None)`` if none."""
+    from daskh5.errors import FileBusyError
+
     try:
-        yield target, True
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.remove(target)
-        raise
-    os.replace(target, path)
+        st = os.stat(real)
+    except FileNotFoundError:
+        yield None, None
+        return
+    except OSError as exc:
+        raise write_failed(path, "", real, exc) from exc
+    if not stat.S_ISREG(st.st_mode):
+        raise WriteError(
+            f"{path} is not a regular file (a directory?); daskh5 writes HDF5 files: choose another path"
+        )
+    with hdf5_errors(path, ""):
+        fd = os.open(real, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+    try:
+        _flock(fd, path)
+        with hdf5_errors(path, ""):
+            st, now = os.fstat(fd), os.stat(real)
+        if _identity(now)[:2] != _identity(st)[:2]:
+            raise FileBusyError(
+                f"{path} was replaced by another process while daskh5 waited to write it; write again"
+            )
+        yield fd, st
+    finally:
+        os.close(fd)  # releases the lock
+
+
+def _flock(fd: int, path: str) -> None:
+    """Lock ``fd`` exclusively, or raise :class:`FileBusyError` (HDF5's own readers and writers hold it)."""
+    from daskh5.errors import FileBusyError
+
+    try:
+        import fcntl
+    except ImportError:  # Windows: HDF5 does not lock there either
+        return
+    if os.environ.get("HDF5_USE_FILE_LOCKING", "").upper() == "FALSE":
+        return  # the user turned HDF5's locks off (NFS, Lustre): then daskh5's too
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        raise FileBusyError(
+            f"{path} is open in another process (HDF5 locks it while it is open), or another daskh5 "
+            "writer is writing it; close it there before writing, or write to another file"
+        ) from None
+    except OSError as exc:
+        if exc.errno not in (errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL):
+            raise write_failed(path, "", path, exc) from exc
+        # this filesystem has no locks: go on, as HDF5 does with HDF5_USE_FILE_LOCKING=BEST_EFFORT
+
+
+def _reflink(src: int, dst: int) -> bool:
+    """Clone ``src`` into ``dst`` sharing its blocks (btrfs, XFS, ZFS 2.2+, APFS's clones aside)."""
+    if not sys.platform.startswith("linux"):
+        return False
+    import fcntl
+
+    try:
+        fcntl.ioctl(dst, 0x40049409, src)  # FICLONE
+    except OSError:
+        return False
+    return True
+
+
+def _copy(src: int, target: str, size: int) -> None:
+    """Copy ``size`` bytes of the open file ``src`` into ``target`` (in the kernel where it can)."""
+    dst = os.open(target, os.O_WRONLY | getattr(os, "O_CLOEXEC", 0))
+    try:
+        if _reflink(src, dst):
+            return
+        done = 0
+        try:
+            while done < size:
+                n = os.copy_file_range(src, dst, size - done, done, done)
+                if n == 0:
+                    break
+                done += n
+        except (AttributeError, OSError) as exc:  # no copy_file_range here (or across these filesystems)
+            if isinstance(exc, OSError) and exc.errno not in _NO_COPY_RANGE:
+                raise
+        while done < size:
+            block = os.pread(src, min(size - done, 8 << 20), done)
+            if not block:
+                break
+            done += os.pwrite(dst, block, done)
+        if done != size:
+            raise OSError(
+                errno.EIO, f"copied {done:,} of {size:,} bytes: the file shrank while it was copied"
+            )
+    finally:
+        os.close(dst)
+
+
+_NO_COPY_RANGE = (errno.EXDEV, errno.ENOSYS, errno.EOPNOTSUPP, errno.EINVAL, errno.EPERM)
+
+
+def _commit(target: str, real: str, before: os.stat_result | None, path: str) -> None:
+    """fsync ``target`` and put it at ``real``, unless another process changed ``real`` meanwhile."""
+    from daskh5.errors import FileBusyError
+
+    with hdf5_errors(path, "", target):
+        fd = os.open(target, os.O_RDONLY)
+        try:
+            os.fsync(fd)  # a write error the kernel kept (NFS, a full thin volume) surfaces here
+        finally:
+            os.close(fd)
+    busy = f"{path} was changed by another process while daskh5 wrote its new version; nothing was written: write again"
+    if before is None:
+        try:
+            os.link(target, real)  # creates real only if it still does not exist
+        except FileExistsError:
+            raise FileBusyError(busy.replace("was changed", "was created")) from None
+        except OSError:  # no hard links on this filesystem
+            if os.path.lexists(real):
+                raise FileBusyError(busy.replace("was changed", "was created")) from None
+            os.replace(target, real)
+        else:
+            os.unlink(target)
+    else:
+        try:
+            now = _identity(os.stat(real))
+        except FileNotFoundError:
+            now = None
+        if now != _identity(before):
+            raise FileBusyError(busy)
+        with hdf5_errors(path, "", target):
+            os.replace(target, real)
+    with contextlib.suppress(OSError):  # make the rename itself durable
+        dfd = os.open(os.path.dirname(real) or ".", os.O_RDONLY)
+        try:
+            os.fsync(dfd)
+        finally:
+            os.close(dfd)
 
 
 def _new_file_beside(path: str) -> str:

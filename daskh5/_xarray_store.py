@@ -53,7 +53,7 @@ from daskh5._netcdf import (
     storage_encoding,
     variable_name,
 )
-from daskh5._nodes import describe_array, lookup, node_kind, open_h5
+from daskh5._nodes import describe_array, lookup, node_kind, node_name, open_h5
 from daskh5._pandas import is_bookkeeping, pandas_entries
 from daskh5._reader import NodeReader, dataset_filters, refusal
 from daskh5._safe_tables import restricted_loads
@@ -165,7 +165,7 @@ def _scale_names(ds) -> tuple[str, ...] | None:
         names = []
         for dim in ds.dims:
             if len(dim):
-                names.append(dim[0].name.rsplit("/", 1)[-1])
+                names.append(node_name(dim[0].name).rsplit("/", 1)[-1])
             elif dim.label:
                 names.append(dim.label)
             else:
@@ -238,7 +238,9 @@ def _leaf_entries(
     if "dtype" in encoding and isinstance(encoding["dtype"], np.dtype):
         encoding["dtype"] = enum_dtype(obj, encoding["dtype"])
     dtype = reader.dtype if times is None else times[1]
-    entry = Entry(variable_name(key), reader, None, None, user, encoding, shape, dtype, obj.name, axis_names)
+    entry = Entry(
+        variable_name(key), reader, None, None, user, encoding, shape, dtype, node_name(obj.name), axis_names
+    )
     entry.netcdf_dims, entry.time = from_scales is not None, times is not None
     return [entry]
 
@@ -281,7 +283,7 @@ def _table_entries(
         name = prefix + ".".join(field)
         names = (*axes, *(None,) * len(extra)) if axes is not None else None
         entry = Entry(name, reader, field, None, dict(user), dict(enc), (*info.shape, *extra),
-                      times.get(field, base), obj.name, names)  # fmt: skip
+                      times.get(field, base), node_name(obj.name), names)  # fmt: skip
         entry.netcdf_dims, entry.time = axes is not None, field in times
         out.append(entry)
     return out
@@ -364,17 +366,17 @@ def group_variables(
                         path, obj, decode_pickles, prefix, layout, child, allow_external, allowed
                     )
                 elif kind == "VLArray":
-                    skipped.append(f"{obj.name} (VLArray: read it with daskh5.read_ragged)")
+                    skipped.append(f"{node_name(obj.name)} (VLArray: read it with daskh5.read_ragged)")
                 elif kind in ("Array", "CArray", "EArray", "Dataset"):
                     entries += _leaf_entries(
                         path, obj, kind, decode_pickles, layout, child, allow_external, allowed
                     )
                 else:
-                    skipped.append(f"{obj.name} ({kind})")
+                    skipped.append(f"{node_name(obj.name)} ({kind})")
             except ExternalDataError:
                 raise
             except Daskh5Error as exc:
-                skipped.append(f"{obj.name} ({exc})")
+                skipped.append(f"{node_name(obj.name)} ({exc})")
         ragged = [e.node for e in entries if f"{e.node.rsplit('/', 1)[-1]}_start_and_stop" in members]
         if ragged:
             skipped.append(

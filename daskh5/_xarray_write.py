@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import contextlib
 import os
 
 import numpy as np
 
 from daskh5._optional import require
-from daskh5._safe_tables import atomic_target, open_tables
+from daskh5._safe_tables import atomic_target, check_node_path, open_tables, shown
+from daskh5._verify import hdf5_errors
 from daskh5._xarray_store import ATTR_COORDS, ATTR_DIMS
 from daskh5.errors import NodeExistsError
 
@@ -62,30 +62,24 @@ def write_xarray(obj, path, group: str, *, filters, mode: str, overwrite: bool, 
     for var in variables.values():  # our own record of coordinates replaces CF's attribute
         var.attrs.pop("coordinates", None)
     attrs.pop("coordinates", None)
+    if group:
+        check_node_path(group, "to_pytables", "/group")
+    # one temporary file (a copy of an existing one) for all variables: if any fails, path is unchanged
     with atomic_target(path, mode) as (target, fresh):
         if fresh:
             with open_tables(target, "w"):
                 pass
-        written: list[str] = []
-        try:
-            _write_variables(target, path, group, variables, filters, overwrite, progress, written)
-            with open_tables(target, "a") as f:
-                where = f.get_node(group or "/")
-                for key, value in attrs.items():
-                    where._v_attrs[key] = _plain(value)
-                if extra_coords:
-                    where._v_attrs[ATTR_COORDS] = ",".join(extra_coords)
-        except BaseException:
-            if not fresh:  # a fresh file is discarded whole
-                with contextlib.suppress(Exception), open_tables(target, "a") as f:
-                    for node in written:
-                        if node in f:
-                            f.remove_node(node)
-            raise
+        _write_variables(target, path, group, variables, filters, overwrite, progress)
+        with hdf5_errors(path, group or "/", target), open_tables(target, "a") as f:
+            where = f.get_node(group or "/")
+            for key, value in attrs.items():
+                where._v_attrs[key] = _plain(value)
+            if extra_coords:
+                where._v_attrs[ATTR_COORDS] = ",".join(extra_coords)
 
 
-def _write_variables(target, path, group, variables, filters, overwrite, progress, written: list) -> None:
-    """Each variable as a node of ``group`` in ``target``; ``written`` collects the nodes made."""
+def _write_variables(target, path, group, variables, filters, overwrite, progress) -> None:
+    """Each variable as a node of ``group`` in ``target`` (the temporary file written for ``path``)."""
     import dask.array as da
 
     from daskh5.writer import to_pytables
@@ -113,7 +107,6 @@ def _write_variables(target, path, group, variables, filters, overwrite, progres
                 data, target, node, filters=_filters_from_encoding(var.encoding, filters), chunkshape=chunkshape,
                 attrs=node_attrs, overwrite=overwrite, progress=progress,
             )  # fmt: skip
-        written.append(node)
 
 
 def _plain(value):
@@ -125,7 +118,7 @@ def _plain(value):
 
 
 def _write_scalar(path, node, var, attrs, overwrite) -> None:
-    with open_tables(path, "a") as f:
+    with hdf5_errors(shown(path), node, path), open_tables(path, "a") as f:
         if node in f and overwrite:
             f.remove_node(node)
         parent, name = node.rsplit("/", 1)

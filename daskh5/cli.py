@@ -12,6 +12,7 @@ import json
 import os
 import sys
 import time
+import warnings
 
 import numpy as np
 
@@ -19,7 +20,7 @@ from daskh5._codecs import filter_name, refused_filters
 from daskh5._optional import require
 from daskh5.errors import Daskh5Error
 
-__all__ = ["main"]
+__all__ = ["main", "terminal_safe"]
 
 _BLOSC_CODECS = {0: "blosclz", 1: "lz4", 2: "lz4hc", 3: "snappy", 4: "zlib", 5: "zstd"}
 _SHUFFLES = {0: "", 1: "+shuffle", 2: "+bitshuffle"}
@@ -27,6 +28,46 @@ _SHUFFLES = {0: "", 1: "+shuffle", 2: "+bitshuffle"}
 
 class CommandError(Exception):
     """A problem the user can fix, reported as one line."""
+
+
+def _escapes() -> dict[int, str]:
+    """What :func:`terminal_safe` writes for each character a terminal would act on."""
+    table = {c: f"\\x{c:02x}" for c in (*range(0x20), *range(0x7F, 0xA0))}  # C0, DEL, C1
+    table.update({0x09: "\\t", 0x0A: "\\n", 0x0D: "\\r"})
+    bidi = (0x200E, 0x200F, *range(0x202A, 0x202F), *range(0x2066, 0x206A))  # reorder what follows
+    table.update({c: f"\\u{c:04x}" for c in bidi})
+    table.update({c: f"\\u{c:04x}" for c in range(0xD800, 0xE000)})  # lone surrogates cannot be printed
+    table.update({c: f"\\x{c - 0xDC00:02x}" for c in range(0xDC80, 0xDD00)})  # a non-UTF-8 name's bytes
+    return table
+
+
+_ESCAPES = _escapes()
+
+
+def terminal_safe(text: str) -> str:
+    r"""``text`` with every character a terminal would act on written as an escape, like ``repr``.
+
+    Control characters (C0 including newline and carriage return, DEL, C1), bidirectional
+    overrides and the surrogates that stand for the bytes of a name that is not UTF-8 are
+    escaped; other Unicode is kept.  Names and values from a file pass through here before
+    ``daskh5`` prints them, so a file cannot move the cursor, set the clipboard (OSC 52) or
+    forge lines of output.
+
+    >>> print(terminal_safe("caf\u00e9 \x1b]52;c;aGk=\x07 a\r\nb \udcff"))
+    café \x1b]52;c;aGk=\x07 a\r\nb \xff
+    """
+    return text.translate(_ESCAPES)
+
+
+def _escaped(value):
+    """Every string in a report (keys and values, nested) through :func:`terminal_safe`."""
+    if isinstance(value, str):
+        return terminal_safe(value)
+    if isinstance(value, dict):
+        return {_escaped(k): _escaped(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(_escaped(v) for v in value)
+    return value
 
 
 # -- info ------------------------------------------------------------------------------------------
@@ -76,10 +117,10 @@ def _node_record(obj, budget: int, allow_external: bool = False) -> dict:
     from daskh5._chunking import budget_chunks
     from daskh5._containment import layout_name, outside_reason
     from daskh5._h5types import numpy_dtype, skip_reason, time_layout
-    from daskh5._nodes import node_kind, size_problem
+    from daskh5._nodes import node_kind, node_name, size_problem
 
     kind = node_kind(obj)
-    rec: dict = {"path": obj.name, "kind": kind}
+    rec: dict = {"path": node_name(obj.name), "kind": kind}
     if isinstance(obj, h5py.Group):
         return rec
     if isinstance(obj, h5py.Datatype):
@@ -331,7 +372,8 @@ def _outside_note(r: dict) -> str:
 
 def _cmd_info(args) -> int:
     report = info(args.file, args.node, args.budget, show_all=args.all, allow_external=args.allow_external)
-    print(json.dumps(report, indent=2) if args.json else format_info(report))
+    # JSON escapes control characters itself; the text form is escaped before it is laid out
+    print(json.dumps(report, indent=2) if args.json else format_info(_escaped(report)))
     return 0
 
 
@@ -749,17 +791,25 @@ def _count(text: str) -> int:
 
 
 def _one_line(exc: BaseException) -> str:
-    text = " ".join(str(exc).split()) or type(exc).__name__
+    """The error as one printable line: control characters escaped (see :func:`terminal_safe`)."""
+    text = " ".join(terminal_safe(str(exc)).split()) or type(exc).__name__
     if isinstance(exc, KeyError) and not isinstance(exc, Daskh5Error):
         text = f"no such node {text}"
     return text
+
+
+def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    """Warnings as one escaped line each (they can quote names from the file)."""
+    print(f"daskh5: warning: {_one_line(Exception(message))}", file=sys.stderr)
 
 
 def main(argv: list[str] | None = None) -> int:
     """Run the ``daskh5`` command line; returns the exit code."""
     args = _parser().parse_args(argv)
     try:
-        return args.run(args)
+        with warnings.catch_warnings():
+            warnings.showwarning = _show_warning
+            return args.run(args)
     except BrokenPipeError:  # `daskh5 info --json | head`: the reader left, nothing to report
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0

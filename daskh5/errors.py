@@ -12,16 +12,19 @@ __all__ = [
     "ChunkDecodeError",
     "Daskh5Error",
     "ExternalDataError",
+    "FileBusyError",
     "FileNotFound",
     "NodeKindError",
     "IncompatibleArrayError",
     "NodeExistsError",
+    "NodeNameError",
     "NodeNotFound",
     "NotHDF5Error",
     "RaggedLayoutError",
     "UnsupportedDtypeError",
     "UnsafePickleError",
     "UnsupportedFilterError",
+    "WriteError",
 ]
 
 
@@ -86,3 +89,14 @@ class FileBusyError(Daskh5Error, OSError):
 
 class UnsafePickleError(Daskh5Error, ValueError):
     """A pickle in the file asks for something daskh5 will not build (only plain values are rebuilt)."""
+
+
+class NodeNameError(Daskh5Error, ValueError):
+    """A writer was given a node path it cannot create (not absolute, or with a NUL character)."""
+
+
+class WriteError(Daskh5Error, OSError):
+    """A write did not reach the disk whole (disk full, file-size limit, I/O or HDF5 error).
+
+    Raised before anything replaces the file: ``path`` is as it was before the call.
+    """

@@ -21,7 +21,8 @@ from daskh5._chunking import budget_chunks
 from daskh5._encode import encoder_for
 from daskh5._inputs import resolve
 from daskh5._nodes import ATTR_APPENDING
-from daskh5._safe_tables import atomic_target, open_tables
+from daskh5._safe_tables import atomic_target, open_tables, shown, writer_node
+from daskh5._verify import check_node, hdf5_errors
 from daskh5.errors import (
     Daskh5Error,
     IncompatibleArrayError,
@@ -205,8 +206,9 @@ class _ChunkSink:
     h5py dataset); ``leaf`` takes whole blocks that PyTables compresses itself.
     """
 
-    def __init__(self, offset: tuple[int, ...], bar, chunks=None, leaf=None):
+    def __init__(self, offset: tuple[int, ...], bar, chunks=None, leaf=None, guard=contextlib.nullcontext):
         self.offset, self.bar, self.chunks, self.leaf = offset, bar, chunks, leaf
+        self.guard = guard  # turns HDF5's errors into a WriteError (see _verify.hdf5_errors)
         self.lock = threading.Lock()
 
     def store(self, origin: tuple[int, ...], result) -> None:
@@ -217,7 +219,8 @@ class _ChunkSink:
             else:
                 start = tuple(o + s for o, s in zip(origin, self.offset, strict=True))
                 region = tuple(slice(s, s + n) for s, n in zip(start, result.shape, strict=True))
-                self.leaf[region] = result
+                with self.guard():
+                    self.leaf[region] = result
             if self.bar is not None:
                 self.bar.update(1)
 
@@ -232,7 +235,7 @@ def _in_process_scheduler(x) -> bool:
 
 
 def _write_blocks(
-    x, encoder, offset: tuple[int, ...], progress: bool, desc: str, chunks=None, leaf=None
+    x, encoder, offset: tuple[int, ...], progress: bool, desc: str, chunks=None, leaf=None, guard=None
 ) -> None:
     """Write dask array ``x`` at ``offset`` (chunk-aligned), block by block.
 
@@ -254,7 +257,7 @@ def _write_blocks(
     else:
         tasks = [blocks[idx] for idx, _origin in origins]
     with _progress(len(tasks), desc, progress) as bar:
-        sink = _ChunkSink(offset, bar, chunks=chunks, leaf=leaf)
+        sink = _ChunkSink(offset, bar, chunks=chunks, leaf=leaf, guard=guard or contextlib.nullcontext)
         if _in_process_scheduler(x):
             # One graph, as da.store builds it: each block is stored as soon as it is ready, one store
             # at a time (the sink's lock), so the scheduler's depth-first order bounds memory and
@@ -267,26 +270,47 @@ def _write_blocks(
 
 
 @contextlib.contextmanager
-def _direct_chunks(path: str, node: str) -> Iterator[Callable]:
+def _direct_chunks(path: str, node: str, guard) -> Iterator[Callable]:
     """``write(coords, data)`` storing compressed chunks through h5py (about twice PyTables' speed).
 
     Only used while no PyTables handle to ``path`` is open; h5py never unpickles.
+    HDF5's errors (opening, writing, flushing on close) come out of ``guard`` as daskh5 errors.
     """
     import h5py
 
-    with h5py.File(path, "r+") as f:
+    with guard():
+        f = h5py.File(path, "r+")
+    try:
         ds = f[node]
-        yield lambda coords, data: ds.id.write_direct_chunk(coords, data, 0)
+
+        def write(coords, data) -> None:
+            with guard():
+                ds.id.write_direct_chunk(coords, data, 0)
+
+        yield write
+    except BaseException:
+        with contextlib.suppress(Exception):
+            f.close()
+        raise
+    with guard():
+        f.close()
 
 
-def _fill(path: str, leaf_path: str, x, encoder, offset, progress: bool, desc: str) -> None:
-    """Write ``x`` into the existing node (PyTables closed): h5py direct chunks, or PyTables."""
+def _fill(path: str, leaf_path: str, x, encoder, offset, progress: bool, desc: str, node: str) -> None:
+    """Write ``x`` into the existing node (PyTables closed): h5py direct chunks, or PyTables.
+
+    ``node``: the node's name for messages (``leaf_path`` may be a temporary name).
+    """
+
+    def guard():
+        return hdf5_errors(shown(path), node, path)
+
     if encoder is not None:
-        with _direct_chunks(path, leaf_path) as chunks:
-            _write_blocks(x, encoder, offset, progress, desc, chunks=chunks)
+        with _direct_chunks(path, leaf_path, guard) as chunks:
+            _write_blocks(x, encoder, offset, progress, desc, chunks=chunks, guard=guard)
         return
     with open_tables(path, "a") as f:
-        _write_blocks(x, None, offset, progress, desc, leaf=f.get_node(leaf_path))
+        _write_blocks(x, None, offset, progress, desc, leaf=f.get_node(leaf_path), guard=guard)
 
 
 # -- public API ----------------------------------------------------------------------------------
@@ -368,10 +392,14 @@ def to_pytables(
 
     Notes
     -----
-    A new file is written under a temporary name next to ``path`` and renamed
-    into place when complete.  Writing into an existing file: if the
-    computation fails, the new node is removed and the file's other nodes are
-    untouched.
+    The file is written under a temporary name next to ``path`` (for
+    ``mode="a"`` on an existing file, a copy of it) and renamed into place only
+    once the new node is complete, checked (every chunk stored, inside the
+    file) and fsynced.  If anything fails (the computation, a full disk, the
+    file-size limit: :class:`~daskh5.WriteError`) the file at ``path`` is byte
+    for byte as it was.  While it writes, the file is locked against other
+    writers: another process holding it open, or writing it, makes this a
+    :class:`~daskh5.FileBusyError`.  See :doc:`/user-guide/writing`.
 
     Examples
     --------
@@ -402,7 +430,8 @@ def to_pytables(
         )
     if node is None:
         raise TypeError("to_pytables(x, path, node): give the node path for an array, e.g. '/result'")
-    path, node, _ = resolve(path, node)  # "result" means "/result"; open files give their name
+    node = writer_node(node, "to_pytables", "/result")  # "result" means "/result"
+    path, node, _ = resolve(path, node)  # open files give their name
     if not compute:
         return _deferred(
             to_pytables, x, path, node, kind=kind, filters=filters, chunkshape=chunkshape, title=title,
@@ -412,8 +441,6 @@ def to_pytables(
         raise ValueError(f"to_pytables: kind must be 'carray' or 'earray', got {kind!r}")
     if mode not in ("a", "w"):
         raise ValueError(f"to_pytables: mode must be 'a' or 'w', got {mode!r}")
-    if not isinstance(node, str) or not node.startswith("/") or node == "/":
-        raise ValueError(f"to_pytables: node must be an absolute node path like '/result', got {node!r}")
     path = os.path.abspath(os.fspath(path))
     x = _as_dask(x)
     dtype = _check_dtype(x.dtype, f"{path}:{node}")
@@ -434,31 +461,34 @@ def to_pytables(
 
         attrs = {**(attrs or {}), ATTR_DIMS: ",".join(dims)}
     _refuse_if_open(path)
+    if mode == "a" and not overwrite:
+        _refuse_existing(path, node)  # before the file is copied for nothing
     with atomic_target(path, mode) as (target, fresh):
-        with open_tables(target, "w" if fresh else "a") as f:
+        where = shown(target)
+        with hdf5_errors(where, node, target), open_tables(target, "w" if fresh else "a") as f:
             leaf_path, exists, cs = _create_node(
                 f, x, node, kind, filters, chunkshape, title, attrs or {}, overwrite
             )
-        try:
-            xa = _aligned(x, cs)
-            _fill(
-                target,
-                leaf_path,
-                xa,
-                encoder_for(filters, x.dtype, cs),
-                (0,) * x.ndim,
-                progress,
-                f"writing {node}",
+        encoder = encoder_for(filters, x.dtype, cs)
+        _fill(target, leaf_path, _aligned(x, cs), encoder, (0,) * x.ndim, progress, f"writing {node}", node)
+        if exists:  # the new node is complete: only now replace the old one
+            with hdf5_errors(where, node, target), open_tables(target, "a") as f:
+                f.remove_node(node, recursive=True)
+                f.rename_node(leaf_path, node.rsplit("/", 1)[1])
+        check_node(target, where, node, x.shape)
+
+
+def _refuse_existing(path: str, node: str) -> None:
+    """:class:`NodeExistsError` if ``node`` is in the file at ``path`` (read with h5py)."""
+    if not os.path.isfile(path):
+        return
+    from daskh5._nodes import has_node, open_h5
+
+    with open_h5(path) as f:
+        if has_node(f, node):
+            raise NodeExistsError(
+                f"{path}:{node} already exists; pass overwrite=True to replace it, or choose another node"
             )
-            if exists:  # the new node is complete: only now replace the old one
-                with open_tables(target, "a") as f:
-                    f.remove_node(node, recursive=True)
-                    f.rename_node(leaf_path, node.rsplit("/", 1)[1])
-        except BaseException:
-            if not fresh:  # a fresh file is discarded whole
-                with contextlib.suppress(Exception), open_tables(target, "a") as f:
-                    f.remove_node(leaf_path)
-            raise
 
 
 def _create_node(
@@ -510,8 +540,10 @@ def append(
     the EArray's dtype when numpy allows it under ``casting`` (numpy's
     meaning; ``"same_kind"`` by default, as for ufuncs: float64 into a float32
     EArray is cast, float into an int EArray is refused); a cast that may
-    lose information is reported with a ``UserWarning``. If the computation
-    fails, the EArray is truncated back to its previous length.
+    lose information is reported with a ``UserWarning``.  The rows are
+    appended to a copy of the file that replaces it once they are all
+    written, checked and fsynced (see :func:`to_pytables`): if anything fails,
+    the file is byte for byte as it was.
 
     Examples
     --------
@@ -525,8 +557,7 @@ def append(
     """
     if not compute:
         return _deferred(append, x, path, node, casting=casting, progress=progress, compute=True)
-    import tables
-
+    node = writer_node(node, "append", "/log")
     path, node, _ = resolve(path, node)
     if not os.path.exists(path):
         raise NodeNotFound(
@@ -534,56 +565,64 @@ def append(
         )
     _refuse_if_open(path)
     x = _as_dask(x)
-    with open_tables(path, "a") as f:
-        if node not in f:
-            raise NodeNotFound(f"{path}: no node {node!r} to append to")
-        leaf = f.get_node(node)
-        where = f"{path}:{node}"
-        if not isinstance(leaf, tables.EArray):
-            raise NodeKindError(f"{where} is a {type(leaf).__name__}, not an EArray; only EArrays can grow")
-        _check_append(leaf, x, where, casting)
-        axis, before = leaf.extdim, leaf.nrows
-        if ATTR_APPENDING in leaf.attrs:  # an earlier append was killed: drop its partial rows
-            before = min(before, int(leaf.attrs[ATTR_APPENDING]))
-            leaf.truncate(before)
-        cs = tuple(int(c) for c in leaf.chunkshape)
-        encoder = encoder_for(leaf.filters, leaf.atom.dtype, cs)
-        xs = x.astype(leaf.atom.dtype) if x.dtype != leaf.atom.dtype else x
+    with open_tables(path, "r") as f:  # refuse before the file is copied for nothing
+        axis, _before, _cs = _append_plan(f, node, x, path, casting)
+    if x.shape[axis] == 0:
+        return
+    with atomic_target(path, "a") as (target, _fresh):
+        with hdf5_errors(path, node, target), open_tables(target, "a") as f:
+            leaf = f.get_node(node)
+            axis, before, cs = _append_plan(f, node, x, path, casting, warn=False)
+            if leaf.nrows != before:  # an append by an earlier daskh5 was killed: drop its partial rows
+                leaf.truncate(before)
+            if ATTR_APPENDING in leaf.attrs:
+                del leaf.attrs[ATTR_APPENDING]
+            encoder = encoder_for(leaf.filters, leaf.atom.dtype, cs)
+            dtype, shape = leaf.atom.dtype, [int(n) for n in leaf.shape]
+        xs = x.astype(dtype) if x.dtype != dtype else x
         xs = np.moveaxis(xs, axis, 0) if axis else xs
         n = xs.shape[0]
         head = min(n, (-before) % cs[axis])  # rows that fill the partly written last chunk
-        # Readers show only the committed length while the attribute is there:
-        # the new rows appear at once, when every chunk of them is written.
-        leaf.attrs[ATTR_APPENDING] = before
-        f.flush()
-        try:
-            leaf.truncate(before + n)
+        block = np.asarray(xs[:head].compute()) if head else None  # the user's computation: no file open
+        with hdf5_errors(path, node, target), open_tables(target, "a") as f:
+            leaf = f.get_node(node)
+            leaf.truncate(before + n)  # grows without writing: the chunks are written next
             if head:
-                block = np.asarray(xs[:head].compute())
                 index = [slice(None)] * leaf.ndim
                 index[axis] = slice(before, before + head)
                 leaf[tuple(index)] = np.moveaxis(block, 0, axis) if axis else block
-        except BaseException:
-            leaf.truncate(before)
-            del leaf.attrs[ATTR_APPENDING]
-            raise
-    try:
         rest = xs[head:]
         if rest.shape[0]:
             rest = _aligned(np.moveaxis(rest, 0, axis) if axis else rest, cs)
             offset = [0] * rest.ndim
             offset[axis] = before + head
-            _fill(path, node, rest, encoder, tuple(offset), progress, f"appending to {node}")
-    except BaseException:
-        with open_tables(path, "a") as f:
-            f.get_node(node).truncate(before)
-            del f.get_node(node).attrs[ATTR_APPENDING]
-        raise
-    with open_tables(path, "a") as f:  # commit: the new rows are complete
-        del f.get_node(node).attrs[ATTR_APPENDING]
+            _fill(target, node, rest, encoder, tuple(offset), progress, f"appending to {node}", node)
+        shape[axis] = before + n
+        region = [(0, s) for s in shape]
+        region[axis] = (before, before + n)
+        check_node(target, path, node, tuple(shape), tuple(region))
 
 
-def _check_append(leaf, x, where: str, casting: str = "same_kind") -> None:
+def _append_plan(
+    f, node: str, x, path: str, casting: str = "same_kind", warn: bool = True
+) -> tuple[int, int, tuple[int, ...]]:
+    """``(extendable axis, committed rows, chunkshape)`` of the EArray ``node``, or why not."""
+    import tables
+
+    where = f"{path}:{node}"
+    if node not in f:
+        raise NodeNotFound(f"{path}: no node {node!r} to append to")
+    leaf = f.get_node(node)
+    if not isinstance(leaf, tables.EArray):
+        raise NodeKindError(f"{where} is a {type(leaf).__name__}, not an EArray; only EArrays can grow")
+    _check_append(leaf, x, where, casting, warn)
+    before = leaf.nrows
+    if ATTR_APPENDING in leaf.attrs:  # an earlier daskh5 append was killed: these rows are committed
+        before = min(before, int(leaf.attrs[ATTR_APPENDING]))
+    return leaf.extdim, before, tuple(int(c) for c in leaf.chunkshape)
+
+
+def _check_append(leaf, x, where: str, casting: str = "same_kind", warn: bool = True) -> None:
     stored = leaf.atom.dtype
     given = np.dtype(x.dtype)
     if given.newbyteorder("=") != stored.newbyteorder("="):
@@ -592,11 +631,11 @@ def _check_append(leaf, x, where: str, casting: str = "same_kind") -> None:
                 f"{where} holds {stored}; cannot append {given} with casting={casting!r} "
                 "(convert with .astype first, or pass casting='unsafe')"
             )
-        if not np.can_cast(given, stored, casting="safe"):
+        if warn and not np.can_cast(given, stored, casting="safe"):
             warnings.warn(
                 f"{where}: appending {given} values cast to the EArray's {stored} (casting={casting!r})",
                 UserWarning,
-                stacklevel=3,
+                stacklevel=4,
             )
     axis = leaf.extdim
     want = [int(n) for n in leaf.shape]

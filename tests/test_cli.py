@@ -198,7 +198,9 @@ def test_plots_have_labels_legends_and_plain_counts(h5path, tmp_path, monkeypatc
     _labelled(h5path)
     figures = []
     monkeypatch.setattr(plt, "close", figures.append)
-    stats = daskh5.label_stats(daskh5.from_pytables(h5path, "/data"), daskh5.from_pytables(h5path, "/clusters"))
+    stats = daskh5.label_stats(
+        daskh5.from_pytables(h5path, "/data"), daskh5.from_pytables(h5path, "/clusters")
+    )
     cli.plot_stats(stats, str(tmp_path / "s.png"))
     points, labels = np.random.default_rng(1).normal(size=(300, 2)), np.arange(300) % 3
     cli.plot_scatter(points, labels, str(tmp_path / "p.png"), 300)

@@ -16,7 +16,10 @@ PRELUDE = "import sys\nfor m in {hidden!r}: sys.modules[m] = None  # import m ra
 
 def _run(hidden: list[str], code: str) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [sys.executable, "-c", PRELUDE.format(hidden=hidden) + code], capture_output=True, text=True, timeout=120
+        [sys.executable, "-c", PRELUDE.format(hidden=hidden) + code],
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
 
 

@@ -22,6 +22,7 @@ from daskh5.errors import (
     NodeNotFound,
     NotHDF5Error,
     RaggedLayoutError,
+    ResourceLimitError,
     UnsupportedDtypeError,
     UnsupportedFilterError,
 )
@@ -44,6 +45,7 @@ __all__ = [
     "NotHDF5Error",
     "RaggedArray",
     "RaggedLayoutError",
+    "ResourceLimitError",
     "UnsupportedDtypeError",
     "UnsupportedFilterError",
     "__version__",

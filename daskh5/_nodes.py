@@ -271,29 +271,18 @@ def maybe_open(path: str, f=None) -> Iterator:
             yield opened
 
 
-MAX_CHUNKS = 1 << 27  # chunks per node daskh5 indexes (a dense index of up to 2.7 GB)
+MAX_NODE_BYTES = 1 << 50
+"""Largest node daskh5 takes (a pebibyte: damaged dataspaces claim 2**62 rows).  Chunks that were
+never written cost nothing in the chunk index, so the number of chunks is not limited; the dask
+arrays made from a node are (:data:`daskh5._chunking.MAX_BLOCKS`)."""
 
 
 def size_problem(shape, chunks, itemsize: int) -> str | None:
-    """Why daskh5 cannot take a node of this shape (damaged dataspaces claim 2**62 rows), or None.
-
-    Chunked: more chunks than the dense chunk index holds. Contiguous: more
-    bytes than any file (a petabyte).
-    """
-    if chunks:
-        cells = 1
-        for s, c in zip(shape, chunks):
-            cells *= -(-int(s) // max(1, int(c)))
-        if cells > MAX_CHUNKS:
-            return (
-                f"shape {tuple(shape)} in chunks of {tuple(chunks)} is {cells:,} chunks, more than daskh5 "
-                f"indexes ({MAX_CHUNKS:,}); the shape may be damaged, or re-chunk the node with bigger chunks"
-            )
-        return None
+    """Why daskh5 cannot take a node of this shape, or None: more bytes than any file holds."""
     nbytes = itemsize
     for s in shape:
         nbytes *= int(s)
-    if nbytes > 1 << 50:
+    if nbytes > MAX_NODE_BYTES:
         return f"shape {tuple(shape)} is {nbytes:,} bytes, more than any file holds: the shape is damaged"
     return None
 

@@ -123,7 +123,7 @@ def from_pytables(
     driver = _normalize_driver(driver)
     info = describe_array(path, node)
     reader = NodeReader(info, driver=driver)
-    chunks = resolve_chunks(chunks, info.shape, info.chunkshape, info.dtype)
+    chunks = resolve_chunks(chunks, info.shape, info.chunkshape, info.dtype, f"{info.path}:{info.node}")
     name = name or "from-pytables-" + tokenize(reader, chunks)
     meta = np.empty((0,) * len(info.shape), dtype=info.dtype)
     return da.from_array(

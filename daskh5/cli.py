@@ -71,7 +71,7 @@ def _size(n: float | None) -> str:
 def _node_record(obj, budget: int) -> dict:
     import h5py
 
-    from daskh5._chunking import budget_chunks
+    from daskh5._chunking import budget_block, count_blocks
     from daskh5._nodes import node_kind, size_problem
 
     kind = node_kind(obj)
@@ -99,13 +99,12 @@ def _node_record(obj, budget: int) -> dict:
     too_big = size_problem(obj.shape, obj.chunks, obj.dtype.itemsize)
     if too_big:
         rec["warning"] = too_big
-    elif obj.shape and obj.dtype.names is None:
-        chunks = budget_chunks(
-            tuple(obj.shape), tuple(obj.chunks) if obj.chunks else None, obj.dtype.itemsize, budget
-        )
-        block = [max(c) if c else 0 for c in chunks]
+    elif obj.shape and obj.dtype.names is None:  # counted, not built: the shape may claim 2**40 blocks
+        shape = tuple(int(s) for s in obj.shape)
+        block = budget_block(shape, tuple(obj.chunks) if obj.chunks else None, obj.dtype.itemsize, budget)
+        block = [min(b, s) for b, s in zip(block, shape)]
         rec["dask"] = {
-            "blocks": int(np.prod([len(c) for c in chunks])),
+            "blocks": count_blocks(shape, block),
             "block_shape": block,
             "block_bytes": int(np.prod(block, dtype=np.int64)) * obj.dtype.itemsize,
         }

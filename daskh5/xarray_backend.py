@@ -19,6 +19,7 @@ from collections.abc import Iterable
 
 import numpy as np
 
+from daskh5._chunking import preferred_chunks
 from daskh5._xarray_store import assign_dims, group_variables, list_groups, warn_skipped
 
 __all__ = ["PyTablesBackendEntrypoint"]
@@ -73,10 +74,13 @@ class PyTablesStore(AbstractDataStore):
             data = indexing.LazilyIndexedArray(PyTablesArray(e.reader, e.field, e.shape, e.dtype))
             encoding = dict(e.encoding)
             chunks = encoding.get("chunksizes")
+            # the node's chunks, or whole multiples of them: chunks={} must not make 2**27 blocks
             if chunks and e.field is None:
-                encoding["preferred_chunks"] = dict(zip(e.dims, chunks, strict=False))
+                preferred = preferred_chunks(e.shape, chunks, np.dtype(e.dtype).itemsize)
+                encoding["preferred_chunks"] = dict(zip(e.dims, preferred, strict=False))
             elif chunks:
-                encoding["preferred_chunks"] = {e.dims[0]: chunks[0]}
+                row = int(np.prod(e.shape[1:], dtype=np.int64)) * np.dtype(e.dtype).itemsize
+                encoding["preferred_chunks"] = {e.dims[0]: preferred_chunks(e.shape[:1], chunks[:1], row)[0]}
             out[e.name] = xr.Variable(e.dims, data, attrs=e.attrs, encoding=encoding)
         return out
 

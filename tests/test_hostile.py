@@ -293,3 +293,67 @@ def test_limited_runner_reports_every_outcome():
     assert corpus.run_limited("import time; time.sleep(30)", timeout=2)["status"] == "timeout"
     big = corpus.run_limited("b = bytearray(4 << 30)", memory=2 * corpus.GiB)
     assert big["status"] == "error" and big["etype"] == "builtins.MemoryError"
+
+
+# -- small files cannot claim large resources (issue 12, section 3) -----------------------------------------------
+# Each file below is a few KB or MB and claims gigabytes (rows, chunks, heap bytes, attribute bytes, pickled
+# objects). Each entry point runs in a child under a tight RLIMIT_AS: the safe outcome is a result that costs what
+# the real data costs, or a daskh5 error, never a MemoryError, a kill or a hang.
+TIGHT = 1 * corpus.GiB  # the children below need about 300 MB of address space for what they really read
+
+
+def _limited(code: str, *, memory: int = TIGHT, timeout: float = 120) -> dict:
+    out = corpus.run_limited(code, memory=memory, timeout=timeout)
+    assert out["status"] in ("ok", "error"), out
+    return out
+
+
+def test_unwritten_chunks_cost_nothing(tmp_path):
+    """2**27 chunks of which two were written (a 4 KB file): the chunk index, a read, xarray's
+    ``chunks={}`` and ``daskh5 info`` cost what the two chunks cost (a dense index was 1.1 GB)."""
+    import h5py
+
+    path = str(tmp_path / "sparse.h5")
+    with h5py.File(path, "w") as f:
+        ds = f.create_dataset("data", shape=(1 << 27,), chunks=(1,), dtype="f8", fillvalue=0.5)
+        ds[5], ds[1000] = 1.0, 2.0
+    assert os.path.getsize(path) < 10_000
+    out = _limited(f"""
+import daskh5, xarray as xr
+from daskh5 import _nodes, _storage, cli
+x = daskh5.from_pytables({path!r}, "/data")
+index = _storage.read_chunk_index(_nodes.describe_array({path!r}, "/data"))
+ds = xr.open_dataset({path!r}, engine="daskh5", chunks={{}})
+result = [float(x[:2000].sum().compute()), len(index.positions), ds.data.data.npartitions,
+          float(ds.data[990:1010].sum().compute()), cli.main(["info", {path!r}])]
+""")
+    assert out["status"] == "ok", out
+    assert out["result"] == [1998 * 0.5 + 3.0, 2, 8, 19 * 0.5 + 2.0, 0]
+
+
+def test_a_node_claiming_2_40_chunks_makes_no_huge_dask_graph(tmp_path):
+    """The chunk grid is not limited, the dask arrays made from it are: xarray's preferred chunks
+    grow to whole multiples of the node's chunks, and too many blocks fail fast, before any tuple
+    of block sizes is built."""
+    import h5py
+
+    path = str(tmp_path / "claims.h5")
+    with h5py.File(path, "w") as f:
+        f.create_dataset("data", shape=(1 << 40,), chunks=(1,), dtype="f8")[3] = 1.0
+    out = _limited(f"""
+import daskh5, xarray as xr
+ds = xr.open_dataset({path!r}, engine="daskh5", chunks={{}})
+blocks = ds.data.data.npartitions
+head = float(ds.data[:10].sum().compute())
+try:
+    daskh5.from_pytables({path!r}, "/data", chunks=(1000,))
+except daskh5.ResourceLimitError as exc:
+    refused = str(exc)
+result = [blocks, head, refused]
+""")
+    assert out["status"] == "ok", out
+    blocks, head, refused = out["result"]
+    from daskh5._chunking import MAX_BLOCKS
+
+    assert blocks <= MAX_BLOCKS and head == 1.0
+    assert path in refused and "/data" in refused and "dask blocks" in refused

@@ -11,6 +11,7 @@ few KB whose node claims 2**27 chunks has an index of the chunks it holds.
 from __future__ import annotations
 
 import array
+import math
 import os
 import threading
 import time
@@ -21,7 +22,7 @@ import numpy as np
 from daskh5._nodes import NodeInfo, lookup, maybe_open, size_problem
 from daskh5.errors import ChunkDecodeError, NotHDF5Error
 
-__all__ = ["ChunkIndex", "read_chunk_index"]
+__all__ = ["ChunkIndex", "read_chunk_index", "unwritten_chunks"]
 
 
 def _strides(grid: tuple[int, ...]) -> tuple[int, ...]:
@@ -148,6 +149,34 @@ def _sorted_index(grid, positions, offsets, sizes, masks, mtime_ns: int) -> Chun
     else:
         pos = pos.copy()
     return ChunkIndex(tuple(grid), pos, arrays[0], arrays[1], mask, mtime_ns)
+
+
+def unwritten_chunks(ds, rows: int, where: str) -> int:
+    """How many of the chunks holding rows ``[0, rows)`` of the h5py dataset ``ds`` were never written.
+
+    Costs one step per *written* chunk, whatever the dataset's shape claims.
+    Contiguous and compact datasets have every byte in the file: 0.
+    """
+    if ds.chunks is None or rows <= 0:
+        return 0
+    shape, cs = tuple(int(s) for s in ds.shape), tuple(int(c) for c in ds.chunks)
+    wanted = -(-min(rows, shape[0]) // cs[0])  # row-chunks
+    rest = _grid(shape[1:], cs[1:])
+    seen: set[tuple[int, ...]] = set()  # a damaged B-tree may list a chunk twice
+
+    def count(si) -> None:
+        pos = tuple(o // c for o, c in zip(si.chunk_offset, cs))
+        if pos[0] < wanted and all(p < g for p, g in zip(pos[1:], rest)):
+            seen.add(pos)
+
+    try:
+        ds.id.chunk_iter(count)
+    except AttributeError:  # HDF5 older than 1.12.3: one call per chunk
+        for i in range(ds.id.get_num_chunks()):
+            count(ds.id.get_chunk_info(i))
+    except Exception as exc:
+        raise NotHDF5Error(f"{where}: the chunk index is unreadable: {exc}") from exc
+    return wanted * math.prod(rest) - len(seen)
 
 
 _fresh: dict[tuple[str, str], ChunkIndex] = {}

@@ -357,3 +357,91 @@ result = [blocks, head, refused]
 
     assert blocks <= MAX_BLOCKS and head == 1.0
     assert path in refused and "/data" in refused and "dask blocks" in refused
+
+
+def _claiming_layouts(path: str, which: str) -> str:
+    """A ragged layout of two samples whose ``which`` node is grown to 10**9 rows, none of them written."""
+    import h5py
+
+    if which == "vlarray-shape":
+        with tables.open_file(path, "w") as f:
+            vl = f.create_vlarray("/", "samples", atom=tables.Float32Atom())
+            vl.append(np.arange(6, dtype="f4"))
+            vl.append(np.arange(2, dtype="f4"))
+            f.create_earray("/", "samples_shape", obj=np.array([[2, 3], [1, 2]]), chunkshape=(512, 2))
+        grow = ["/samples", "/samples_shape"]  # the VLArray is checked first
+    elif which == "vlarray":
+        with tables.open_file(path, "w") as f:
+            vl = f.create_vlarray("/", "samples", atom=tables.Float32Atom(), chunkshape=(256,))
+            vl.append(np.arange(6, dtype="f4"))
+        grow = ["/samples"]
+    else:
+        daskh5.write_ragged([np.ones((2, 3), "f4"), np.ones((1, 2), "f4")], path, "/samples", progress=False)
+        with h5py.File(path, "a") as f:
+            for name in ("samples", "samples_start_and_stop", "samples_shape"):
+                for key in [k for k in f[name].attrs if k.startswith("DASKH5_NSAMPLES")]:
+                    del f[name].attrs[key]  # no committed count: the columns' length is the claim
+            if which == "no-shape-column":
+                del f["samples_shape"], f["samples"].attrs["DASKH5_SHAPE"]
+        grow = {"start-stop": ["/samples_start_and_stop"], "shape": ["/samples_shape"],
+                "both": ["/samples_start_and_stop", "/samples_shape"],
+                "no-shape-column": ["/samples_start_and_stop"]}[which]  # fmt: skip
+    with h5py.File(path, "a") as f:
+        for name in grow:
+            f[name].resize(10**9, axis=0)
+    assert os.path.getsize(path) < 1 << 20
+
+
+@pytest.mark.parametrize(
+    "which, claimant, why",
+    [
+        ("start-stop", "/samples_shape", "one row per sample"),  # the columns disagree: nothing is read
+        ("shape", "/samples_shape", "one row per sample"),
+        ("both", "/samples_start_and_stop", "never written"),
+        ("no-shape-column", "/samples_start_and_stop", "never written"),
+        ("vlarray-shape", "/samples", "never written"),
+        ("vlarray", "/samples", "never written"),
+    ],
+)
+def test_side_columns_claiming_a_billion_rows(tmp_path, which, claimant, why):
+    """A side column (or a VLArray) grown to 10**9 rows of which almost nothing is stored: ``open_ragged``,
+    ``read_ragged`` and ``daskh5 info`` check the columns' lengths and stored chunks before allocating
+    (16 GB before), and refuse with a RaggedLayoutError naming the node."""
+    path = str(tmp_path / "claims.h5")
+    _claiming_layouts(path, which)
+    out = _limited(f"""
+import contextlib, io, daskh5
+from daskh5 import cli
+result = []
+for fn in (daskh5.open_ragged, daskh5.read_ragged):
+    try:
+        fn({path!r}, "/samples")
+        result.append("opened")
+    except daskh5.RaggedLayoutError as exc:
+        result.append(str(exc))
+with contextlib.redirect_stdout(io.StringIO()) as text:
+    rc = cli.main(["info", {path!r}])
+result.append([rc, text.getvalue()])
+""")
+    assert out["status"] == "ok", out
+    opened, bag, (rc, text) = out["result"]
+    for message in (opened, bag):
+        assert f"{path}:{claimant}:" in message and why in message, message
+    assert rc == 0 and "NOT VALID" in text and why in text, text
+
+
+def test_side_columns_past_the_committed_samples_are_not_read(tmp_path):
+    """Rows past ``DASKH5_NSAMPLES`` (an interrupted append) are neither checked nor read: a column grown
+    to 10**9 rows after two committed samples opens with two samples."""
+    import h5py
+
+    path = str(tmp_path / "committed.h5")
+    daskh5.write_ragged([np.ones((2, 3), "f4"), np.ones((1, 2), "f4")], path, "/samples", progress=False)
+    with h5py.File(path, "a") as f:
+        f["samples_start_and_stop"].resize(10**9, axis=0)
+    out = _limited(f"""
+import daskh5
+r = daskh5.open_ragged({path!r}, "/samples")
+result = [len(r), r.shapes.tolist()]
+""")
+    assert out["status"] == "ok" and out["result"] == [2, [[2, 3], [1, 2]]], out

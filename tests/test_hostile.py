@@ -445,3 +445,53 @@ r = daskh5.open_ragged({path!r}, "/samples")
 result = [len(r), r.shapes.tolist()]
 """)
     assert out["status"] == "ok" and out["result"] == [2, [[2, 3], [1, 2]]], out
+
+
+def _aliasing_vlarray(path: str, rows: int, filters=None) -> int:
+    """A VLArray whose row 0 holds 4 MiB and whose other ``rows - 1`` descriptors are copies of row 0's:
+    a 5 MB file whose rows claim ``rows`` x 4 MiB. Returns the claimed bytes."""
+    with tables.open_file(path, "w") as f:
+        vl = f.create_vlarray("/", "samples", atom=tables.Float32Atom(), chunkshape=(512,), filters=filters)
+        vl.append(np.arange(1 << 20, dtype="f4"))
+        for _ in range(rows - 1):
+            vl.append(np.zeros(1, "f4"))
+    data = bytearray(Path(path).read_bytes())
+    chunks = sorted((e for e in corpus.data_extents(path) if e.node == "/samples"), key=lambda e: e.chunk)
+    assert all(not e.filters for e in chunks)  # raw descriptors: 16 bytes a row
+    descriptor = bytes(data[chunks[0].start : chunks[0].start + 16])
+    for e in chunks:
+        data[e.start : e.start + e.size] = descriptor * (e.size // 16)
+    Path(path).write_bytes(bytes(data))
+    return rows << 22
+
+
+def test_vlarray_rows_aliasing_one_heap_object(tmp_path):
+    """2,000 row descriptors naming one 4 MiB heap object (8 GiB claimed by a 5 MB file): every read
+    checks the rows' stored lengths against the file's size before HDF5 allocates anything."""
+    path = str(tmp_path / "alias.h5")
+    claimed = _aliasing_vlarray(path, 2000)
+    assert os.path.getsize(path) < 6 << 20 and claimed > 7 * corpus.GiB
+    out = _limited(f"""
+import daskh5
+r = daskh5.open_ragged({path!r}, "/samples")
+steps = {{
+    "lengths": lambda: r.lengths,
+    "slice": lambda: r[0:5],
+    "take": lambda: r[[1, 2, 3]],
+    "iter_batches": lambda: list(r.iter_batches(100)),
+    "read_ragged": lambda: daskh5.read_ragged({path!r}, "/samples").count().compute(),
+}}
+result = {{}}
+for name, step in steps.items():
+    try:
+        step()
+        result[name] = "read"
+    except daskh5.RaggedLayoutError as exc:
+        result[name] = str(exc)
+result["one row"] = r[7].shape  # one row is one heap object: bounded by the file, read
+""")
+    assert out["status"] == "ok", out
+    result = out["result"]
+    assert result.pop("one row") == [1 << 20]
+    for name, message in result.items():
+        assert f"{path}:/samples" in message and "more than the whole" in message, (name, message)

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from daskh5._attrs import small_attr
 from daskh5._nodes import NodeInfo, describe_array, lookup, node_kind, open_h5
 from daskh5._reader import NodeReader, check_filters_available
 from daskh5._storage import unwritten_chunks
@@ -164,13 +165,14 @@ def find_layout(
         node = obj.name
         path = f.filename
         kind = node_kind(obj)
-        attrs = obj.attrs
-        n_committed = int(attrs[ATTR_NSAMPLES]) if ATTR_NSAMPLES in attrs else None
-        ndim_attr = int(attrs[ATTR_NDIM]) if ATTR_NDIM in attrs else None
-        start_stop = start_stop or _text(attrs.get(ATTR_START_STOP))
-        shape = shape or _text(attrs.get(ATTR_SHAPE))
+        n_committed = small_attr(obj, ATTR_NSAMPLES)
+        n_committed = None if n_committed is None else int(n_committed)
+        ndim_attr = small_attr(obj, ATTR_NDIM)
+        ndim_attr = None if ndim_attr is None else int(ndim_attr)
+        start_stop = start_stop or _text(small_attr(obj, ATTR_START_STOP))
+        shape = shape or _text(small_attr(obj, ATTR_SHAPE))
         if kind == "VLArray":
-            pseudo = _text(attrs.get("PSEUDOATOM"))
+            pseudo = _text(small_attr(obj, "PSEUDOATOM"))
             if pseudo == "object":
                 raise NodeKindError(
                     f"{path}:{node} is an ObjectAtom VLArray: its rows are pickles, which daskh5 never "

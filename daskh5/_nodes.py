@@ -165,7 +165,9 @@ def node_kind(obj) -> str:
     """The PyTables kind of an h5py object, or ``"Dataset"``/``"Group"`` for plain HDF5."""
     import h5py
 
-    cls = obj.attrs.get("CLASS") if "CLASS" in obj.attrs else None
+    from daskh5._attrs import small_attr
+
+    cls = small_attr(obj, "CLASS")
     if isinstance(cls, (bytes, np.bytes_)):
         cls = cls.decode("ascii", "replace")
     if isinstance(cls, str) and cls in _PYTABLES_CLASSES:
@@ -317,6 +319,8 @@ def describe_array(
     """
     import h5py
 
+    from daskh5._attrs import small_attr
+
     path = _absolute(path)
     st = os.stat(path) if os.path.exists(path) else None
     with maybe_open(path, f) as f:
@@ -348,10 +352,10 @@ def describe_array(
                 dcpl.get_fill_value(fill)
         except Exception as exc:
             raise NotHDF5Error(f"{where}: could not read the node's storage metadata: {exc}") from exc
-        extdim = obj.attrs.get("EXTDIM") if kind == "EArray" else None
+        extdim = small_attr(obj, "EXTDIM") if kind == "EArray" else None
         shape = [int(s) for s in obj.shape]
         _check_size(where, shape, obj.chunks, disk.itemsize, layout, offset, st.st_size if st else 0)
-        committed = obj.attrs.get(ATTR_APPENDING) if extdim is not None else None
+        committed = small_attr(obj, ATTR_APPENDING) if extdim is not None else None
         if committed is not None and 0 <= int(committed) < shape[int(extdim)]:
             shape[int(extdim)] = int(committed)  # rows of an unfinished daskh5.append are not shown
         return NodeInfo(

@@ -29,6 +29,7 @@ import warnings
 
 import numpy as np
 
+from daskh5._attrs import DEFAULT_MAX_ATTR_SIZE, AttrBudget, parse_limit, read_attrs, small_attr
 from daskh5._nodes import describe_array, lookup, node_kind, open_h5
 from daskh5._reader import NodeReader
 from daskh5._safe_tables import restricted_loads
@@ -45,6 +46,7 @@ _SYSTEM = {
 }  # fmt: skip
 _SYSTEM_PATTERN = re.compile(r"^(FIELD_\d+_(NAME|FILL)|DASKH5_.*)$")
 _GROUP_SKIP = {"_i_table"}  # PyTables' index containers
+_MISSING = object()
 
 
 class PickledAttribute(bytes):
@@ -73,14 +75,11 @@ def decode_attr(value, decode_pickles: bool = False):
     return value
 
 
-def split_attrs(attrs, decode_pickles: bool) -> tuple[dict, dict]:
-    """(user attributes, PyTables/HDF5 bookkeeping) of an h5py attribute manager."""
+def split_attrs(obj, decode_pickles: bool, budget: AttrBudget, where: str) -> tuple[dict, dict]:
+    """(user attributes, PyTables/HDF5 bookkeeping) of an h5py object, within ``budget``
+    (attributes it does not admit are left out with a warning, see :mod:`daskh5._attrs`)."""
     user, system = {}, {}
-    for raw_key in attrs:
-        try:
-            value = attrs[raw_key]
-        except Exception:  # a type h5py cannot read: keep going
-            continue
+    for raw_key, value in read_attrs(obj, budget, where).items():
         # a name that is not UTF-8 (h5py gives bytes) is kept, readably
         key = raw_key.decode("utf-8", "backslashreplace") if isinstance(raw_key, bytes) else raw_key
         if type(value).__name__ == "Empty":
@@ -125,6 +124,9 @@ class Entry:
 
 def _scale_names(ds) -> tuple[str, ...] | None:
     """Dimension names from HDF5 dimension scales or labels, if every axis has one."""
+    for name in ("DIMENSION_LIST", "DIMENSION_LABELS"):  # h5py reads both whole: they must be small
+        if name in ds.attrs and small_attr(ds, name, _MISSING) is _MISSING:
+            return None
     try:
         names = []
         for dim in ds.dims:
@@ -158,10 +160,10 @@ def _array_encoding(info, system: dict) -> dict:
     return enc
 
 
-def _leaf_entries(path, obj, kind, decode_pickles) -> list[Entry]:
+def _leaf_entries(path, obj, kind, decode_pickles, budget) -> list[Entry]:
     f = obj.file
     info = describe_array(path, obj.name, f=f)
-    user, system = split_attrs(obj.attrs, decode_pickles)
+    user, system = split_attrs(obj, decode_pickles, budget, f"{path}:{obj.name}")
     stored = system.get(ATTR_DIMS)
     hint = tuple(stored.split(",")) if isinstance(stored, str) and stored else None
     axis_names = hint or _scale_names(obj)
@@ -182,9 +184,9 @@ def _flatten_fields(dtype: np.dtype, prefix=()) -> list[tuple[tuple[str, ...], n
     return out
 
 
-def _table_entries(path, obj, decode_pickles, prefix: str) -> list[Entry]:
+def _table_entries(path, obj, decode_pickles, prefix: str, budget) -> list[Entry]:
     info = describe_array(path, obj.name, allow_table=True, f=obj.file)
-    user, system = split_attrs(obj.attrs, decode_pickles)
+    user, system = split_attrs(obj, decode_pickles, budget, f"{path}:{obj.name}")
     reader = NodeReader(info, f=obj.file)
     enc = _array_encoding(info, system)
     out = []
@@ -224,7 +226,7 @@ def _opaque_attr(value):
         return None
 
 
-def _pandas_entries(path, group, decode_pickles) -> tuple[list[Entry], list[Entry], list[str]] | None:
+def _pandas_entries(path, group, budget) -> tuple[list[Entry], list[Entry], list[str]] | None:
     """(data variables, index coordinates, names of the extra coordinates) of a pandas table, or None.
 
     ``df.to_hdf(format="table")`` frames and series: columns under their real
@@ -232,37 +234,45 @@ def _pandas_entries(path, group, decode_pickles) -> tuple[list[Entry], list[Entr
     become non-dimension coordinates along the row dimension (pandas stores
     them as data columns), so ``ds.set_index(index=[...])`` rebuilds it.
     """
-    gattrs = group.attrs
-    if _text(gattrs.get("pandas_type", b"")) not in _PANDAS_TABLES or "table" not in group:
+    limit = budget.file_size if budget.limit is None else budget.limit
+
+    def gattrs(name, default=b""):
+        return small_attr(group, name, default, limit)
+
+    if _text(gattrs("pandas_type")) not in _PANDAS_TABLES or "table" not in group:
         return None
     table = group["table"]
     info = describe_array(path, table.name, allow_table=True, f=group.file)
     reader = NodeReader(info, f=group.file)
-    tattrs = table.attrs
-    ginfo = _opaque_attr(gattrs.get("info", b""))
+
+    def tattrs(name, default=b""):
+        return small_attr(table, name, default, limit)
+
+    ginfo = _opaque_attr(gattrs("info"))
     ginfo = ginfo if isinstance(ginfo, dict) else {}
     index_info = ginfo.get("index") if isinstance(ginfo.get("index"), dict) else {}
     index_name = index_info.get("index_name")
     index_name = index_name if isinstance(index_name, str) and index_name else "index"
-    levels = decode_attr(gattrs["levels"], True) if "levels" in gattrs else None
+    levels = decode_attr(gattrs("levels", None), True)
     levels = [v for v in levels if isinstance(v, str)] if isinstance(levels, list) else []
     dim = str(index_name)
     data, coords = [], []
     for name in info.dtype.names:
         sub = info.dtype.fields[name][0]
         if name == "index":
-            kind = _text(tattrs.get("index_kind", b""))
+            kind = _text(tattrs("index_kind"))
             coords.append(
                 Entry(dim, reader, ("index",), (dim,), {}, {"pandas_index_kind": kind}, info.shape,
                       _pandas_dtype(sub, kind), table.name)
             )  # fmt: skip
             continue
-        labels = decode_attr(tattrs.get(f"{name}_kind", b""), True) if f"{name}_kind" in tattrs else [name]
-        meta = _text(tattrs.get(f"{name}_meta", b""))
+        labels = decode_attr(tattrs(f"{name}_kind", None), True)
+        labels = [name] if labels is None else labels
+        meta = _text(tattrs(f"{name}_meta"))
         if not isinstance(labels, list):
             labels = [name]
         base = sub.subdtype[0] if sub.subdtype else sub
-        base = _pandas_dtype(base, _text(tattrs.get(f"{name}_dtype", b"")))
+        base = _pandas_dtype(base, _text(tattrs(f"{name}_dtype")))
         for j, label in enumerate(labels):
             attrs = {"_Encoding": "utf-8"} if meta == "str" and base.kind == "S" else {}
             column_info = ginfo.get(name) if isinstance(ginfo.get(name), dict) else {}
@@ -284,16 +294,23 @@ def _pandas_entries(path, group, decode_pickles) -> tuple[list[Entry], list[Entr
     return data, coords, [c.name for c in coords if c.name != dim]
 
 
-def group_variables(path: str, group: str, decode_pickles: bool = False):
-    """(entries, group attributes, skipped-node messages, stored coordinate names) of one group."""
+def group_variables(
+    path: str, group: str, decode_pickles: bool = False, max_attr_size: int | str | None = DEFAULT_MAX_ATTR_SIZE
+):
+    """(entries, group attributes, skipped-node messages, stored coordinate names) of one group.
+
+    Attributes bigger than ``max_attr_size`` bytes (or, together, than the file) are left out
+    with a warning.
+    """
     import h5py
 
     with open_h5(path) as f:
         g = lookup(f, group) if group not in ("/", "") else f
         if not isinstance(g, h5py.Group):
             raise NodeNotFound(f"{path}: {group!r} is a {node_kind(g)}, not a group")
-        gattrs, gsystem = split_attrs(g.attrs, decode_pickles)
-        pandas = _pandas_entries(path, g, decode_pickles)
+        budget = AttrBudget(f, parse_limit(max_attr_size))
+        gattrs, gsystem = split_attrs(g, decode_pickles, budget, f"{path}:{g.name}")
+        pandas = _pandas_entries(path, g, budget)
         if pandas is not None:  # pandas' bookkeeping (pickled column lists...) is not user metadata
             data, coords, coord_names = pandas
             for e in coords + data:
@@ -312,11 +329,11 @@ def group_variables(path: str, group: str, decode_pickles: bool = False):
                 if kind == "Table":
                     names = [".".join(fp) for fp, _ in _flatten_fields(obj.dtype)] if obj.dtype.names else []
                     clash = len(tables) > 1 or any(n in leaf_names for n in names)
-                    entries += _table_entries(path, obj, decode_pickles, f"{child}." if clash else "")
+                    entries += _table_entries(path, obj, decode_pickles, f"{child}." if clash else "", budget)
                 elif kind == "VLArray":
                     skipped.append(f"{obj.name} (VLArray: read it with daskh5.read_ragged)")
                 elif kind in ("Array", "CArray", "EArray", "Dataset"):
-                    entries += _leaf_entries(path, obj, kind, decode_pickles)
+                    entries += _leaf_entries(path, obj, kind, decode_pickles, budget)
                 else:
                     skipped.append(f"{obj.name} ({kind})")
             except Daskh5Error as exc:

@@ -113,6 +113,7 @@ def _node_record(obj, budget: int) -> dict:
 
 def _ragged_records(path: str, f, records: list[dict]) -> list[dict]:
     """Ragged layouts in the file: flat EArrays with side columns, and VLArrays."""
+    from daskh5._attrs import small_attr
     from daskh5._layout import ATTR_KIND, find_layout
 
     found = []
@@ -126,7 +127,7 @@ def _ragged_records(path: str, f, records: list[dict]) -> list[dict]:
         if not (flat or vl):
             continue
         entry = {"node": r["path"], "kind": "flat" if flat else "vlarray"}
-        pseudo = obj.attrs.get("PSEUDOATOM")
+        pseudo = small_attr(obj, "PSEUDOATOM")
         if vl and isinstance(pseudo, (bytes, np.bytes_, str)) and np.char.decode(pseudo) == "object":
             entry["error"] = "ObjectAtom VLArray: its rows are pickles, which daskh5 never loads"
             found.append(entry)

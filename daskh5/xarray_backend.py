@@ -19,6 +19,7 @@ from collections.abc import Iterable
 
 import numpy as np
 
+from daskh5._attrs import DEFAULT_MAX_ATTR_SIZE
 from daskh5._chunking import preferred_chunks
 from daskh5._xarray_store import assign_dims, group_variables, list_groups, warn_skipped
 
@@ -61,9 +62,18 @@ class PyTablesArray(BackendArray):
 class PyTablesStore(AbstractDataStore):
     """One group of a PyTables file, as xarray's store protocol wants it."""
 
-    def __init__(self, path: str, group: str = "/", dims: dict | None = None, decode_pickles: bool = False):
+    def __init__(
+        self,
+        path: str,
+        group: str = "/",
+        dims: dict | None = None,
+        decode_pickles: bool = False,
+        max_attr_size: int | str | None = DEFAULT_MAX_ATTR_SIZE,
+    ):
         self.path, self.group = path, group or "/"
-        entries, self.attrs, skipped, self.coord_names = group_variables(path, self.group, decode_pickles)
+        entries, self.attrs, skipped, self.coord_names = group_variables(
+            path, self.group, decode_pickles, max_attr_size
+        )
         warn_skipped(path, self.group, skipped)
         assign_dims(entries, dims)
         self.entries = entries
@@ -102,7 +112,9 @@ class PyTablesBackendEntrypoint(BackendEntrypoint):
 
     Extra parameters: ``group`` (a group path), ``dims`` (``{"/node" or
     "name": ("dim", ...)}``), ``decode_pickles`` (rebuild pickled attributes that
-    hold only plain builtins; off by default: they stay undecoded bytes).
+    hold only plain builtins; off by default: they stay undecoded bytes),
+    ``max_attr_size`` (attributes bigger than this many bytes, ``"1MiB"`` by
+    default, are left out with a warning; ``None``: no limit but the file's size).
     """
 
     description = (
@@ -112,7 +124,7 @@ class PyTablesBackendEntrypoint(BackendEntrypoint):
     supports_groups = True
     open_dataset_parameters = (
         "filename_or_obj", "drop_variables", "mask_and_scale", "decode_times", "concat_characters",
-        "decode_coords", "use_cftime", "decode_timedelta", "group", "dims", "decode_pickles",
+        "decode_coords", "use_cftime", "decode_timedelta", "group", "dims", "decode_pickles", "max_attr_size",
     )  # fmt: skip
 
     def guess_can_open(self, filename_or_obj) -> bool:
@@ -141,9 +153,10 @@ class PyTablesBackendEntrypoint(BackendEntrypoint):
         group: str | None = None,
         dims: dict | None = None,
         decode_pickles: bool = False,
+        max_attr_size: int | str | None = DEFAULT_MAX_ATTR_SIZE,
     ) -> xr.Dataset:
         path = os.path.abspath(os.fspath(filename_or_obj))
-        store = PyTablesStore(path, group or "/", dims, decode_pickles)
+        store = PyTablesStore(path, group or "/", dims, decode_pickles, max_attr_size)
         ds = StoreBackendEntrypoint().open_dataset(
             store,
             mask_and_scale=mask_and_scale,
@@ -171,12 +184,14 @@ class PyTablesBackendEntrypoint(BackendEntrypoint):
         group: str | None = None,
         dims: dict | None = None,
         decode_pickles: bool = False,
+        max_attr_size: int | str | None = DEFAULT_MAX_ATTR_SIZE,
     ) -> dict[str, xr.Dataset]:
         path = os.path.abspath(os.fspath(filename_or_obj))
         kwargs = dict(
             drop_variables=drop_variables, mask_and_scale=mask_and_scale, decode_times=decode_times,
             concat_characters=concat_characters, decode_coords=decode_coords, use_cftime=use_cftime,
             decode_timedelta=decode_timedelta, dims=dims, decode_pickles=decode_pickles,
+            max_attr_size=max_attr_size,
         )  # fmt: skip
         root = list_groups(path, group)[0]
         out = {}

@@ -495,3 +495,102 @@ result["one row"] = r[7].shape  # one row is one heap object: bounded by the fil
     assert result.pop("one row") == [1 << 20]
     for name, message in result.items():
         assert f"{path}:/samples" in message and "more than the whole" in message, (name, message)
+
+
+def _alias_descriptors(path: str, wanted: bytes, items: int, target_length: int) -> None:
+    """Point the heap descriptors of every heap object whose bytes are ``wanted`` (``items`` items) at
+    the file's biggest heap object, claiming ``target_length`` items of it."""
+    import struct
+
+    data = bytearray(Path(path).read_bytes())
+    collections = sorted(p for p, _ in corpus.heap_collections(bytes(data)))
+    objects = corpus.heap_objects(bytes(data))
+
+    def descriptor(start: int, length: int) -> bytes:
+        gcol = max(p for p in collections if p < start)
+        index = struct.unpack_from("<H", data, start - 16)[0]
+        return struct.pack("<IQI", length, gcol, index)
+
+    big = descriptor(*max(objects, key=lambda o: o[1]))
+    big = struct.pack("<I", target_length) + big[4:]
+    patched = 0
+    for start, size in objects:
+        if bytes(data[start : start + size]) == wanted:
+            at = data.find(descriptor(start, items))
+            assert at > 0
+            data[at : at + 16] = big
+            patched += 1
+    assert patched
+    Path(path).write_bytes(bytes(data))
+
+
+def test_vlen_attributes_aliasing_one_heap_object(tmp_path):
+    """A vlen attribute of 4,000 elements whose descriptors name one 4 MiB heap object (16 GiB claimed by
+    a 4 MB file), and 20 scalar strings all naming it too: their sizes are read from the object header
+    before h5py reads them; the array is over ``max_attr_size``, and even without a limit the strings
+    together may not claim more than the file holds. Left out, with a warning naming them."""
+    import h5py
+
+    path = str(tmp_path / "alias-attrs.h5")
+    with h5py.File(path, "w") as f:
+        d = f.create_dataset("data", data=np.arange(10.0))
+        values = np.empty(4000, dtype=object)
+        values[0] = np.arange(1 << 20, dtype="i4")
+        for i in range(1, 4000):
+            values[i] = np.array([7], dtype="i4")
+        d.attrs.create("alias", values, dtype=h5py.vlen_dtype(np.int32))
+        for k in range(20):
+            d.attrs[f"s{k:02d}"] = "y"
+        d.attrs["units"] = "m"
+    _alias_descriptors(path, np.array([7], "i4").tobytes(), 1, 1 << 20)
+    _alias_descriptors(path, b"y", 1, 1 << 22)
+    assert os.path.getsize(path) < 5 << 20
+    out = _limited(f"""
+import warnings, xarray as xr
+result = {{}}
+for limit in ("default", None):
+    kwargs = {{}} if limit == "default" else {{"max_attr_size": limit}}
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        ds = xr.open_dataset({path!r}, engine="daskh5", **kwargs)
+        tree = xr.open_datatree({path!r}, engine="daskh5", **kwargs)
+    assert sorted(tree["/"].ds["data"].attrs) == sorted(ds["data"].attrs)
+    result[str(limit)] = [sorted(ds["data"].attrs), [str(w.message) for w in caught]]
+""")
+    assert out["status"] == "ok", out
+    kept, warned = out["result"]["default"]
+    assert kept == ["units"]  # the strings claim 4 MiB each: over the 1 MiB default too
+    assert warned and all(f"{path}:/data: attributes left out: 'alias' (16,7" in w for w in warned), warned
+    kept, warned = out["result"]["None"]
+    assert "alias" not in kept and "units" in kept and 1 <= sum(k.startswith("s") for k in kept) <= 2
+    assert "more than the whole" in warned[0] and "'s19'" in warned[0], warned
+
+
+def test_attributes_over_max_attr_size_are_left_out_with_a_warning(tmp_path):
+    """A 2 MiB attribute (dense storage) on a node and on the root: its size is known from its type and
+    dataspace before it is read; over the 1 MiB default it is left out, named in a warning with its node.
+    ``max_attr_size`` raises the limit (or lifts it with None)."""
+    import h5py
+
+    path = str(tmp_path / "big-attrs.h5")
+    with h5py.File(path, "w", libver="latest") as f:
+        d = f.create_dataset("data", data=np.arange(10.0))
+        d.attrs["big"] = np.ones(1 << 18)  # 2 MiB
+        d.attrs["units"] = "m"
+        f.attrs["huge"] = np.ones((1 << 18) + 1)
+        f.attrs["title"] = "run 1"
+    with pytest.warns(UserWarning) as caught:
+        ds = xr_open(path)
+    messages = [str(w.message) for w in caught]
+    assert sorted(ds["data"].attrs) == ["units"] and sorted(ds.attrs) == ["title"]
+    assert any(f"{path}:/data: attributes left out: 'big' (2,097,152 bytes, more than max_attr_size=1,048,576)" in m
+               for m in messages), messages  # fmt: skip
+    assert any(f"{path}:/: attributes left out: 'huge' (2,097,160 bytes" in m for m in messages), messages
+    assert sorted(xr_open(path, max_attr_size="4MiB")["data"].attrs) == ["big", "units"]
+    assert sorted(xr_open(path, max_attr_size=None).attrs) == ["huge", "title"]
+
+
+def xr_open(path, **kwargs):
+    import xarray as xr
+
+    return xr.open_dataset(path, engine="daskh5", **kwargs)

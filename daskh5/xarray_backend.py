@@ -50,13 +50,54 @@ class PyTablesArray(BackendArray):
     def _raw_indexing_method(self, key: tuple):
         if self.field is None:
             return np.asarray(self.reader[key])
-        rows = self.reader[key[:1]]
-        for part in self.field:
-            rows = rows[part] if isinstance(part, str) else rows[:, part]
-        out = np.asarray(rows[(slice(None), *key[1:])]) if len(key) > 1 else np.asarray(rows)
+        rows, rest = key[0], key[1:]
+        scalar = isinstance(rows, (int, np.integer))
+        if scalar:
+            rows = slice(int(rows), int(rows) + 1)
+        out = None
+        for where, part in _row_pieces(rows, self.shape[0], self._piece_rows()):
+            column = self._column(self.reader[(part,)], rest)
+            if out is None:
+                out = np.empty((_count(rows, self.shape[0]), *column.shape[1:]), dtype=column.dtype)
+            out[where] = column
+        if out is None:  # no rows
+            out = self._column(self.reader[(rows,)], rest)
+        if scalar:
+            out = out[0]
         if out.dtype != self.dtype and self.dtype.kind in "mM":  # pandas' int64 datetimes
             out = out.view(self.dtype)
         return out
+
+    def _piece_rows(self) -> int:
+        """Rows of whole records read at a time: a column keeps only its field of each piece."""
+        chunk = (self.reader.chunks or (1,))[0]
+        rows = max(1, _PIECE_BYTES // max(1, self.reader.dtype.itemsize))
+        return max(chunk, rows // chunk * chunk)
+
+    def _column(self, records: np.ndarray, rest: tuple) -> np.ndarray:
+        for part in self.field:
+            records = records[part] if isinstance(part, str) else records[:, part]
+        return np.array(records[(slice(None), *rest)] if rest else records)  # a copy: not a view of the records
+
+
+_PIECE_BYTES = 16 << 20
+
+
+def _count(rows, n: int) -> int:
+    return len(range(*rows.indices(n))) if isinstance(rows, slice) else len(rows)
+
+
+def _row_pieces(rows, n: int, step: int):
+    """``(where in the output, rows to read)`` for consecutive pieces of a row selection."""
+    if isinstance(rows, slice) and rows.indices(n)[2] == 1:
+        start, stop, _ = rows.indices(n)
+        for a in range(start, stop, step):
+            b = min(stop, a + step)
+            yield slice(a - start, b - start), slice(a, b)
+        return
+    index = np.arange(*rows.indices(n)) if isinstance(rows, slice) else np.asarray(rows)
+    for a in range(0, len(index), step):
+        yield slice(a, a + step), index[a : a + step]
 
 
 class PyTablesStore(AbstractDataStore):

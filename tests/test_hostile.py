@@ -594,3 +594,32 @@ def xr_open(path, **kwargs):
     import xarray as xr
 
     return xr.open_dataset(path, engine="daskh5", **kwargs)
+
+
+def test_a_wide_table_column_costs_the_column(tmp_path):
+    """A 300-column Table of 800,000 rows (a 200 KB file: the rows are unwritten chunks, 1.9 GB of records):
+    opening it reads no data, and a column keeps only its field of each piece of records it reads
+    (every column used to hold the whole table)."""
+    import h5py
+
+    path = str(tmp_path / "wide.h5")
+    dtype = np.dtype([(f"c{i}", "f8") for i in range(300)])
+    with tables.open_file(path, "w") as f:
+        f.create_table("/", "wide", description=dtype, chunkshape=(64,)).append(np.ones(10, dtype=dtype))
+    with h5py.File(path, "a") as f:
+        f["wide"].resize((800_000,))
+    assert os.path.getsize(path) < 1 << 20
+    out = _limited(f"""
+import xarray as xr
+from daskh5 import _reader
+reads = []
+real = _reader.NodeReader.__getitem__
+_reader.NodeReader.__getitem__ = lambda self, key: reads.append(key) or real(self, key)
+ds = xr.open_dataset({path!r}, engine="daskh5")
+opened = len(reads)
+total = float(ds["c3"].sum())
+parts = [float(ds["c7"][5:20].sum()), float(ds["c7"][[1, 3, 700000]].sum()), float(ds["c9"][4]), float(ds["c9"][::1000].sum())]
+result = [opened, len(ds.data_vars), total, parts, len(reads) > 1]
+""")
+    assert out["status"] == "ok", out
+    assert out["result"] == [0, 300, 10.0, [5.0, 2.0, 1.0, 1.0], True]

@@ -32,7 +32,7 @@ import numpy as np
 from daskh5._attrs import DEFAULT_MAX_ATTR_SIZE, AttrBudget, parse_limit, read_attrs, small_attr
 from daskh5._nodes import describe_array, lookup, node_kind, open_h5
 from daskh5._reader import NodeReader
-from daskh5._safe_tables import restricted_loads
+from daskh5._safe_tables import bounded_repr, restricted_loads
 from daskh5.errors import Daskh5Error, NodeNotFound
 
 __all__ = ["ATTR_COORDS", "ATTR_DIMS", "group_variables", "list_groups"]
@@ -271,13 +271,14 @@ def _pandas_entries(path, group, budget) -> tuple[list[Entry], list[Entry], list
         meta = _text(tattrs(f"{name}_meta"))
         if not isinstance(labels, list):
             labels = [name]
+        labels = labels[: sub.shape[0] if sub.subdtype and sub.shape else 1]  # one per column of the block
         base = sub.subdtype[0] if sub.subdtype else sub
         base = _pandas_dtype(base, _text(tattrs(f"{name}_dtype")))
         for j, label in enumerate(labels):
             attrs = {"_Encoding": "utf-8"} if meta == "str" and base.kind == "S" else {}
             column_info = ginfo.get(name) if isinstance(ginfo.get(name), dict) else {}
             if column_info.get("tz") is not None:  # values are UTC; the zone object is not rebuilt
-                attrs["pandas_timezone"] = repr(column_info["tz"])
+                attrs["pandas_timezone"] = bounded_repr(column_info["tz"])
             column = (name, j) if sub.subdtype else (name,)
             entry = Entry(
                 str(label),

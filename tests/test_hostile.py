@@ -623,3 +623,100 @@ result = [opened, len(ds.data_vars), total, parts, len(reads) > 1]
 """)
     assert out["status"] == "ok", out
     assert out["result"] == [0, 300, 10.0, [5.0, 2.0, 1.0, 1.0], True]
+
+
+def _laughs(levels: int = 30) -> list:
+    """A list of lists, each level holding the one below twice: 2**levels leaves, 30 objects."""
+    value: list = ["lol"]
+    for _ in range(levels):
+        value = [value, value]
+    return value
+
+
+def _pickle_bombs() -> dict[str, bytes]:
+    """Small pickles that ask for gigabytes or hours (hand-written opcodes where pickle would not write them)."""
+    import pickle
+
+    big = b"I10000000000\n"
+    many = list(range(10_000))
+    amplify = b"\x80\x02cbuiltins\ntuple\nq\x00" + pickle.dumps(many, 2)[2:-1] + b"q\x01("
+    amplify += b"h\x00h\x01\x85R" * 10_000 + b"l."  # tuple(many) 10,000 times: 10**8 items
+    return {
+        "list(bytes(10**10))": b"cbuiltins\nlist\n(cbuiltins\nbytes\n(" + big + b"tRtR.",
+        "bytes(10**10)": b"cbuiltins\nbytes\n(" + big + b"tR.",
+        "bytearray(10**10)": b"cbuiltins\nbytearray\n(" + big + b"tR.",
+        "list(range(10**10))": b"cbuiltins\nlist\n(cbuiltins\nrange\n(" + big + b"tRtR.",
+        "getattr('x', '__mul__')(10**10)": b"cbuiltins\ngetattr\n(S'x'\nS'__mul__'\ntR(" + big + b"tR.",
+        "tuple(list) x 10,000": amplify,
+        "billion laughs": pickle.dumps(_laughs(), 2),
+        "memo index 2**31": b"\x80\x02Nr\xff\xff\xff\x7f.",
+        "bytes8 of 2**40": b"\x80\x04\x8e" + (1 << 40).to_bytes(8, "little") + b"abc.",
+    }
+
+
+def test_pickle_bombs_are_refused_by_both_unpicklers(tmp_path):
+    """Each of daskh5's unpicklers refuses every bomb quickly with an UnpicklingError (or, for a class it does
+    not know, makes an inert stand-in): no MemoryError, no hang, nothing built that is big."""
+    import pickle
+
+    bombs = tmp_path / "bombs.pickle"
+    bombs.write_bytes(pickle.dumps(_pickle_bombs()))
+    out = _limited(f"""
+import pickle
+from daskh5 import _safe_tables as st
+result = {{}}
+with open({str(bombs)!r}, "rb") as fh:
+    bombs = pickle.load(fh)  # the test's own file, written just now
+for name, data in bombs.items():
+    for fn in (st.restricted_loads, st.opaque_loads):
+        try:
+            value = fn(data)
+            outcome = "inert" if isinstance(value, st.Opaque) else "loaded " + type(value).__name__
+        except pickle.UnpicklingError:
+            outcome = "refused"
+        except BaseException as exc:
+            outcome = type(exc).__name__
+        result[f"{{fn.__name__}} {{name}}"] = outcome
+""", timeout=60)
+    assert out["status"] == "ok", out
+    inert = {"opaque_loads bytearray(10**10)"}  # an unknown class: a stand-in remembering its name, no bytes
+    bad = {k: v for k, v in out["result"].items() if v != ("inert" if k in inert else "refused")}
+    assert not bad, bad
+
+
+def test_pickle_bombs_in_pandas_metadata(tmp_path):
+    """The bombs stored where pandas keeps its pickled metadata (and as a user attribute read with
+    ``decode_pickles=True``): the xarray engine opens the frame, every attribute stays undecoded or is
+    left out, and printing the result is immediate (a shared-reference list used to hang ``repr``)."""
+    import pickle
+    import warnings
+
+    import h5py
+    import pandas as pd
+
+    path = str(tmp_path / "frame.h5")
+    df = pd.DataFrame({"a": np.arange(4.0), "t": pd.date_range("2020", periods=4, tz="UTC")})
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        df.to_hdf(path, key="frame", format="table", mode="w")
+    bombs = _pickle_bombs()
+    laughs_info = pickle.dumps({"values_block_1": {"tz": _laughs()}, "index": {"index_name": _laughs()}}, 2)
+    with h5py.File(path, "a") as f:
+        frame, table = f["frame"], f["frame/table"]
+        frame.attrs["info"] = np.bytes_(laughs_info)
+        frame.attrs["levels"] = np.bytes_(bombs["billion laughs"])
+        table.attrs["values_block_0_kind"] = np.bytes_(bombs["list(bytes(10**10))"])
+        table.attrs["values_block_1_kind"] = np.bytes_(bombs["billion laughs"])
+        for name, data in bombs.items():
+            if len(data) < 60_000:  # what fits in an object header
+                table.attrs[f"user {name}"] = np.bytes_(data)
+    out = _limited(f"""
+import warnings, xarray as xr
+warnings.simplefilter("ignore")
+ds = xr.open_dataset({path!r}, engine="daskh5", group="/frame", decode_pickles=True)
+tree = xr.open_datatree({path!r}, engine="daskh5", decode_pickles=True)
+text = repr(ds) + repr(tree) + repr(ds.attrs) + "".join(repr(v.attrs) + repr(v.encoding) for v in ds.variables.values())
+result = [sorted(ds.data_vars), len(text) < 10**6, float(ds["values_block_0"].sum())]
+""", timeout=90)
+    assert out["status"] == "ok", out
+    assert out["result"] == [["values_block_0", "values_block_1"], True, 6.0]

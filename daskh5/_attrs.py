@@ -28,7 +28,7 @@ import warnings
 
 import numpy as np
 
-__all__ = ["DEFAULT_MAX_ATTR_SIZE", "AttrBudget", "attr_size", "parse_limit", "read_attrs", "small_attr"]
+__all__ = ["DEFAULT_MAX_ATTR_SIZE", "MAX_ATTRS", "AttrBudget", "attr_size", "parse_limit", "read_attrs", "small_attr"]
 
 DEFAULT_MAX_ATTR_SIZE = 1 << 20
 """Attributes bigger than this (1 MiB) are left out of xarray's ``attrs`` (``max_attr_size=``)."""
@@ -224,8 +224,24 @@ class AttrBudget:
         return None
 
 
+MAX_ATTRS = 10_000
+"""Objects with more attributes have none read: HDF5 finds an attribute of an object header
+(compact storage) by scanning all of them, so reading n of them costs n**2 (10**6 took hours)."""
+
+
 def read_attrs(obj, budget: AttrBudget, where: str) -> dict:
     """``{name: value}`` of the attributes of ``obj`` the budget admits; the rest are named in a warning."""
+    import h5py
+
+    count = int(h5py.h5o.get_info(obj.id).num_attrs)
+    if count > MAX_ATTRS:
+        warnings.warn(
+            f"{where}: attributes left out: all {count:,} of them, more than daskh5 reads for one object "
+            f"({MAX_ATTRS:,}); read the ones you need with h5py",
+            UserWarning,
+            stacklevel=3,
+        )
+        return {}
     out, left_out = {}, []
     for key in obj.attrs:
         try:

@@ -176,13 +176,11 @@ def node_kind(obj) -> str:
 
 
 def _nearest(f, node: str, n: int = 5) -> list[str]:
-    names: list[str] = []
+    from itertools import islice
 
-    def visit(name: str) -> None:
-        names.append("/" + name)
-        return None if len(names) < 100_000 else True
+    from daskh5._walk import walk
 
-    f.visit(visit)
+    names = ["/" + name for name, _obj, _hidden in islice(walk(f), 100_000)]  # linear, however deep
     close = difflib.get_close_matches(node, names, n=n, cutoff=0.3)
     return close or sorted(names)[:n]
 

@@ -30,7 +30,8 @@ import warnings
 import numpy as np
 
 from daskh5._attrs import DEFAULT_MAX_ATTR_SIZE, AttrBudget, parse_limit, read_attrs, small_attr
-from daskh5._nodes import describe_array, lookup, node_kind, open_h5
+from daskh5._nodes import damaged_metadata, describe_array, lookup, node_kind, open_h5
+from daskh5._walk import walk
 from daskh5._reader import NodeReader
 from daskh5._safe_tables import bounded_repr, restricted_loads
 from daskh5.errors import Daskh5Error, NodeNotFound
@@ -95,21 +96,25 @@ def _text(v) -> str:
 
 def list_groups(path: str, group: str | None = None) -> list[str]:
     """Every group path under ``group`` (itself first), sorted, skipping PyTables index containers."""
+    with open_h5(path) as f:
+        return [name for name, _g in walk_groups(path, f, group)]
+
+
+def walk_groups(path: str, f, group: str | None = None) -> list[tuple[str, object]]:
+    """``(path, h5py group)`` of ``group`` and every group under it, sorted by depth then path,
+    skipping PyTables index containers; found in one walk, linear however deep the groups nest."""
     import h5py
 
     root = group or "/"
-    with open_h5(path) as f:
-        start = lookup(f, root) if root != "/" else f
-        if not isinstance(start, h5py.Group):
-            raise NodeNotFound(f"{path}: {root!r} is not a group")
-        out = [start.name]
-
-        def visit(name, obj):
-            if isinstance(obj, h5py.Group) and not any(p in _GROUP_SKIP for p in name.split("/")):
-                out.append(f"{start.name.rstrip('/')}/{name}")
-
-        start.visititems(visit)
-    return sorted(out, key=lambda p: (p.count("/"), p))
+    start = lookup(f, root) if root != "/" else f
+    if not isinstance(start, h5py.Group):
+        raise NodeNotFound(f"{path}: {root!r} is not a group")
+    base = start.name.rstrip("/")
+    out = [(start.name, start)]
+    for name, obj, skip in walk(start, hide=lambda link: link in _GROUP_SKIP):
+        if isinstance(obj, h5py.Group) and not skip:
+            out.append((f"{base}/{name}", obj))
+    return sorted(out, key=lambda item: (item[0].count("/"), item[0]))
 
 
 class Entry:
@@ -309,6 +314,14 @@ def group_variables(
         g = lookup(f, group) if group not in ("/", "") else f
         if not isinstance(g, h5py.Group):
             raise NodeNotFound(f"{path}: {group!r} is a {node_kind(g)}, not a group")
+        return _group_variables(path, f, g, decode_pickles, max_attr_size)
+
+
+def _group_variables(path: str, f, g, decode_pickles: bool, max_attr_size):
+    """:func:`group_variables` of the open h5py group ``g`` of the open file ``f``."""
+    import h5py
+
+    with damaged_metadata(path):
         budget = AttrBudget(f, parse_limit(max_attr_size))
         gattrs, gsystem = split_attrs(g, decode_pickles, budget, f"{path}:{g.name}")
         pandas = _pandas_entries(path, g, budget)

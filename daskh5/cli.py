@@ -111,8 +111,9 @@ def _node_record(obj, budget: int) -> dict:
     return rec
 
 
-def _ragged_records(path: str, f, records: list[dict]) -> list[dict]:
-    """Ragged layouts in the file: flat EArrays with side columns, and VLArrays."""
+def _ragged_records(path: str, objects: dict, records: list[dict]) -> list[dict]:
+    """Ragged layouts in the file: flat EArrays with side columns, and VLArrays (``objects``: the
+    h5py object of every record's path)."""
     from daskh5._attrs import small_attr
     from daskh5._layout import ATTR_KIND, find_layout
 
@@ -121,7 +122,7 @@ def _ragged_records(path: str, f, records: list[dict]) -> list[dict]:
     for r in records:
         if r["kind"] in ("Group",) or r["path"].endswith(("_start_and_stop", "_shape")):
             continue
-        obj = f[r["path"]]
+        obj = objects[r["path"]]
         flat = f"{r['path']}_start_and_stop" in names or ATTR_KIND in obj.attrs
         vl = r["kind"] == "VLArray"
         if not (flat or vl):
@@ -150,19 +151,21 @@ def info(path: str, node: str | None = None, budget: str = "64MiB", *, show_all:
 
     from daskh5._chunking import resolve_budget
     from daskh5._nodes import lookup, open_h5
+    from daskh5._walk import walk
 
     nbytes = resolve_budget(budget)
+    hidden = 0
     with open_h5(path) as f:
         root = lookup(f, node) if node not in (None, "", "/") else f
         records = [_node_record(root, nbytes)]
-        if isinstance(root, h5py.Group):
-            names: list[str] = []
-            root.visit(names.append)
-            hidden = [n for n in names if any(part.startswith("_i_") for part in n.split("/"))]
-            if not show_all:
-                names = [n for n in names if n not in set(hidden)]
-            records += [_node_record(root[name], nbytes) for name in names]
-        ragged = _ragged_records(f.filename, f, records)
+        objects = {records[0]["path"]: root}
+        if isinstance(root, h5py.Group):  # one pass, each child opened from its parent: linear in a deep nest
+            for _name, obj, index_node in walk(root, hide=lambda name: name.startswith("_i_")):
+                hidden += index_node
+                if show_all or not index_node:
+                    records.append(_node_record(obj, nbytes))
+                    objects[records[-1]["path"]] = obj
+        ragged = _ragged_records(f.filename, objects, records)
         filename = f.filename
     return {
         "file": filename,
@@ -170,7 +173,7 @@ def info(path: str, node: str | None = None, budget: str = "64MiB", *, show_all:
         "budget": budget,
         "nodes": records,
         "ragged": ragged,
-        "hidden_index_nodes": 0 if show_all or not isinstance(root, h5py.Group) else len(hidden),
+        "hidden_index_nodes": 0 if show_all or not isinstance(root, h5py.Group) else hidden,
     }
 
 

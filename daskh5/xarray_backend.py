@@ -21,7 +21,9 @@ import numpy as np
 
 from daskh5._attrs import DEFAULT_MAX_ATTR_SIZE
 from daskh5._chunking import preferred_chunks
-from daskh5._xarray_store import assign_dims, group_variables, list_groups, warn_skipped
+from daskh5._nodes import open_h5
+from daskh5._xarray_store import _group_variables, assign_dims, group_variables, walk_groups, warn_skipped
+from daskh5.errors import ResourceLimitError
 
 __all__ = ["PyTablesBackendEntrypoint"]
 
@@ -110,11 +112,14 @@ class PyTablesStore(AbstractDataStore):
         dims: dict | None = None,
         decode_pickles: bool = False,
         max_attr_size: int | str | None = DEFAULT_MAX_ATTR_SIZE,
+        opened=None,
     ):
         self.path, self.group = path, group or "/"
-        entries, self.attrs, skipped, self.coord_names = group_variables(
-            path, self.group, decode_pickles, max_attr_size
-        )
+        if opened is None:
+            found = group_variables(path, self.group, decode_pickles, max_attr_size)
+        else:  # (h5py file, h5py group) already open: a tree of groups is walked once
+            found = _group_variables(path, *opened, decode_pickles, max_attr_size)
+        entries, self.attrs, skipped, self.coord_names = found
         warn_skipped(path, self.group, skipped)
         assign_dims(entries, dims)
         self.entries = entries
@@ -195,9 +200,10 @@ class PyTablesBackendEntrypoint(BackendEntrypoint):
         dims: dict | None = None,
         decode_pickles: bool = False,
         max_attr_size: int | str | None = DEFAULT_MAX_ATTR_SIZE,
+        _opened=None,
     ) -> xr.Dataset:
         path = os.path.abspath(os.fspath(filename_or_obj))
-        store = PyTablesStore(path, group or "/", dims, decode_pickles, max_attr_size)
+        store = PyTablesStore(path, group or "/", dims, decode_pickles, max_attr_size, _opened)
         ds = StoreBackendEntrypoint().open_dataset(
             store,
             mask_and_scale=mask_and_scale,
@@ -234,27 +240,62 @@ class PyTablesBackendEntrypoint(BackendEntrypoint):
             decode_timedelta=decode_timedelta, dims=dims, decode_pickles=decode_pickles,
             max_attr_size=max_attr_size,
         )  # fmt: skip
-        root = list_groups(path, group)[0]
-        out = {}
-        for g in list_groups(path, group):  # parents come before their children
-            rel = "/" + g[len(root) :].strip("/") if g != root else "/"
-            out[rel] = _unclash(self.open_dataset(path, group=g, **kwargs), rel, out)
-        return out
+        return self._groups(path, group, kwargs)
+
+    def _groups(self, path: str, group: str | None, kwargs: dict, max_depth: int | None = None) -> dict:
+        """Every group under ``group`` opened from one walk of the file (parents before children)."""
+        with open_h5(path) as f:
+            groups = walk_groups(path, f, group)
+            root = groups[0][0]
+            rel = {g: "/" + g[len(root) :].strip("/") if g != root else "/" for g, _obj in groups}
+            depth = {r: r.count("/") if r != "/" else 0 for r in rel.values()}
+            deepest = max(depth, key=depth.get)
+            if max_depth is not None and depth[deepest] > max_depth:
+                raise ResourceLimitError(
+                    f"{path}:{root}: groups nest {depth[deepest]:,} deep (under {root}), more than daskh5 opens "
+                    f"as one DataTree ({max_depth}; xarray's DataTree takes time growing with the square of the "
+                    "depth); open a subtree with group=..., or groups one by one with xr.open_dataset(group=...)"
+                )
+            datasets = {rel[g]: self.open_dataset(path, group=g, _opened=(f, obj), **kwargs) for g, obj in groups}
+        return _unclash_all(datasets)
 
     def open_datatree(self, filename_or_obj, **kwargs) -> xr.DataTree:
-        return xr.DataTree.from_dict(self.open_groups_as_dict(filename_or_obj, **kwargs))
+        path = os.path.abspath(os.fspath(filename_or_obj))
+        group = kwargs.pop("group", None)
+        return xr.DataTree.from_dict(self._groups(path, group, kwargs, MAX_TREE_DEPTH))
 
 
-def _unclash(ds: xr.Dataset, path: str, opened: dict) -> xr.Dataset:
-    """Rename dims that an ancestor group uses with another size (a DataTree would reject them)."""
-    sizes: dict = {}
-    parts = [p for p in path.strip("/").split("/") if p]
-    for depth in range(len(parts)):
-        ancestor = opened.get("/" + "/".join(parts[:depth]) if depth else "/")
-        if ancestor is not None:
-            sizes.update(ancestor.sizes)
-    renames = {d: f"{d}_{n}" for d, n in ds.sizes.items() if d in sizes and sizes[d] != n}
-    return ds.rename_dims(renames) if renames else ds
+MAX_TREE_DEPTH = 100
+"""Deepest nest of groups :func:`xarray.open_datatree` opens (a small file can nest thousands)."""
+
+
+def _unclash_all(datasets: dict[str, xr.Dataset]) -> dict[str, xr.Dataset]:
+    """Rename dims that an ancestor group uses with another size (a DataTree would reject them).
+
+    Groups are visited depth first keeping, for every dim, the sizes its ancestors give it
+    (a stack per dim), so each group costs its own dims, however deep it is.
+    """
+    children: dict[str, list[str]] = {p: [] for p in datasets}
+    for p in datasets:
+        if p != "/":
+            children[p.rsplit("/", 1)[0] or "/"].append(p)
+    out: dict[str, xr.Dataset] = {}
+    active: dict = {}  # dim -> sizes the groups above the current one give it, innermost last
+    todo: list = [("enter", "/")] if "/" in datasets else []
+    while todo:
+        step, p = todo.pop()
+        if step == "leave":
+            for d in out[p].sizes:
+                active[d].pop()
+            continue
+        ds = datasets[p]
+        renames = {d: f"{d}_{n}" for d, n in ds.sizes.items() if active.get(d) and active[d][-1] != n}
+        out[p] = ds.rename_dims(renames) if renames else ds
+        for d, n in out[p].sizes.items():
+            active.setdefault(d, []).append(n)
+        todo.append(("leave", p))
+        todo.extend(("enter", c) for c in reversed(children[p]))
+    return {p: out[p] for p in datasets}  # in the order they were given
 
 
 def _pandas_index(ds: xr.Dataset, store: PyTablesStore) -> xr.Dataset:

@@ -720,3 +720,68 @@ result = [sorted(ds.data_vars), len(text) < 10**6, float(ds["values_block_0"].su
 """, timeout=90)
     assert out["status"] == "ok", out
     assert out["result"] == [["values_block_0", "values_block_1"], True, 6.0]
+
+
+def test_a_deep_nest_of_groups_is_walked_in_linear_time(tmp_path):
+    """7,000 nested groups (a 7 MB file): ``daskh5 info`` and ``xr.open_groups`` walk them once, opening each
+    group from its parent (h5py's visit and opening by full path grow with the cube of the depth: 100 s at
+    5,000 before, several minutes here, against the 60 s this child gets); ``open_datatree`` refuses a nest
+    deeper than xarray's DataTree can take, before opening anything."""
+    import h5py
+
+    path = str(tmp_path / "deep.h5")
+    depth = 7000
+    with h5py.File(path, "w") as f:
+        g = f
+        for _ in range(depth):
+            g = g.create_group("g")
+        g.create_dataset("x", data=np.arange(3.0))
+    out = _limited(f"""
+import contextlib, io, warnings
+import xarray as xr, daskh5
+from daskh5 import cli
+warnings.simplefilter("ignore")
+with contextlib.redirect_stdout(io.StringIO()) as text:
+    rc = cli.main(["info", {path!r}])
+lines = text.getvalue().splitlines()
+groups = xr.open_groups({path!r}, engine="daskh5")
+try:
+    xr.open_datatree({path!r}, engine="daskh5")
+    refused = None
+except daskh5.ResourceLimitError as exc:
+    refused = str(exc)
+deepest = max(groups, key=len)
+result = [rc, len(lines), lines[-1].split()[:2], len(groups), list(groups[deepest].data_vars), refused]
+""", memory=2 * corpus.GiB, timeout=60)
+    assert out["status"] == "ok", out
+    rc, nlines, last, ngroups, deepest_vars, refused = out["result"]
+    assert rc == 0 and nlines == depth + 3 and last == ["x", "Dataset"]  # the header, /, the groups, x
+    assert ngroups == depth + 1 and deepest_vars == ["x"]
+    assert refused and f"{path}:/: groups nest 7,000 deep" in refused
+
+
+def test_an_object_with_too_many_attributes_has_none_read(tmp_path):
+    """20,000 attributes on one group (HDF5 finds each attribute of an object header by scanning all of
+    them: reading 10**6 took hours): none is read, a warning says why, and opening costs no attribute read."""
+    import h5py
+
+    path = str(tmp_path / "attrs.h5")
+    with h5py.File(path, "w", libver="latest") as f:
+        g = f.create_group("many")
+        for i in range(20_000):
+            g.attrs[f"a{i}"] = i
+        g.create_dataset("x", data=np.arange(3.0)).attrs["units"] = "m"
+    out = _limited(f"""
+import warnings, h5py, xarray as xr
+reads = []
+real = h5py.AttributeManager.__getitem__
+h5py.AttributeManager.__getitem__ = lambda self, name: reads.append(name) or real(self, name)
+with warnings.catch_warnings(record=True) as caught:
+    warnings.simplefilter("always")
+    ds = xr.open_dataset({path!r}, engine="daskh5", group="/many")
+result = [len(ds.attrs), dict(ds["x"].attrs), sum(str(r).startswith("a") for r in reads), [str(w.message) for w in caught]]
+""")
+    assert out["status"] == "ok", out
+    nattrs, xattrs, read, warned = out["result"]
+    assert nattrs == 0 and xattrs == {"units": "m"} and read == 0
+    assert any(f"{path}:/many: attributes left out: all 20,000 of them" in w for w in warned), warned

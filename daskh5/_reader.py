@@ -245,14 +245,15 @@ class NodeReader:
         for c, mask, raw in self._spans(stored, image):
             yield c, raw, mask
 
-    def _decode(self, raw, mask: int, coords, region=None) -> np.ndarray:
-        """Decode one chunk (or, for blosc2, only ``region`` of it)."""
+    def _decode(self, raw, mask: int, coords, region=None, into=None) -> np.ndarray:
+        """Decode one chunk (or, for blosc2, only ``region`` of it, straight ``into`` a C-contiguous
+        array of its shape when given)."""
         info = self.info
         cs = info.chunkshape
         try:
             if len(info.filters) == 1 and info.filters[0][0] == BLOSC2_ID and not mask & 1:
                 return decode_blosc2_region(
-                    raw, cs, info.disk_dtype, region or tuple(slice(0, c) for c in cs)
+                    raw, cs, info.disk_dtype, region or tuple(slice(0, c) for c in cs), into
                 )
             nbytes = int(np.prod(cs, dtype=np.int64)) * info.itemsize
             buf = decode_pipeline(raw, info.filters, mask, nbytes, info.itemsize)
@@ -444,6 +445,8 @@ class NodeReader:
                         decode_pipeline(raw, info.filters, mask, nbytes, info.itemsize, direct)
                     except ChunkDecodeError as exc:
                         raise self._chunk_error(coords, exc) from None
+                elif blosc2 and out[dst].flags.c_contiguous:  # the region decoded in place
+                    self._decode(raw, mask, coords, src, into=out[dst])
                 else:
                     out[dst] = self._decode(raw, mask, coords, src)
 

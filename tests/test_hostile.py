@@ -785,3 +785,51 @@ result = [len(ds.attrs), dict(ds["x"].attrs), sum(str(r).startswith("a") for r i
     nattrs, xattrs, read, warned = out["result"]
     assert nattrs == 0 and xattrs == {"units": "m"} and read == 0
     assert any(f"{path}:/many: attributes left out: all 20,000 of them" in w for w in warned), warned
+
+
+def _one_gib_chunk(path: str) -> None:
+    """Two float64 nodes of one 1 GiB chunk each (zlib with and without shuffle), zeros with a 1.0 every
+    4,096 values: written as precompressed chunks, streamed, so the test itself never holds 1 GiB."""
+    import zlib
+
+    import h5py
+
+    n, piece = 1 << 27, 1 << 24
+    with h5py.File(path, "w") as f:
+        for name, shuffle in (("shuffled", True), ("plain", False)):
+            ds = f.create_dataset(name, shape=(n,), chunks=(n,), dtype="<f8", compression="gzip",
+                                  compression_opts=1, shuffle=shuffle)  # fmt: skip
+            z, parts = zlib.compressobj(1), []
+            if shuffle:  # byte stream k holds byte k of every value: only 6 and 7 are not zero
+                for k in range(8):
+                    for _ in range(0, n, piece):
+                        stream = np.zeros(piece, np.uint8)
+                        stream[::4096] = {6: 0xF0, 7: 0x3F}.get(k, 0)
+                        parts.append(z.compress(stream))
+            else:
+                for _ in range(0, n, piece):
+                    values = np.zeros(piece, "<f8")
+                    values[::4096] = 1.0
+                    parts.append(z.compress(values))
+            parts.append(z.flush())
+            ds.id.write_direct_chunk((0,), b"".join(parts))
+
+
+def test_a_1_gib_chunk_decodes_within_one_chunk_of_memory(tmp_path):
+    """A node of one 1 GiB zlib chunk (a 10 MB file, consistent with its node) is read in a child allowed
+    1 GiB plus the interpreter's baseline: zlib inflates straight into the output block, unshuffling
+    each piece as it comes (it used to inflate a copy, then unshuffle it into the block: 2 GiB)."""
+    path = str(tmp_path / "big-chunk.h5")
+    _one_gib_chunk(path)
+    assert os.path.getsize(path) < 16 << 20
+    out = _limited(f"""
+import daskh5
+result = []
+for node in ("/shuffled", "/plain"):
+    x = daskh5.from_pytables({path!r}, node)
+    result.append([x.numblocks, float(x.sum().compute())])
+    del x
+    daskh5.close_files()
+""", memory=corpus.GiB + (448 << 20), timeout=120)
+    assert out["status"] == "ok", out
+    assert out["result"] == [[[1], 32768.0], [[1], 32768.0]]

@@ -28,7 +28,15 @@ import warnings
 
 import numpy as np
 
-__all__ = ["DEFAULT_MAX_ATTR_SIZE", "MAX_ATTRS", "AttrBudget", "attr_size", "parse_limit", "read_attrs", "small_attr"]
+__all__ = [
+    "DEFAULT_MAX_ATTR_SIZE",
+    "MAX_ATTRS",
+    "AttrBudget",
+    "attr_size",
+    "parse_limit",
+    "read_attrs",
+    "small_attr",
+]
 
 DEFAULT_MAX_ATTR_SIZE = 1 << 20
 """Attributes bigger than this (1 MiB) are left out of xarray's ``attrs`` (``max_attr_size=``)."""
@@ -131,7 +139,9 @@ def _attribute_messages(path: str, addr: int, sa: int, ss: int) -> dict[bytes, b
             body = block[p : p + msize]
             p += msize
             if mtype == 0x10 and len(body) >= sa + ss:
-                blocks.append((int.from_bytes(body[:sa], "little"), int.from_bytes(body[sa : sa + ss], "little")))
+                blocks.append(
+                    (int.from_bytes(body[:sa], "little"), int.from_bytes(body[sa : sa + ss], "little"))
+                )
             elif mtype == 0x0C and not mflags & 0x02:  # not a shared message
                 parsed = _attribute_message(body)
                 if parsed is not None:
@@ -159,7 +169,9 @@ def _attribute_message(body: bytes) -> tuple[bytes, bytes] | None:
     return name.rstrip(b"\0"), body[p:]
 
 
-def attr_size(obj, name: str | bytes, headers: _Headers | None = None, file_size: int | None = None) -> int | None:
+def attr_size(
+    obj, name: str | bytes, headers: _Headers | None = None, file_size: int | None = None
+) -> int | None:
     """Bytes reading attribute ``name`` of the h5py object ``obj`` would allocate, from metadata alone;
     None when that cannot be known before reading (variable-length elements in dense storage)."""
     import h5py
@@ -176,7 +188,9 @@ def attr_size(obj, name: str | bytes, headers: _Headers | None = None, file_size
         data = headers.data(obj, raw_name)
         step = 8 + headers.sizeof_addr
         if data is not None and len(data) >= n * step:
-            lengths = np.frombuffer(data[: n * step], dtype=np.dtype([("n", "<u4"), ("rest", f"V{step - 4}")]))
+            lengths = np.frombuffer(
+                data[: n * step], dtype=np.dtype([("n", "<u4"), ("rest", f"V{step - 4}")])
+            )
             base = 1 if cls == h5py.h5t.STRING else int(tid.get_super().get_size())
             return int(lengths["n"].astype(np.int64).sum()) * base + n * _ELEMENT_OVERHEAD
     if n <= 1:  # one element is one heap object: at most the file; measured once read

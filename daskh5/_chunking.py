@@ -9,6 +9,8 @@ import numpy as np
 from dask.array.core import normalize_chunks
 from dask.utils import parse_bytes
 
+from daskh5.errors import ResourceLimitError
+
 __all__ = ["MAX_BLOCKS", "budget_chunks", "count_blocks", "preferred_chunks", "resolve_chunks"]
 
 MAX_BLOCKS = 1 << 20
@@ -95,8 +97,6 @@ def preferred_chunks(
 def _check_blocks(shape, block, where: str) -> None:
     n = count_blocks(shape, block)
     if n > MAX_BLOCKS:
-        from daskh5.errors import ResourceLimitError
-
         raise ResourceLimitError(
             f"{where}: shape {tuple(shape)} in blocks of {tuple(block)} is {n:,} dask blocks, more than "
             f"daskh5 makes for one array ({MAX_BLOCKS:,}); pass a bigger chunks= budget (e.g. '1GiB'), "

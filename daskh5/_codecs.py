@@ -119,7 +119,9 @@ def _inflate(data, nbytes: int, put) -> None:
             while pending and not d.eof:
                 piece = d.decompress(pending, min(_OUT_PIECE, nbytes - pos + 1))
                 if pos + len(piece) > nbytes:
-                    raise ChunkDecodeError(f"zlib produced {pos + len(piece)}+ bytes, the chunk needs {nbytes}")
+                    raise ChunkDecodeError(
+                        f"zlib produced {pos + len(piece)}+ bytes, the chunk needs {nbytes}"
+                    )
                 put(pos, piece)
                 pos += len(piece)
                 pending = d.unconsumed_tail
@@ -233,7 +235,11 @@ def decode_pipeline(raw, filters, filter_mask: int, nbytes: int, itemsize: int, 
 
 
 def decode_blosc2_region(
-    raw, chunkshape: tuple[int, ...], dtype: np.dtype, region: tuple[slice, ...], out: np.ndarray | None = None
+    raw,
+    chunkshape: tuple[int, ...],
+    dtype: np.dtype,
+    region: tuple[slice, ...],
+    out: np.ndarray | None = None,
 ):
     """Decode only ``region`` of a PyTables blosc2 chunk (into ``out``, a C-contiguous array of the
     region's shape, when given: PyTables' blosc2 chunks are big, and a copy of one doubles it).

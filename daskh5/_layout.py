@@ -192,7 +192,9 @@ def find_layout(
                 base = np.dtype(bool)
             n = int(obj.shape[0])
             if n_committed is not None and n_committed > n:
-                raise RaggedLayoutError(f"{path}:{node} says {n_committed} samples were written but has only {n}")
+                raise RaggedLayoutError(
+                    f"{path}:{node} says {n_committed} samples were written but has only {n}"
+                )
             n = n if n_committed is None else n_committed
             check_written(obj, n, f"{path}:{node}", "VLArray")
             layout_kind = "vlarray"

@@ -45,7 +45,9 @@ class _Calls:
     def container(self, kind):
         def build(items=()):
             if not isinstance(items, (list, tuple, set, frozenset, dict, str, bytes)):
-                raise pickle.UnpicklingError(f"daskh5 does not build a {kind.__name__} from a {type(items).__name__}")
+                raise pickle.UnpicklingError(
+                    f"daskh5 does not build a {kind.__name__} from a {type(items).__name__}"
+                )
             self.charge(len(items))
             return kind(items)
 
@@ -57,7 +59,9 @@ class _Calls:
 
         def build(*args):
             if args and not isinstance(args[0], first):
-                raise pickle.UnpicklingError(f"daskh5 does not call {kind.__name__}({type(args[0]).__name__})")
+                raise pickle.UnpicklingError(
+                    f"daskh5 does not call {kind.__name__}({type(args[0]).__name__})"
+                )
             if not all(isinstance(a, (str, bytes, int, float, complex)) for a in args[1:]):
                 raise pickle.UnpicklingError(f"daskh5 does not call {kind.__name__} with these arguments")
             self.charge(sum(len(a) // 8 + 1 for a in args if isinstance(a, (str, bytes, list, tuple))))
@@ -82,7 +86,9 @@ class _Calls:
         }
 
 
-_SAFE = {("builtins", name) for name in _Calls().table()} | {("__builtin__", name) for name in _Calls().table()}
+_SAFE = {("builtins", name) for name in _Calls().table()} | {
+    ("__builtin__", name) for name in _Calls().table()
+}
 
 _MEMO_OPS = {"PUT", "BINPUT", "LONG_BINPUT", "GET", "BINGET", "LONG_BINGET"}
 
@@ -94,7 +100,9 @@ def _check_opcodes(data: bytes) -> None:
     try:
         for ops, (op, arg, _pos) in enumerate(pickletools.genops(data), 1):
             if op.name in _MEMO_OPS and int(arg) > ops:
-                raise pickle.UnpicklingError(f"pickle memo index {arg} at opcode {ops}: daskh5 does not load it")
+                raise pickle.UnpicklingError(
+                    f"pickle memo index {arg} at opcode {ops}: daskh5 does not load it"
+                )
     except (ValueError, KeyError, TypeError, OverflowError) as exc:  # genops' errors on lying lengths
         raise pickle.UnpicklingError(f"daskh5 does not load a malformed pickle: {exc}") from None
 
@@ -113,7 +121,9 @@ def _check_weight(value) -> None:
             busy.discard(key)
             size = 1 + sum(known[id(c)] for c in _children(obj))
             if size > MAX_WEIGHT:
-                raise pickle.UnpicklingError(f"the pickle unfolds to more than {MAX_WEIGHT:,} items: daskh5 does not load it")
+                raise pickle.UnpicklingError(
+                    f"the pickle unfolds to more than {MAX_WEIGHT:,} items: daskh5 does not load it"
+                )
             known[key] = size
             continue
         if key in known:
@@ -169,7 +179,9 @@ def _load(unpickler_class, data: bytes, **kwargs):
         raise
     except (TypeError, ValueError, AttributeError, KeyError, IndexError, EOFError, OverflowError) as exc:
         # e.g. a stand-in called as a function: the pickle is not one daskh5 loads
-        raise pickle.UnpicklingError(f"daskh5 could not load the pickle: {type(exc).__name__}: {exc}") from None
+        raise pickle.UnpicklingError(
+            f"daskh5 could not load the pickle: {type(exc).__name__}: {exc}"
+        ) from None
     _check_weight(value)
     return value
 
@@ -242,7 +254,7 @@ def bounded_repr(value, limit: int = REPR_CHARS) -> str:
         elif isinstance(item, (list, tuple, set, frozenset, dict)):
             opening, closing = {list: "[]", tuple: "()", dict: "{}"}.get(type(item), "{}")
             parts = [x for kv in item.items() for x in kv] if isinstance(item, dict) else list(item)
-            stack.extend(_joined(opening, parts[: limit], closing, pairs=isinstance(item, dict)))
+            stack.extend(_joined(opening, parts[:limit], closing, pairs=isinstance(item, dict)))
         elif isinstance(item, int) and not isinstance(item, bool) and item.bit_length() > 256:
             emit(f"<{item.bit_length()}-bit int>")
         elif isinstance(item, (str, bytes)):

@@ -111,7 +111,12 @@ def read_chunk_index(info: NodeInfo, mtime_ns: int | None = None, f=None) -> Chu
         grid = _grid(shape, info.chunkshape)
         strides = _strides(grid)
         cs = info.chunkshape
-        positions, offsets, sizes, masks = array.array("q"), array.array("q"), array.array("q"), array.array("Q")
+        positions, offsets, sizes, masks = (
+            array.array("q"),
+            array.array("q"),
+            array.array("q"),
+            array.array("Q"),
+        )
 
         def record(si) -> None:
             pos = [o // c for o, c in zip(si.chunk_offset, cs)]
@@ -128,7 +133,9 @@ def read_chunk_index(info: NodeInfo, mtime_ns: int | None = None, f=None) -> Chu
                 record(ds.id.get_chunk_info(i))
         except Exception as exc:
             raise NotHDF5Error(f"{info.path}:{info.node}: the chunk index is unreadable: {exc}") from exc
-    return _sorted_index(grid, positions, offsets, sizes, masks, info.mtime_ns if mtime_ns is None else mtime_ns)
+    return _sorted_index(
+        grid, positions, offsets, sizes, masks, info.mtime_ns if mtime_ns is None else mtime_ns
+    )
 
 
 def _sorted_index(grid, positions, offsets, sizes, masks, mtime_ns: int) -> ChunkIndex:

@@ -31,9 +31,9 @@ import numpy as np
 
 from daskh5._attrs import DEFAULT_MAX_ATTR_SIZE, AttrBudget, parse_limit, read_attrs, small_attr
 from daskh5._nodes import damaged_metadata, describe_array, lookup, node_kind, open_h5
-from daskh5._walk import walk
 from daskh5._reader import NodeReader
 from daskh5._safe_tables import bounded_repr, restricted_loads
+from daskh5._walk import walk
 from daskh5.errors import Daskh5Error, NodeNotFound
 
 __all__ = ["ATTR_COORDS", "ATTR_DIMS", "group_variables", "list_groups"]
@@ -301,7 +301,10 @@ def _pandas_entries(path, group, budget) -> tuple[list[Entry], list[Entry], list
 
 
 def group_variables(
-    path: str, group: str, decode_pickles: bool = False, max_attr_size: int | str | None = DEFAULT_MAX_ATTR_SIZE
+    path: str,
+    group: str,
+    decode_pickles: bool = False,
+    max_attr_size: int | str | None = DEFAULT_MAX_ATTR_SIZE,
 ):
     """(entries, group attributes, skipped-node messages, stored coordinate names) of one group.
 

@@ -79,7 +79,9 @@ class PyTablesArray(BackendArray):
     def _column(self, records: np.ndarray, rest: tuple) -> np.ndarray:
         for part in self.field:
             records = records[part] if isinstance(part, str) else records[:, part]
-        return np.array(records[(slice(None), *rest)] if rest else records)  # a copy: not a view of the records
+        return np.array(
+            records[(slice(None), *rest)] if rest else records
+        )  # a copy: not a view of the records
 
 
 _PIECE_BYTES = 16 << 20
@@ -256,7 +258,9 @@ class PyTablesBackendEntrypoint(BackendEntrypoint):
                     f"as one DataTree ({max_depth}; xarray's DataTree takes time growing with the square of the "
                     "depth); open a subtree with group=..., or groups one by one with xr.open_dataset(group=...)"
                 )
-            datasets = {rel[g]: self.open_dataset(path, group=g, _opened=(f, obj), **kwargs) for g, obj in groups}
+            datasets = {
+                rel[g]: self.open_dataset(path, group=g, _opened=(f, obj), **kwargs) for g, obj in groups
+            }
         return _unclash_all(datasets)
 
     def open_datatree(self, filename_or_obj, **kwargs) -> xr.DataTree:

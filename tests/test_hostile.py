@@ -661,7 +661,8 @@ def test_pickle_bombs_are_refused_by_both_unpicklers(tmp_path):
 
     bombs = tmp_path / "bombs.pickle"
     bombs.write_bytes(pickle.dumps(_pickle_bombs()))
-    out = _limited(f"""
+    out = _limited(
+        f"""
 import pickle
 from daskh5 import _safe_tables as st
 result = {{}}
@@ -677,7 +678,9 @@ for name, data in bombs.items():
         except BaseException as exc:
             outcome = type(exc).__name__
         result[f"{{fn.__name__}} {{name}}"] = outcome
-""", timeout=60)
+""",
+        timeout=60,
+    )
     assert out["status"] == "ok", out
     inert = {"opaque_loads bytearray(10**10)"}  # an unknown class: a stand-in remembering its name, no bytes
     bad = {k: v for k, v in out["result"].items() if v != ("inert" if k in inert else "refused")}
@@ -710,14 +713,17 @@ def test_pickle_bombs_in_pandas_metadata(tmp_path):
         for name, data in bombs.items():
             if len(data) < 60_000:  # what fits in an object header
                 table.attrs[f"user {name}"] = np.bytes_(data)
-    out = _limited(f"""
+    out = _limited(
+        f"""
 import warnings, xarray as xr
 warnings.simplefilter("ignore")
 ds = xr.open_dataset({path!r}, engine="daskh5", group="/frame", decode_pickles=True)
 tree = xr.open_datatree({path!r}, engine="daskh5", decode_pickles=True)
 text = repr(ds) + repr(tree) + repr(ds.attrs) + "".join(repr(v.attrs) + repr(v.encoding) for v in ds.variables.values())
 result = [sorted(ds.data_vars), len(text) < 10**6, float(ds["values_block_0"].sum())]
-""", timeout=90)
+""",
+        timeout=90,
+    )
     assert out["status"] == "ok", out
     assert out["result"] == [["values_block_0", "values_block_1"], True, 6.0]
 
@@ -736,7 +742,8 @@ def test_a_deep_nest_of_groups_is_walked_in_linear_time(tmp_path):
         for _ in range(depth):
             g = g.create_group("g")
         g.create_dataset("x", data=np.arange(3.0))
-    out = _limited(f"""
+    out = _limited(
+        f"""
 import contextlib, io, warnings
 import xarray as xr, daskh5
 from daskh5 import cli
@@ -752,7 +759,10 @@ except daskh5.ResourceLimitError as exc:
     refused = str(exc)
 deepest = max(groups, key=len)
 result = [rc, len(lines), lines[-1].split()[:2], len(groups), list(groups[deepest].data_vars), refused]
-""", memory=2 * corpus.GiB, timeout=60)
+""",
+        memory=2 * corpus.GiB,
+        timeout=60,
+    )
     assert out["status"] == "ok", out
     rc, nlines, last, ngroups, deepest_vars, refused = out["result"]
     assert rc == 0 and nlines == depth + 3 and last == ["x", "Dataset"]  # the header, /, the groups, x
@@ -822,7 +832,8 @@ def test_a_1_gib_chunk_decodes_within_one_chunk_of_memory(tmp_path):
     path = str(tmp_path / "big-chunk.h5")
     _one_gib_chunk(path)
     assert os.path.getsize(path) < 16 << 20
-    out = _limited(f"""
+    out = _limited(
+        f"""
 import daskh5
 result = []
 for node in ("/shuffled", "/plain"):
@@ -830,6 +841,9 @@ for node in ("/shuffled", "/plain"):
     result.append([x.numblocks, float(x.sum().compute())])
     del x
     daskh5.close_files()
-""", memory=corpus.GiB + (448 << 20), timeout=120)
+""",
+        memory=corpus.GiB + (448 << 20),
+        timeout=120,
+    )
     assert out["status"] == "ok", out
     assert out["result"] == [[[1], 32768.0], [[1], 32768.0]]

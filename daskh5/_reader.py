@@ -307,22 +307,22 @@ class NodeReader:
         flat = out.reshape(-1).view(np.uint8)
         first, last = start // rows, -(-stop // rows)
         step = index.linear((1,) + (0,) * (len(info.shape) - 1))  # grid position of row-chunk 1
-        part = index.between(first * step, (last - 1) * step + 1)
-        ks = index.positions[part] // step  # the written row-chunks, in order
+        written = index.between(first * step, (last - 1) * step + 1)
+        ks = index.positions[written] // step  # the written row-chunks, in order
         if len(ks) < last - first:  # the rest were never written: the fill value, run by run
             fill = np.frombuffer(info.fillvalue, dtype=info.disk_dtype)[0]
             bounds = np.concatenate(([first - 1], ks, [last]))
             for g in np.flatnonzero(np.diff(bounds) > 1).tolist():
                 lo, hi = (int(bounds[g]) + 1) * rows, int(bounds[g + 1]) * rows
                 out[max(lo, start) - start : min(hi, stop) - start] = fill
-        offsets = index.offsets[part]
+        offsets = index.offsets[written]
         order = np.argsort(offsets, kind="stable")
         chunks = list(
             zip(
                 ks[order].tolist(),
                 offsets[order].tolist(),
-                index.sizes[part][order].tolist(),
-                index.masks[part][order].tolist(),
+                index.sizes[written][order].tolist(),
+                index.masks[written][order].tolist(),
             )
         )
 

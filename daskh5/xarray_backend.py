@@ -79,9 +79,8 @@ class PyTablesArray(BackendArray):
     def _column(self, records: np.ndarray, rest: tuple) -> np.ndarray:
         for part in self.field:
             records = records[part] if isinstance(part, str) else records[:, part]
-        return np.array(
-            records[(slice(None), *rest)] if rest else records
-        )  # a copy: not a view of the records
+        column = records[(slice(None), *rest)] if rest else records
+        return np.array(column)  # a copy: a view would keep every field of the records alive
 
 
 _PIECE_BYTES = 16 << 20

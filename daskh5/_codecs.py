@@ -55,6 +55,7 @@ FILTER_NAMES: dict[int, str] = {
     6: "scaleoffset",
     305: "lzo",
     307: "bzip2",
+    32000: "lzf",
     BLOSC_ID: "blosc",
     32004: "lz4",
     32008: "bitshuffle",
@@ -69,11 +70,12 @@ FILTER_NAMES: dict[int, str] = {
 }
 
 #: Filters daskh5 decodes in files it does not trust: its own decoders, and the lossless
-#: codecs PyTables and hdf5plugin write, which HDF5 decodes with bounds checks.  Lossy
-#: scientific codecs (SZ, SZ3, SPERR, ZFP...), image codecs and HDF5's szip/nbit/scaleoffset
-#: are left out: on damaged input some of them end or crash the process.
+#: codecs PyTables, h5py (LZF, 32000) and hdf5plugin write, which HDF5 decodes with bounds checks.  Lossy
+#: scientific codecs (SZ, SZ3, SPERR, ZFP...), image codecs and HDF5's nbit/scaleoffset are left
+#: out: on damaged input some of them end or crash the process.  SZIP (4, libaec, which netCDF-4
+#: files use) is lossless and in.
 SAFE_FILTERS: frozenset[int] = frozenset(
-    {ZLIB_ID, SHUFFLE_ID, FLETCHER32_ID, 305, 307, BLOSC_ID, 32004, 32008, 32015, BLOSC2_ID}
+    {ZLIB_ID, SHUFFLE_ID, FLETCHER32_ID, 4, 305, 307, 32000, BLOSC_ID, 32004, 32008, 32015, BLOSC2_ID}
 )
 
 
@@ -179,15 +181,87 @@ _blosc = None
 
 
 def _decode_zlib(data, cd_values: Sequence[int], nbytes: int, itemsize: int, out):
-    """Inflate a deflate stream, refusing to produce more than the chunk size."""
+    """Inflate a deflate stream, refusing to produce more than the chunk size.
+
+    With ``out`` the stream is inflated piece by piece straight into it: a 1 GiB
+    chunk takes 1 GiB, not its inflated copy as well.
+    """
+    if out is None:
+        d = zlib.decompressobj()
+        try:
+            result = d.decompress(data, nbytes)
+        except zlib.error as exc:
+            raise ChunkDecodeError(f"zlib could not inflate the chunk: {exc}") from exc
+        if len(result) != nbytes or d.unconsumed_tail:
+            raise ChunkDecodeError(f"zlib produced {len(result)}+ bytes, the chunk needs {nbytes}")
+        return result
+    target = np.frombuffer(out, dtype=np.uint8)
+
+    def put(pos: int, piece: bytes) -> None:
+        target[pos : pos + len(piece)] = np.frombuffer(piece, dtype=np.uint8)
+
+    _inflate(data, nbytes, put)
+    return out
+
+
+_IN_PIECE = 4 << 20  # compressed bytes handed to zlib at a time (its unconsumed tail is a copy)
+_OUT_PIECE = 16 << 20  # inflated bytes asked of it at a time
+
+
+def _inflate(data, nbytes: int, put) -> None:
+    """Inflate ``data`` in pieces, ``put(position, piece)`` each; exactly ``nbytes`` or a ChunkDecodeError."""
     d = zlib.decompressobj()
+    view = memoryview(data).cast("B") if not isinstance(data, (bytes, bytearray)) else memoryview(data)
+    pos = 0
     try:
-        result = d.decompress(data, nbytes)
+        for start in range(0, len(view), _IN_PIECE):
+            pending = view[start : start + _IN_PIECE]
+            while pending and not d.eof:
+                piece = d.decompress(pending, min(_OUT_PIECE, nbytes - pos + 1))
+                if pos + len(piece) > nbytes:
+                    raise ChunkDecodeError(
+                        f"zlib produced {pos + len(piece)}+ bytes, the chunk needs {nbytes}"
+                    )
+                put(pos, piece)
+                pos += len(piece)
+                pending = d.unconsumed_tail
+            if d.eof:
+                break
+        while not d.eof:  # output zlib still holds after the last input
+            piece = d.decompress(b"", min(_OUT_PIECE, nbytes - pos + 1))
+            if not piece:
+                break
+            if pos + len(piece) > nbytes:
+                raise ChunkDecodeError(f"zlib produced {pos + len(piece)}+ bytes, the chunk needs {nbytes}")
+            put(pos, piece)
+            pos += len(piece)
     except zlib.error as exc:
         raise ChunkDecodeError(f"zlib could not inflate the chunk: {exc}") from exc
-    if len(result) != nbytes or d.unconsumed_tail:
-        raise ChunkDecodeError(f"zlib produced {len(result)}+ bytes, the chunk needs {nbytes}")
-    return _into(result, out)
+    if pos != nbytes:
+        raise ChunkDecodeError(f"zlib produced {pos} bytes, the chunk needs {nbytes}")
+
+
+def _inflate_unshuffled(data, shuffle_cd: Sequence[int], nbytes: int, itemsize: int, out):
+    """zlib then HDF5's byte shuffle, in one pass: each inflated piece of byte stream *k* is written
+    straight to byte *k* of its elements in ``out``, so no shuffled copy of the chunk is kept."""
+    size = int(shuffle_cd[0]) if shuffle_cd else itemsize
+    target = np.frombuffer(out, dtype=np.uint8)
+    n = nbytes // size if size > 1 else 0
+    body = n * size
+    columns = target[:body].reshape(n, size) if n else None
+
+    def put(pos: int, piece: bytes) -> None:
+        raw = np.frombuffer(piece, dtype=np.uint8)
+        while len(raw) and pos < body:
+            k, i = divmod(pos, n)
+            m = min(len(raw), n - i)
+            columns[i : i + m, k] = raw[:m]
+            raw, pos = raw[m:], pos + m
+        if len(raw):  # the bytes after the last whole element are not shuffled
+            target[pos : pos + len(raw)] = raw
+
+    _inflate(data, nbytes, put)
+    return out
 
 
 def _decode_shuffle(data, cd_values: Sequence[int], nbytes: int, itemsize: int, out):
@@ -247,6 +321,8 @@ def decode_pipeline(raw, filters, filter_mask: int, nbytes: int, itemsize: int, 
         fid, cd = filters[0]
         return DECODERS[fid](raw, cd, nbytes, itemsize, out)
     active = [(i, f) for i, f in enumerate(filters) if not filter_mask & (1 << i)]
+    if out is not None and [f[1][0] for f in active] == [SHUFFLE_ID, ZLIB_ID]:  # PyTables' zlib default
+        return _inflate_unshuffled(raw, active[0][1][1], nbytes, itemsize, out)
     data = raw
     for step, (_i, (fid, cd)) in enumerate(reversed(active)):
         last = step == len(active) - 1
@@ -258,8 +334,15 @@ def decode_pipeline(raw, filters, filter_mask: int, nbytes: int, itemsize: int, 
     return data
 
 
-def decode_blosc2_region(raw, chunkshape: tuple[int, ...], dtype: np.dtype, region: tuple[slice, ...]):
-    """Decode only ``region`` of a PyTables blosc2 chunk.
+def decode_blosc2_region(
+    raw,
+    chunkshape: tuple[int, ...],
+    dtype: np.dtype,
+    region: tuple[slice, ...],
+    out: np.ndarray | None = None,
+):
+    """Decode only ``region`` of a PyTables blosc2 chunk (into ``out``, a C-contiguous array of the
+    region's shape, when given: PyTables' blosc2 chunks are big, and a copy of one doubles it).
 
     PyTables gives blosc2 nodes very large chunks split in small internal
     blocks, stored as a b2nd frame (n-d nodes) or a plain super-chunk frame
@@ -280,6 +363,10 @@ def decode_blosc2_region(raw, chunkshape: tuple[int, ...], dtype: np.dtype, regi
                     f"blosc2 frame holds shape {tuple(arr.shape)} of {arr.dtype.itemsize}-byte items, "
                     f"the node's chunks are {tuple(chunkshape)} of {dtype.itemsize}-byte items"
                 )
+            if out is not None and hasattr(arr, "get_slice_numpy"):
+                bounds = (tuple(r.start for r in region), tuple(r.stop for r in region))
+                arr.get_slice_numpy(out.view(arr.dtype), bounds)
+                return out
             return np.ascontiguousarray(arr[region]).view(dtype)
         if len(chunkshape) != 1:
             raise ChunkDecodeError("blosc2 chunk is neither a b2nd frame nor a 1-d super-chunk")
@@ -290,6 +377,9 @@ def decode_blosc2_region(raw, chunkshape: tuple[int, ...], dtype: np.dtype, regi
                 f"the node's chunks are {nbytes} bytes of {dtype.itemsize}-byte items"
             )
         (r,) = region
+        if out is not None:
+            schunk.get_slice(r.start, r.stop, out=out)
+            return out
         return np.frombuffer(schunk.get_slice(r.start, r.stop), dtype=dtype).copy()
     except ChunkDecodeError:
         raise

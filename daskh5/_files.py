@@ -57,8 +57,17 @@ def file_image(path: str, mtime_ns: int) -> bytes:
 _local = threading.local()
 
 
+_SCRATCH_MAX = 64 << 20  # bigger reads get a buffer of their own, freed with it
+
+
 def _scratch(size: int) -> memoryview:
-    """A per-thread read buffer, reused: fresh memory costs page faults on every read."""
+    """A per-thread read buffer, reused: fresh memory costs page faults on every read.
+
+    A read of a chunk stored in more than :data:`_SCRATCH_MAX` bytes is not kept for
+    reuse: one such chunk would otherwise stay allocated in every thread that read one.
+    """
+    if size > _SCRATCH_MAX:
+        return memoryview(bytearray(size))
     buf = getattr(_local, "buf", None)
     if buf is None or len(buf) < size:
         buf = _local.buf = bytearray(max(size, 1 << 20))

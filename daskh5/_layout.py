@@ -20,10 +20,12 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from daskh5._attrs import small_attr
 from daskh5._codecs import SAFE_FILTERS
 from daskh5._containment import check_storage
-from daskh5._nodes import describe_array, lookup, node_kind, node_name, open_h5
+from daskh5._nodes import NodeInfo, describe_array, lookup, node_kind, node_name, open_h5
 from daskh5._reader import NodeReader, check_filters_available
+from daskh5._storage import unwritten_chunks
 from daskh5.errors import NodeKindError, NodeNotFound, RaggedLayoutError
 
 __all__ = ["ATTR_KIND", "ATTR_NSAMPLES", "ATTR_SHAPE", "ATTR_START_STOP", "RaggedLayout", "find_layout"]
@@ -78,18 +80,53 @@ def _column(f, name: str, allow_external: bool) -> tuple[str, str] | None:
     return os.path.abspath(obj.file.filename), obj.name
 
 
-def _read_column(
-    where: tuple[str, str],
-    role: str,
-    driver: str | None = None,
-    allow_external: bool = False,
-    allowed: frozenset[int] = SAFE_FILTERS,
-) -> np.ndarray:
+_PIECE_BYTES = 16 << 20  # side columns are read in pieces of about this many bytes
+
+
+def _column_info(
+    where: tuple[str, str], role: str, width: int | None = None, allow_external: bool = False
+) -> NodeInfo:
+    """A side column's description (nothing is read): integers, ``(N, width)`` or ``(N, k)``."""
     path, node = where
     info = describe_array(path, node, allow_external=allow_external)
     if info.dtype.kind not in "iu":
         raise RaggedLayoutError(f"{path}:{node}: the {role} column holds {info.dtype}, not integers")
-    return NodeReader(info, driver=driver, allowed=allowed)[...]
+    if len(info.shape) != 2 or (width is not None and info.shape[1] != width):
+        want = f"(N, {width})" if width is not None else "(N, k)"
+        raise RaggedLayoutError(f"{path}:{node}: a {role} column is {want}, this one is {info.shape}")
+    return info
+
+
+def check_written(ds, rows: int, where: str, role: str) -> None:
+    """Refuse a node whose first ``rows`` rows lie in chunks that were never written.
+
+    A file of a few KB can claim 10**9 rows of a side column (or a VLArray) and
+    store none of them: they would read as fill values, after allocating what
+    the claim needs.  daskh5 writes (and PyTables appends) every chunk, so a
+    missing one means the node is damaged or was cut short.
+    """
+    missing = unwritten_chunks(ds, rows, where)
+    if missing:
+        raise RaggedLayoutError(
+            f"{where}: the {role} claims {rows:,} rows, but {missing:,} of the chunks that hold them were "
+            "never written (they would read as fill values); the file is damaged or was not written "
+            "to the end: write the layout again"
+        )
+
+
+def _read_column(
+    info: NodeInfo, rows: int, driver: str | None = None, allowed=SAFE_FILTERS, order: str = "C"
+) -> np.ndarray:
+    """Rows ``[0, rows)`` of a side column as int64, read in bounded pieces into one array
+    (``order="F"``: each column of it contiguous)."""
+    reader = NodeReader(info, driver=driver, allowed=allowed)
+    width = info.shape[1]
+    out = np.empty((rows, width), dtype=np.int64, order=order)
+    step = max(1, _PIECE_BYTES // max(1, width * info.itemsize))
+    for a in range(0, rows, step):
+        b = min(rows, a + step)
+        out[a:b] = reader[a:b]
+    return out
 
 
 def _first_bad(mask: np.ndarray) -> int:
@@ -98,14 +135,16 @@ def _first_bad(mask: np.ndarray) -> int:
 
 # The messages below name rows and counts, never values: a side column's values are data of
 # the file (and, with allow_external, of other files), which an error line must not echo.
-def _check_shapes(path: str, node: str, shapes: np.ndarray, n: int) -> None:
-    if shapes.ndim != 2:
-        raise RaggedLayoutError(f"{path}:{node}: the shape column must be (N, k), it is {shapes.shape}")
-    if len(shapes) != n:
+def _check_rows(path: str, node: str, rows: int, n: int, committed: bool) -> None:
+    """The shape column has one row per sample (at least ``n`` when fewer were committed)."""
+    if rows < n or (rows != n and not committed):
         raise RaggedLayoutError(
-            f"{path}:{node}: the shape column has {len(shapes)} rows but there are {n} samples; "
+            f"{path}:{node}: the shape column has {rows} rows but there are {n} samples; "
             "the columns must have one row per sample"
         )
+
+
+def _check_shapes(path: str, node: str, shapes: np.ndarray) -> None:
     if (shapes < 0).any():
         row = _first_bad((shapes < 0).any(axis=1))
         raise RaggedLayoutError(f"{path}:{node}: row {row} has a negative extent")
@@ -164,13 +203,14 @@ def find_layout(
         path = os.path.abspath(obj.file.filename)
         f = obj.file
         kind = node_kind(obj)
-        attrs = obj.attrs
-        n_committed = int(attrs[ATTR_NSAMPLES]) if ATTR_NSAMPLES in attrs else None
-        ndim_attr = int(attrs[ATTR_NDIM]) if ATTR_NDIM in attrs else None
-        start_stop = start_stop or _text(attrs.get(ATTR_START_STOP))
-        shape = shape or _text(attrs.get(ATTR_SHAPE))
+        n_committed = small_attr(obj, ATTR_NSAMPLES)
+        n_committed = None if n_committed is None else int(n_committed)
+        ndim_attr = small_attr(obj, ATTR_NDIM)
+        ndim_attr = None if ndim_attr is None else int(ndim_attr)
+        start_stop = start_stop or _text(small_attr(obj, ATTR_START_STOP))
+        shape = shape or _text(small_attr(obj, ATTR_SHAPE))
         if kind == "VLArray":
-            pseudo = _text(attrs.get("PSEUDOATOM"))
+            pseudo = _text(small_attr(obj, "PSEUDOATOM"))
             if pseudo == "object":
                 raise NodeKindError(
                     f"{path}:{node} is an ObjectAtom VLArray: its rows are pickles, which daskh5 never "
@@ -190,6 +230,12 @@ def find_layout(
             if tid.get_class() == h5py.h5t.BITFIELD and base.itemsize == 1:
                 base = np.dtype(bool)
             n = int(obj.shape[0])
+            if n_committed is not None and n_committed > n:
+                raise RaggedLayoutError(
+                    f"{path}:{node} says {n_committed} samples were written but has only {n}"
+                )
+            n = n if n_committed is None else n_committed
+            check_written(obj, n, f"{path}:{node}", "VLArray")
             layout_kind = "vlarray"
             dcpl = obj.id.get_create_plist()
             filters = [dcpl.get_filter(i)[::2] for i in range(dcpl.get_nfilters())]
@@ -230,24 +276,29 @@ def find_layout(
     if layout_kind == "flat":
         info = describe_array(path, node, allow_external=allow_external)
         base = info.dtype
-        ss = _read_column(ss_at, "start/stop", driver, allow_external, allowed)
-        if ss.ndim != 2 or ss.shape[1] != 2:
-            raise RaggedLayoutError(
-                f"{ss_at[0]}:{start_stop}: a start/stop column is (N, 2), this one is {ss.shape}"
-            )
-        n = len(ss)
-    shapes = _read_column(shape_at, "shape", driver, allow_external, allowed) if shape else None
-    if n_committed is not None:
-        if n_committed > n:
+        ss_info = _column_info(ss_at, "start/stop", width=2, allow_external=allow_external)
+        n = ss_info.shape[0]
+        if n_committed is not None and n_committed > n:
             raise RaggedLayoutError(f"{path}:{node} says {n_committed} samples were written but has only {n}")
-        n = n_committed
+        n = n if n_committed is None else n_committed
+    # nothing is allocated before the columns are known to hold every row they claim
+    shape_info = _column_info(shape_at, "shape", allow_external=allow_external) if shape else None
+    if shape_info is not None:
+        _check_rows(shape_info.path, shape_info.node, shape_info.shape[0], n, n_committed is not None)
+    for col, role in (
+        (ss_info if layout_kind == "flat" else None, "start/stop column"),
+        (shape_info, "shape column"),
+    ):
+        if col is not None:
+            with open_h5(col.path) as cf:
+                check_written(lookup(cf, col.node), n, f"{col.path}:{col.node}", role)
+    shapes = _read_column(shape_info, n, driver, allowed) if shape_info is not None else None
     if shapes is not None:
-        shapes = shapes[:n] if n_committed is not None else shapes
-        _check_shapes(path, shape, shapes, n)
+        _check_shapes(path, shape, shapes)
     starts = stops = None
     if layout_kind == "flat":
-        ss = ss[:n].astype(np.int64)
-        starts, stops = ss[:, 0].copy(), ss[:, 1].copy()
+        ss = _read_column(ss_info, n, driver, allowed, order="F")
+        starts, stops = ss[:, 0], ss[:, 1]
         _validate_flat(path, node, start_stop, shape, starts, stops, shapes, info.shape[0])
     ndim = shapes.shape[1] if shapes is not None else (ndim_attr if ndim_attr is not None else 1)
     return RaggedLayout(
@@ -257,7 +308,7 @@ def find_layout(
         dtype=np.dtype(base).newbyteorder("="),
         starts=starts,
         stops=stops,
-        shapes=None if shapes is None else shapes.astype(np.int64),
+        shapes=shapes,
         ndim=ndim + len(atom_shape),
         atom_shape=tuple(int(a) for a in atom_shape),
         nsamples=int(n),

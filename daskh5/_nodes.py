@@ -182,7 +182,9 @@ def node_kind(obj) -> str:
     """The PyTables kind of an h5py object, or ``"Dataset"``/``"Group"`` for plain HDF5."""
     import h5py
 
-    cls = obj.attrs.get("CLASS") if "CLASS" in obj.attrs else None
+    from daskh5._attrs import small_attr
+
+    cls = small_attr(obj, "CLASS")
     if isinstance(cls, (bytes, np.bytes_)):
         cls = cls.decode("ascii", "replace")
     if isinstance(cls, str) and cls in _PYTABLES_CLASSES:
@@ -191,13 +193,11 @@ def node_kind(obj) -> str:
 
 
 def _nearest(f, node: str, n: int = 5) -> list[str]:
-    names: list[str] = []
+    from itertools import islice
 
-    def visit(name: str) -> None:
-        names.append("/" + node_name(name))
-        return None if len(names) < 100_000 else True
+    from daskh5._walk import walk
 
-    f.visit(visit)
+    names = ["/" + name for name, _obj, _hidden in islice(walk(f), 100_000)]  # linear, however deep
     close = difflib.get_close_matches(node, names, n=n, cutoff=0.3)
     return close or sorted(names)[:n]
 
@@ -432,29 +432,18 @@ def maybe_open(path: str, f=None) -> Iterator:
             yield opened
 
 
-MAX_CHUNKS = 1 << 27  # chunks per node daskh5 indexes (a dense index of up to 2.7 GB)
+MAX_NODE_BYTES = 1 << 50
+"""Largest node daskh5 takes (a pebibyte: damaged dataspaces claim 2**62 rows).  Chunks that were
+never written cost nothing in the chunk index, so the number of chunks is not limited; the dask
+arrays made from a node are (:data:`daskh5._chunking.MAX_BLOCKS`)."""
 
 
 def size_problem(shape, chunks, itemsize: int) -> str | None:
-    """Why daskh5 cannot take a node of this shape (damaged dataspaces claim 2**62 rows), or None.
-
-    Chunked: more chunks than the dense chunk index holds. Contiguous: more
-    bytes than any file (a petabyte).
-    """
-    if chunks:
-        cells = 1
-        for s, c in zip(shape, chunks):
-            cells *= -(-int(s) // max(1, int(c)))
-        if cells > MAX_CHUNKS:
-            return (
-                f"shape {tuple(shape)} in chunks of {tuple(chunks)} is {cells:,} chunks, more than daskh5 "
-                f"indexes ({MAX_CHUNKS:,}); the shape may be damaged, or re-chunk the node with bigger chunks"
-            )
-        return None
+    """Why daskh5 cannot take a node of this shape, or None: more bytes than any file holds."""
     nbytes = itemsize
     for s in shape:
         nbytes *= int(s)
-    if nbytes > 1 << 50:
+    if nbytes > MAX_NODE_BYTES:
         return f"shape {tuple(shape)} is {nbytes:,} bytes, more than any file holds: the shape is damaged"
     return None
 
@@ -499,6 +488,8 @@ def describe_array(
     """
     import h5py
 
+    from daskh5._attrs import small_attr
+
     path = _absolute(path)
     st = os.stat(path) if os.path.exists(path) else None
     with maybe_open(path, f) as f:
@@ -537,10 +528,10 @@ def describe_array(
                 dcpl.get_fill_value(fill)
         except Exception as exc:
             raise NotHDF5Error(f"{where}: could not read the node's storage metadata: {exc}") from exc
-        extdim = obj.attrs.get("EXTDIM") if kind == "EArray" else None
+        extdim = small_attr(obj, "EXTDIM") if kind == "EArray" else None
         shape = [int(s) for s in obj.shape]
         _check_size(where, shape, obj.chunks, stored_type.get_size(), layout, offset, st.st_size if st else 0)
-        committed = obj.attrs.get(ATTR_APPENDING) if extdim is not None else None
+        committed = small_attr(obj, ATTR_APPENDING) if extdim is not None else None
         if committed is not None and 0 <= int(committed) < shape[int(extdim)]:
             shape[int(extdim)] = int(committed)  # rows of an unfinished daskh5.append are not shown
         return NodeInfo(

@@ -265,22 +265,26 @@ class NodeReader:
         """Yield ``(coords, raw bytes or None, filter mask)``, reading neighbours in one call."""
         stored, missing = [], []
         for c in coords:
-            off = int(index.offsets[c])
-            (stored if off >= 0 else missing).append((c, off, int(index.sizes[c]), int(index.masks[c])))
-        for c, *_ in missing:
+            hit = index.chunk(c)
+            if hit is None:
+                missing.append(c)
+            else:
+                stored.append((c, *hit))
+        for c in missing:
             yield c, None, 0
         stored.sort(key=operator.itemgetter(1))
         for c, mask, raw in self._spans(stored, image):
             yield c, raw, mask
 
-    def _decode(self, raw, mask: int, coords, region=None) -> np.ndarray:
-        """Decode one chunk (or, for blosc2, only ``region`` of it)."""
+    def _decode(self, raw, mask: int, coords, region=None, into=None) -> np.ndarray:
+        """Decode one chunk (or, for blosc2, only ``region`` of it, straight ``into`` a C-contiguous
+        array of its shape when given)."""
         info = self.info
         cs = info.chunkshape
         try:
             if len(info.filters) == 1 and info.filters[0][0] == BLOSC2_ID and not mask & 1:
                 return decode_blosc2_region(
-                    raw, cs, info.disk_dtype, region or tuple(slice(0, c) for c in cs)
+                    raw, cs, info.disk_dtype, region or tuple(slice(0, c) for c in cs), into
                 )
             nbytes = int(np.prod(cs, dtype=np.int64)) * info.itemsize
             buf = decode_pipeline(raw, info.filters, mask, nbytes, info.itemsize)
@@ -333,24 +337,25 @@ class NodeReader:
         out = _buffers.empty((stop - start, *info.shape[1:]), info.disk_dtype)
         flat = out.reshape(-1).view(np.uint8)
         first, last = start // rows, -(-stop // rows)
-        column = (slice(first, last),) + (0,) * (len(info.shape) - 1)
-        offsets = index.offsets[column]
-        stored = np.flatnonzero(offsets >= 0)
-        if len(stored) < last - first:  # never written: the fill value
+        step = index.linear((1,) + (0,) * (len(info.shape) - 1))  # grid position of row-chunk 1
+        written = index.between(first * step, (last - 1) * step + 1)
+        ks = index.positions[written] // step  # the written row-chunks, in order
+        if len(ks) < last - first:  # the rest were never written: the fill value, run by run
             fill = np.frombuffer(info.fillvalue, dtype=info.disk_dtype)[0]
-            for k in np.flatnonzero(offsets < 0).tolist():
-                lo = (first + k) * rows
-                out[max(lo, start) - start : min(lo + rows, stop) - start] = fill
-        order = stored[np.argsort(offsets[stored], kind="stable")]
-        chunks = [
-            (first + k, off, size, mask)
-            for k, off, size, mask in zip(
-                order.tolist(),
+            bounds = np.concatenate(([first - 1], ks, [last]))
+            for g in np.flatnonzero(np.diff(bounds) > 1).tolist():
+                lo, hi = (int(bounds[g]) + 1) * rows, int(bounds[g + 1]) * rows
+                out[max(lo, start) - start : min(hi, stop) - start] = fill
+        offsets = index.offsets[written]
+        order = np.argsort(offsets, kind="stable")
+        chunks = list(
+            zip(
+                ks[order].tolist(),
                 offsets[order].tolist(),
-                index.sizes[column][order].tolist(),
-                index.masks[column][order].tolist(),
+                index.sizes[written][order].tolist(),
+                index.masks[written][order].tolist(),
             )
-        ]
+        )
 
         def decode(part: list) -> None:
             for c, mask, raw in self._spans(part, image):
@@ -452,19 +457,18 @@ class NodeReader:
             whole = all(y - x == n for x, y, n in zip(a, b, cs)) and not blosc2
             target = out[dst]
             direct = target.reshape(-1).view(np.uint8) if whole and target.flags.c_contiguous else None
-            if direct is not None and not info.filters and int(index.offsets[coords]) >= 0:
+            hit = index.chunk(coords)
+            if direct is not None and not info.filters and hit is not None:
                 # unfiltered chunk that maps onto one contiguous run of the output: read it in place
-                if int(index.sizes[coords]) != nbytes:
-                    raise self._chunk_error(
-                        coords, f"stored size {int(index.sizes[coords])} != {nbytes} bytes"
-                    )
-                self._read_in_place(coords, int(index.offsets[coords]), direct, image)
+                if hit[1] != nbytes:
+                    raise self._chunk_error(coords, f"stored size {hit[1]} != {nbytes} bytes")
+                self._read_in_place(coords, hit[0], direct, image)
                 continue
-            regions[coords] = (dst, src, direct)
+            regions[coords] = (dst, src, direct, -1 if hit is None else hit[0])
 
         def decode(group: list) -> None:
             for coords, raw, mask in self._raw_chunks(index, group, image):
-                dst, src, direct = regions[coords]
+                dst, src, direct, _offset = regions[coords]
                 if raw is None:
                     out[dst] = fill
                 elif direct is not None:
@@ -472,10 +476,12 @@ class NodeReader:
                         decode_pipeline(raw, info.filters, mask, nbytes, info.itemsize, direct)
                     except ChunkDecodeError as exc:
                         raise self._chunk_error(coords, exc) from None
+                elif blosc2 and out[dst].flags.c_contiguous:  # the region decoded in place
+                    self._decode(raw, mask, coords, src, into=out[dst])
                 else:
                     out[dst] = self._decode(raw, mask, coords, src)
 
-        _in_parallel(decode, sorted(regions, key=lambda c: int(index.offsets[c])), out.nbytes)
+        _in_parallel(decode, sorted(regions, key=lambda c: regions[c][3]), out.nbytes)
         return out
 
     def _read_in_place(self, coords, offset: int, target, image) -> None:

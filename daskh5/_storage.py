@@ -1,12 +1,17 @@
 """Where a node's bytes are: the chunk index of a chunked node.
 
 The index is read once from the HDF5 B-tree through h5py (``chunk_iter``,
-about 2 us a chunk) and kept as dense numpy arrays over the chunk grid, so a
-reader finds any chunk's file offset without another HDF5 call.
+about 2 us a chunk) and kept as numpy arrays with one entry per chunk that
+was *written*, sorted by the chunk's position in the grid, so a reader finds
+any chunk's file offset with a binary search and no HDF5 call.  Chunks that
+were never written (they read as the fill value) cost nothing: a file of a
+few KB whose node claims 2**27 chunks has an index of the chunks it holds.
 """
 
 from __future__ import annotations
 
+import array
+import math
 import os
 import threading
 import time
@@ -17,24 +22,73 @@ import numpy as np
 from daskh5._nodes import NodeInfo, lookup, maybe_open, size_problem
 from daskh5.errors import ChunkDecodeError, NotHDF5Error
 
-__all__ = ["ChunkIndex", "read_chunk_index"]
+__all__ = ["ChunkIndex", "read_chunk_index", "unwritten_chunks"]
+
+
+def _strides(grid: tuple[int, ...]) -> tuple[int, ...]:
+    """C-order strides of the chunk grid, in chunks."""
+    out, step = [], 1
+    for g in reversed(grid):
+        out.append(step)
+        step *= max(1, g)
+    return tuple(reversed(out))
 
 
 @dataclass(frozen=True)
 class ChunkIndex:
-    """File offset, stored size and filter mask of every chunk, by grid position.
+    """File offset, stored size and filter mask of every written chunk.
 
-    ``offsets`` is -1 where a chunk was never written (it reads as the fill value).
+    ``positions`` holds the C-order linear grid position of each written chunk,
+    sorted; ``offsets``, ``sizes`` and ``masks`` are aligned with it.  A chunk
+    that is not listed was never written: it reads as the fill value.
     """
 
     grid: tuple[int, ...]
+    positions: np.ndarray
     offsets: np.ndarray
     sizes: np.ndarray
     masks: np.ndarray
     mtime_ns: int
 
     def __dask_tokenize__(self):
-        return ("daskh5.ChunkIndex", self.grid, self.mtime_ns, int(self.offsets.sum()))
+        return ("daskh5.ChunkIndex", self.grid, self.mtime_ns, len(self.positions), int(self.offsets.sum()))
+
+    def linear(self, coords) -> int:
+        """The linear grid position of the chunk at grid coordinates ``coords``."""
+        return sum(int(c) * s for c, s in zip(coords, _strides(self.grid)))
+
+    def find(self, linear) -> np.ndarray:
+        """Where each of ``linear`` (grid positions) is in the arrays, -1 for an unwritten chunk."""
+        linear = np.asarray(linear, dtype=np.int64)
+        at = np.searchsorted(self.positions, linear)
+        inside = at < len(self.positions)
+        hit = np.zeros(linear.shape, dtype=bool)
+        hit[inside] = self.positions[at[inside]] == linear[inside]
+        return np.where(hit, at, -1)
+
+    def chunk(self, coords) -> tuple[int, int, int] | None:
+        """``(offset, stored size, filter mask)`` of the chunk at ``coords``, or None if never written."""
+        lin = self.linear(coords)
+        at = int(np.searchsorted(self.positions, lin))
+        if at == len(self.positions) or int(self.positions[at]) != lin:
+            return None
+        return int(self.offsets[at]), int(self.sizes[at]), int(self.masks[at])
+
+    def between(self, lo: int, hi: int) -> slice:
+        """The written chunks whose linear positions are in ``[lo, hi)``, as a slice of the arrays."""
+        return slice(*(int(i) for i in np.searchsorted(self.positions, [lo, hi])))
+
+    def coords(self, at) -> tuple[np.ndarray, ...]:
+        """Grid coordinates (one array per axis) of the written chunks at array positions ``at``."""
+        lin = self.positions[at]
+        return tuple(np.asarray(c, dtype=np.int64) for c in _unravel(lin, self.grid))
+
+
+def _unravel(lin: np.ndarray, grid: tuple[int, ...]) -> list[np.ndarray]:
+    out = []
+    for s, g in zip(_strides(grid), grid):
+        out.append((lin // s) % max(1, g))
+    return out
 
 
 def _grid(shape: tuple[int, ...], chunkshape: tuple[int, ...]) -> tuple[int, ...]:
@@ -55,17 +109,22 @@ def read_chunk_index(info: NodeInfo, mtime_ns: int | None = None, f=None) -> Chu
         if problem:
             raise NotHDF5Error(f"{info.path}:{info.node}: {problem}")
         grid = _grid(shape, info.chunkshape)
-        offsets = np.full(grid, -1, dtype=np.int64)
-        sizes = np.zeros(grid, dtype=np.int64)
-        masks = np.zeros(grid, dtype=np.uint32)
+        strides = _strides(grid)
         cs = info.chunkshape
+        positions, offsets, sizes, masks = (
+            array.array("q"),
+            array.array("q"),
+            array.array("q"),
+            array.array("Q"),
+        )
 
         def record(si) -> None:
-            pos = tuple(o // c for o, c in zip(si.chunk_offset, cs))
+            pos = [o // c for o, c in zip(si.chunk_offset, cs)]
             if all(p < g for p, g in zip(pos, grid)):
-                offsets[pos] = si.byte_offset
-                sizes[pos] = si.size
-                masks[pos] = si.filter_mask
+                positions.append(sum(p * s for p, s in zip(pos, strides)))
+                offsets.append(si.byte_offset)
+                sizes.append(si.size)
+                masks.append(si.filter_mask)
 
         try:
             ds.id.chunk_iter(record)
@@ -74,7 +133,57 @@ def read_chunk_index(info: NodeInfo, mtime_ns: int | None = None, f=None) -> Chu
                 record(ds.id.get_chunk_info(i))
         except Exception as exc:
             raise NotHDF5Error(f"{info.path}:{info.node}: the chunk index is unreadable: {exc}") from exc
-    return ChunkIndex(grid, offsets, sizes, masks, info.mtime_ns if mtime_ns is None else mtime_ns)
+    return _sorted_index(
+        grid, positions, offsets, sizes, masks, info.mtime_ns if mtime_ns is None else mtime_ns
+    )
+
+
+def _sorted_index(grid, positions, offsets, sizes, masks, mtime_ns: int) -> ChunkIndex:
+    """The arrays sorted by grid position; a position listed twice (a damaged B-tree) keeps its last entry."""
+    pos = np.frombuffer(positions, dtype=np.int64) if len(positions) else np.empty(0, np.int64)
+    arrays = [
+        np.frombuffer(a, dtype=np.int64).copy() if len(a) else np.empty(0, np.int64) for a in (offsets, sizes)
+    ]
+    mask = np.frombuffer(masks, dtype=np.uint64).astype(np.uint32) if len(masks) else np.empty(0, np.uint32)
+    if len(pos) > 1 and not (pos[1:] > pos[:-1]).all():
+        order = np.argsort(pos, kind="stable")
+        pos = pos[order]
+        keep = np.append(pos[1:] != pos[:-1], True)  # the last of each run of equal positions
+        order = order[keep]
+        pos = pos[keep]
+        arrays = [a[order] for a in arrays]
+        mask = mask[order]
+    else:
+        pos = pos.copy()
+    return ChunkIndex(tuple(grid), pos, arrays[0], arrays[1], mask, mtime_ns)
+
+
+def unwritten_chunks(ds, rows: int, where: str) -> int:
+    """How many of the chunks holding rows ``[0, rows)`` of the h5py dataset ``ds`` were never written.
+
+    Costs one step per *written* chunk, whatever the dataset's shape claims.
+    Contiguous and compact datasets have every byte in the file: 0.
+    """
+    if ds.chunks is None or rows <= 0:
+        return 0
+    shape, cs = tuple(int(s) for s in ds.shape), tuple(int(c) for c in ds.chunks)
+    wanted = -(-min(rows, shape[0]) // cs[0])  # row-chunks
+    rest = _grid(shape[1:], cs[1:])
+    seen: set[tuple[int, ...]] = set()  # a damaged B-tree may list a chunk twice
+
+    def count(si) -> None:
+        pos = tuple(o // c for o, c in zip(si.chunk_offset, cs))
+        if pos[0] < wanted and all(p < g for p, g in zip(pos[1:], rest)):
+            seen.add(pos)
+
+    try:
+        ds.id.chunk_iter(count)
+    except AttributeError:  # HDF5 older than 1.12.3: one call per chunk
+        for i in range(ds.id.get_num_chunks()):
+            count(ds.id.get_chunk_info(i))
+    except Exception as exc:
+        raise NotHDF5Error(f"{where}: the chunk index is unreadable: {exc}") from exc
+    return wanted * math.prod(rest) - len(seen)
 
 
 _fresh: dict[tuple[str, str], ChunkIndex] = {}
@@ -116,8 +225,13 @@ _RETRIES = 8  # about 2.5 s of waiting in all
 
 def _lost_chunks(old: ChunkIndex, new: ChunkIndex) -> tuple[int, ...] | None:
     """The grid position of a chunk ``old`` had and ``new`` lacks, or None."""
-    region = tuple(slice(0, min(a, b)) for a, b in zip(old.grid, new.grid))
-    gone = (old.offsets[region] >= 0) & (new.offsets[region] < 0)
-    if not gone.any():
+    coords = old.coords(slice(None))
+    inside = np.ones(len(old.positions), dtype=bool)
+    for c, g in zip(coords, new.grid):
+        inside &= c < g
+    coords = [c[inside] for c in coords]
+    lin = sum((c * s for c, s in zip(coords, _strides(new.grid))), np.zeros(int(inside.sum()), np.int64))
+    gone = np.flatnonzero(new.find(lin) < 0)
+    if not len(gone):
         return None
-    return tuple(int(i) for i in np.argwhere(gone)[0])
+    return tuple(int(c[gone[0]]) for c in coords)

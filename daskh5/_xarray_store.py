@@ -31,6 +31,7 @@ import warnings
 
 import numpy as np
 
+from daskh5._attrs import DEFAULT_MAX_ATTR_SIZE, AttrBudget, parse_limit, read_attrs, small_attr
 from daskh5._codecs import SAFE_FILTERS, refused_filters
 from daskh5._containment import walk
 from daskh5._h5types import (
@@ -53,7 +54,7 @@ from daskh5._netcdf import (
     storage_encoding,
     variable_name,
 )
-from daskh5._nodes import describe_array, lookup, node_kind, node_name, open_h5
+from daskh5._nodes import damaged_metadata, describe_array, lookup, node_kind, node_name, open_h5
 from daskh5._pandas import is_bookkeeping, pandas_entries
 from daskh5._reader import NodeReader, dataset_filters, refusal
 from daskh5._safe_tables import restricted_loads
@@ -71,6 +72,7 @@ _SYSTEM = {
 _SYSTEM_PATTERN = re.compile(r"^(FIELD_\d+_(NAME|FILL)|DASKH5_.*)$")
 _RAW_ATTRS = {"_FillValue", "missing_value"}
 _GROUP_SKIP = {"_i_table"}  # PyTables' index containers
+_MISSING = object()
 
 
 class PickledAttribute(bytes):
@@ -94,14 +96,11 @@ def decode_attr(value, decode_pickles: bool = False):
     return value
 
 
-def split_attrs(attrs, decode_pickles: bool) -> tuple[dict, dict]:
-    """(user attributes, PyTables/HDF5 bookkeeping) of an h5py attribute manager."""
+def split_attrs(obj, decode_pickles: bool, budget: AttrBudget, where: str) -> tuple[dict, dict]:
+    """(user attributes, PyTables/HDF5 bookkeeping) of an h5py object, within ``budget``
+    (attributes it does not admit are left out with a warning, see :mod:`daskh5._attrs`)."""
     user, system = {}, {}
-    for raw_key in attrs:
-        try:
-            value = attrs[raw_key]
-        except Exception:  # a type h5py cannot read: keep going
-            continue
+    for raw_key, value in read_attrs(obj, budget, where).items():
         # a name that is not UTF-8 (h5py gives bytes) is kept, readably
         key = raw_key.decode("utf-8", "backslashreplace") if isinstance(raw_key, bytes) else raw_key
         if key in HIDDEN_ATTRS or holds_references(value):  # bookkeeping; references do not pickle
@@ -121,30 +120,42 @@ def _text(v) -> str:
 
 
 def list_groups(path: str, group: str | None = None, allow_external: bool = False) -> list[str]:
-    """Every group path under ``group`` (itself first), sorted, skipping PyTables index containers.
+    """Every group path under ``group`` (itself first), sorted, skipping PyTables index containers."""
+    with open_h5(path) as f:
+        return [name for name, _g in walk_groups(path, f, group, allow_external)]
 
-    Only groups reached through hard links are listed (as ``H5Ovisit`` does): links
-    to other files are never entered, and a link name containing ``/`` is not a group.
-    pandas' bookkeeping groups (a key's ``meta``) are part of their key, not groups.
+
+def walk_groups(
+    path: str, f, group: str | None = None, allow_external: bool = False
+) -> list[tuple[str, object]]:
+    """``(path, h5py group)`` of ``group`` and every group under it, sorted by depth then path.
+
+    Found in one walk, each child opened from its parent (linear however deep the
+    groups nest).  Only groups reached through hard links are listed (as
+    ``H5Ovisit`` does): links to other files are never entered, and a link name
+    containing ``/`` is not a group.  PyTables' index containers and pandas'
+    bookkeeping groups (a key's ``meta``) are left out.
     """
     import h5py
 
     root = group or "/"
-    with open_h5(path) as f:
-        start = lookup(f, root, allow_external=allow_external) if root != "/" else f
-        if not isinstance(start, h5py.Group):
-            raise NodeNotFound(f"{path}: {root!r} is not a group")
-        top = "/" + "/".join(p for p in root.split("/") if p)  # as given: it may lead through links
-        out = [top]
-        for name, kind, obj in walk(start):
-            if (
-                kind == "hard"
-                and isinstance(obj, h5py.Group)
-                and not any(p in _GROUP_SKIP for p in name.split("/"))
-                and not is_bookkeeping(obj)
-            ):
-                out.append(f"{top.rstrip('/')}/{name}")
-    return sorted(out, key=lambda p: (p.count("/"), p))
+    start = lookup(f, root, allow_external=allow_external) if root != "/" else f
+    if not isinstance(start, h5py.Group):
+        raise NodeNotFound(f"{path}: {root!r} is not a group")
+    top = "/" + "/".join(p for p in root.split("/") if p)  # as given: it may lead through links
+    out = [(top, start)]
+    skipped: set[str] = set()
+    for name, kind, obj in walk(start):
+        parent = name.rpartition("/")[0]
+        if parent in skipped or (kind == "hard" and name.rpartition("/")[2] in _GROUP_SKIP):
+            skipped.add(name)
+            continue
+        if kind == "hard" and isinstance(obj, h5py.Group):
+            if is_bookkeeping(obj):
+                skipped.add(name)
+                continue
+            out.append((f"{top.rstrip('/')}/{name}", obj))
+    return sorted(out, key=lambda item: (item[0].count("/"), item[0]))
 
 
 class Entry:
@@ -161,6 +172,9 @@ class Entry:
 
 def _scale_names(ds) -> tuple[str, ...] | None:
     """Dimension names from HDF5 dimension scales or labels, if every axis has one."""
+    for name in ("DIMENSION_LIST", "DIMENSION_LABELS"):  # h5py reads both whole: they must be small
+        if name in ds.attrs and small_attr(ds, name, _MISSING) is _MISSING:
+            return None
     try:
         names = []
         for dim in ds.dims:
@@ -212,10 +226,16 @@ def _leaf_entries(
     key=None,
     allow_external=False,
     allowed=SAFE_FILTERS,
+    budget=None,
 ) -> list[Entry]:
     f = obj.file
     path = f.filename  # an opted-in external link's node lives in its target file
-    user, system = split_attrs(obj.attrs, decode_pickles)
+    user, system = split_attrs(
+        obj,
+        decode_pickles,
+        budget or AttrBudget(f, parse_limit(DEFAULT_MAX_ATTR_SIZE)),
+        f"{path}:{node_name(obj.name)}",
+    )
     stored = system.get(ATTR_DIMS)
     hint = tuple(stored.split(",")) if isinstance(stored, str) and stored else None
     key = key or obj.name.rsplit("/", 1)[-1]  # the link's name (a soft link names its own variable)
@@ -266,12 +286,25 @@ def _flatten_fields(dtype: np.dtype, prefix=()) -> list[tuple[tuple[str, ...], n
 
 
 def _table_entries(
-    path, obj, decode_pickles, prefix: str, layout=None, key=None, allow_external=False, allowed=SAFE_FILTERS
+    path,
+    obj,
+    decode_pickles,
+    prefix: str,
+    layout=None,
+    key=None,
+    allow_external=False,
+    allowed=SAFE_FILTERS,
+    budget=None,
 ) -> list[Entry]:
     """One entry per (nested) field of a Table or compound dataset, along its axes."""
     path = obj.file.filename  # an opted-in external link's node lives in its target file
     info = describe_array(path, obj.name, allow_table=True, f=obj.file, allow_external=allow_external)
-    user, system = split_attrs(obj.attrs, decode_pickles)
+    user, system = split_attrs(
+        obj,
+        decode_pickles,
+        budget or AttrBudget(obj.file, parse_limit(DEFAULT_MAX_ATTR_SIZE)),
+        f"{path}:{node_name(obj.name)}",
+    )
     reader = NodeReader(info, f=obj.file, allowed=allowed)
     enc = _array_encoding(info, system)
     mixed = compound_with_times(obj.id.get_type())
@@ -309,6 +342,7 @@ def group_variables(
     allow_external: bool = False,
     allowed=SAFE_FILTERS,
     drop=frozenset(),
+    max_attr_size: int | str | None = DEFAULT_MAX_ATTR_SIZE,
 ):
     """(entries, group attributes, skipped-node messages, stored coordinate names) of one group.
 
@@ -325,7 +359,35 @@ def group_variables(
         g = lookup(f, group, allow_external=allow_external) if group not in ("/", "") else f
         if not isinstance(g, h5py.Group):
             raise NodeNotFound(f"{path}: {group!r} is a {node_kind(g)}, not a group")
-        gattrs, gsystem = split_attrs(g.attrs, decode_pickles)
+        return _group_variables(
+            path,
+            f,
+            g,
+            decode_pickles,
+            max_attr_size,
+            allow_external=allow_external,
+            allowed=allowed,
+            drop=drop,
+        )
+
+
+def _group_variables(
+    path: str,
+    f,
+    g,
+    decode_pickles: bool,
+    max_attr_size,
+    *,
+    allow_external=False,
+    allowed=SAFE_FILTERS,
+    drop=frozenset(),
+):
+    """:func:`group_variables` of the open h5py group ``g`` of the open file ``f``."""
+    import h5py
+
+    with damaged_metadata(path):
+        budget = AttrBudget(f, parse_limit(max_attr_size))
+        gattrs, gsystem = split_attrs(g, decode_pickles, budget, f"{path}:{node_name(g.name)}")
         pandas = pandas_entries(path, g, decode_pickles, allow_external, allowed)
         if pandas is not None:  # pandas' bookkeeping (pickled column lists...) is not user metadata
             data, coords, coord_names, skipped = pandas
@@ -363,13 +425,13 @@ def group_variables(
                     skipped.append(f"{g.name.rstrip('/')}/{child} ({reason})")
                 elif child in tables:
                     entries += _table_entries(
-                        path, obj, decode_pickles, prefix, layout, child, allow_external, allowed
+                        path, obj, decode_pickles, prefix, layout, child, allow_external, allowed, budget
                     )
                 elif kind == "VLArray":
                     skipped.append(f"{node_name(obj.name)} (VLArray: read it with daskh5.read_ragged)")
                 elif kind in ("Array", "CArray", "EArray", "Dataset"):
                     entries += _leaf_entries(
-                        path, obj, kind, decode_pickles, layout, child, allow_external, allowed
+                        path, obj, kind, decode_pickles, layout, child, allow_external, allowed, budget
                     )
                 else:
                     skipped.append(f"{node_name(obj.name)} ({kind})")

@@ -146,7 +146,7 @@ def from_pytables(
     allowed = allowed_filters(allow_filters)
     info = describe_array(path, node, allow_external=allow_external)
     reader = NodeReader(info, driver=driver, allowed=allowed)
-    chunks = resolve_chunks(chunks, info.shape, info.chunkshape, info.dtype)
+    chunks = resolve_chunks(chunks, info.shape, info.chunkshape, info.dtype, f"{info.path}:{info.node}")
     name = name or "from-pytables-" + tokenize(reader, chunks)
     meta = np.empty((0,) * len(info.shape), dtype=info.dtype)
     return da.from_array(

@@ -114,7 +114,7 @@ def _size(n: float | None) -> str:
 def _node_record(obj, budget: int, allow_external: bool = False) -> dict:
     import h5py
 
-    from daskh5._chunking import budget_chunks
+    from daskh5._chunking import budget_block, count_blocks
     from daskh5._containment import layout_name, outside_reason
     from daskh5._h5types import numpy_dtype, skip_reason, time_layout
     from daskh5._nodes import node_kind, node_name, size_problem
@@ -160,13 +160,12 @@ def _node_record(obj, budget: int, allow_external: bool = False) -> dict:
     too_big = size_problem(obj.shape, obj.chunks, dtype.itemsize)
     if too_big:
         rec["warning"] = too_big
-    elif obj.shape and dtype.names is None:
-        chunks = budget_chunks(
-            tuple(obj.shape), tuple(obj.chunks) if obj.chunks else None, dtype.itemsize, budget
-        )
-        block = [max(c) if c else 0 for c in chunks]
+    elif obj.shape and dtype.names is None:  # counted, not built: the shape may claim 2**40 blocks
+        shape = tuple(int(s) for s in obj.shape)
+        block = budget_block(shape, tuple(obj.chunks) if obj.chunks else None, dtype.itemsize, budget)
+        block = [min(b, s) for b, s in zip(block, shape)]
         rec["dask"] = {
-            "blocks": int(np.prod([len(c) for c in chunks])),
+            "blocks": count_blocks(shape, block),
             "block_shape": block,
             "block_bytes": int(np.prod(block, dtype=np.int64)) * dtype.itemsize,
         }
@@ -189,25 +188,28 @@ def _link_record(f, path: str, value: tuple[str, str], budget: int, allow_extern
     return rec
 
 
-def _ragged_records(path: str, f, records: list[dict], allow_external: bool = False) -> list[dict]:
-    """Ragged layouts in the file: flat EArrays with side columns, and VLArrays."""
+def _ragged_records(
+    path: str, objects: dict, records: list[dict], allow_external: bool = False
+) -> list[dict]:
+    """Ragged layouts in the file: flat EArrays with side columns, and VLArrays (``objects``: the
+    h5py object of every record's path, so no record is looked up again: a deep nest stays linear)."""
+    from daskh5._attrs import small_attr
     from daskh5._layout import ATTR_KIND, find_layout
-    from daskh5._nodes import lookup
 
     found = []
     names = {r["path"] for r in records}
     for r in records:
         if r["kind"] in ("Group",) or r["path"].endswith(("_start_and_stop", "_shape")) or "target" in r:
             continue
-        obj = lookup(f, r["path"])
-        if "pandas_type" in obj.parent.attrs:  # a pandas key's pickled object block: listed under "pandas"
+        obj = objects.get(r["path"])
+        if obj is None or "pandas_type" in obj.parent.attrs:  # a pandas key's object block: under "pandas"
             continue
         flat = f"{r['path']}_start_and_stop" in names or ATTR_KIND in obj.attrs
         vl = r["kind"] == "VLArray"
         if not (flat or vl):
             continue
         entry = {"node": r["path"], "kind": "flat" if flat else "vlarray"}
-        pseudo = obj.attrs.get("PSEUDOATOM")
+        pseudo = small_attr(obj, "PSEUDOATOM")
         if vl and isinstance(pseudo, (bytes, np.bytes_, str)) and np.char.decode(pseudo) == "object":
             entry["error"] = "ObjectAtom VLArray: its rows are pickles, which daskh5 never loads"
             found.append(entry)
@@ -221,12 +223,11 @@ def _ragged_records(path: str, f, records: list[dict], allow_external: bool = Fa
     return found
 
 
-def _pandas_records(path: str, f, records: list[dict]) -> list[dict]:
+def _pandas_records(path: str, objects: dict, records: list[dict]) -> list[dict]:
     """pandas keys (``to_hdf``) among the groups: format, rows and column labels."""
-    from daskh5._nodes import lookup
     from daskh5._pandas import describe_key, is_bookkeeping
 
-    groups = [lookup(f, r["path"]) for r in records if r["kind"] == "Group" and "target" not in r]
+    groups = [objects[r["path"]] for r in records if r["kind"] == "Group" and r["path"] in objects]
     return [describe_key(path, g) for g in groups if "pandas_type" in g.attrs and not is_bookkeeping(g)]
 
 
@@ -253,25 +254,27 @@ def info(
 
     nbytes = resolve_budget(budget)
     refused: list[str] = []
+    hidden: list[str] = []
     with open_h5(path) as f:
         root = lookup(f, node, allow_external=allow_external) if node not in (None, "", "/") else f
         records = [_node_record(root, nbytes, allow_external)]
-        if isinstance(root, h5py.Group):
+        objects = {records[0]["path"]: root}
+        if isinstance(root, h5py.Group):  # one pass, each child opened from its parent: linear in a deep nest
             base = root.name.rstrip("/")
-            found = [(name, kind, value) for name, kind, value in walk(root)]
-            hidden = [n for n, _k, _v in found if any(part.startswith("_i_") for part in n.split("/"))]
-            skip = set() if show_all else set(hidden)
-            for name, kind, value in found:
-                if name in skip:
-                    continue
+            for name, kind, value in walk(root):
+                if any(part.startswith("_i_") for part in name.split("/")):
+                    hidden.append(name)
+                    if not show_all:
+                        continue
                 if kind == "hard":
                     records.append(_node_record(value, nbytes, allow_external))
+                    objects[records[-1]["path"]] = value
                 elif kind == "external":
                     records.append(_link_record(root.file, f"{base}/{name}", value, nbytes, allow_external))
                 elif kind in ("invalid", "other"):
                     refused.append(f"{base}/{name}")
-        ragged = _ragged_records(root.file.filename, root.file, records, allow_external)
-        pandas = _pandas_records(root.file.filename, root.file, records)
+        ragged = _ragged_records(root.file.filename, objects, records, allow_external)
+        pandas = _pandas_records(root.file.filename, objects, records)
         filename = f.filename
     return {
         "file": filename,

@@ -21,6 +21,7 @@ __all__ = [
     "NodeNotFound",
     "NotHDF5Error",
     "RaggedLayoutError",
+    "ResourceLimitError",
     "UnsupportedDtypeError",
     "UnsafePickleError",
     "UnsupportedFilterError",
@@ -65,6 +66,11 @@ class ChunkDecodeError(Daskh5Error, OSError):
 
 class RaggedLayoutError(Daskh5Error, ValueError):
     """A ragged layout's side columns disagree with each other or with the data."""
+
+
+class ResourceLimitError(Daskh5Error, ValueError):
+    """The file claims more than daskh5 will spend on it (dask blocks, rows of a side column,
+    bytes of a read, objects of a pickle): refused before the memory or time is spent."""
 
 
 class NodeExistsError(Daskh5Error, ValueError):

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from daskh5 import _files
+from daskh5 import _files, _vlen
 from daskh5._chunking import resolve_budget
 from daskh5._codecs import SAFE_FILTERS, allowed_filters
 from daskh5._containment import check_storage, with_origin
@@ -58,6 +58,7 @@ _LONG_SAMPLE = 256  # elements: longer samples are taken by slices, shorter by p
 
 _vl_lock = threading.Lock()
 _vl_files: dict[tuple[str, int, str | None], object] = {}
+_vl_descriptors: dict[tuple[str, int, str | None, str], object] = {}  # -> NodeReader or None
 
 
 def _close_vl_files() -> None:
@@ -66,9 +67,44 @@ def _close_vl_files() -> None:
             with contextlib.suppress(Exception):
                 f.close()
         _vl_files.clear()
+        _vl_descriptors.clear()
 
 
 _files._close_hooks.append(_close_vl_files)
+
+
+def _vl_dataset(
+    path: str,
+    node: str,
+    driver: str | None,
+    allow_external: bool = False,
+    allowed: frozenset[int] = SAFE_FILTERS,
+):
+    """(h5py dataset, descriptor reader or None, file size) from the per-process cache (under ``_vl_lock``).
+
+    The node's links, storage and filters are checked again each time (the file
+    may have been replaced since the layout was opened).
+    """
+    load_plugins()
+    st = os.stat(path)
+    key = (path, st.st_mtime_ns, driver)
+    f = _vl_files.get(key)
+    if f is None:
+        for old in [k for k in _vl_files if k[0] == path]:
+            _vl_files.pop(old).close()
+        for old in [k for k in _vl_descriptors if k[0] == path]:
+            del _vl_descriptors[old]
+        h5driver = "core" if driver == "H5FD_CORE" else None
+        f = _vl_files[key] = open_file(path, h5driver)
+    ds = lookup(f, node, allow_external=allow_external)
+    layout = check_storage(ds, f"{path}:{node}", allow_external=allow_external)
+    check_dataset_filters(ds, path, node, allowed)
+    if layout in ("external", "virtual"):  # HDF5 reads these itself (names relative to the file), row by row
+        del ds
+        return with_origin(f, node, layout), None, st.st_size
+    if (*key, ds.name) not in _vl_descriptors:
+        _vl_descriptors[(*key, ds.name)] = _vlen.descriptor_reader(path, ds, driver)
+    return ds, _vl_descriptors[(*key, ds.name)], st.st_size
 
 
 def _vl_rows(
@@ -79,30 +115,64 @@ def _vl_rows(
     allow_external: bool = False,
     allowed: frozenset[int] = SAFE_FILTERS,
 ) -> list[np.ndarray]:
-    """VLArray rows ``rows`` (a slice or sorted index array) in one h5py read.
+    """VLArray rows ``rows`` (a slice or sorted index array), after checking their stored lengths.
 
-    The node's links, storage and filters are checked again right before h5py
-    reads (the file may have been replaced since the layout was opened).
+    Their values must fit in the file (see :mod:`daskh5._vlen`); then they are read
+    in one h5py call.  Without daskh5's own decoder for the row descriptors'
+    chunks, rows are read one by one and the read stops as soon as they pass the
+    file's size.
     """
-    load_plugins()
-    mtime = os.stat(path).st_mtime_ns
     with _vl_lock:
-        f = _vl_files.get((path, mtime, driver))
-        if f is None:
-            for key in [k for k in _vl_files if k[0] == path]:
-                _vl_files.pop(key).close()
-            h5driver = "core" if driver == "H5FD_CORE" else None
-            f = _vl_files[(path, mtime, driver)] = open_file(path, h5driver)
-        ds = lookup(f, node, allow_external=allow_external)
-        layout = check_storage(ds, f"{path}:{node}", allow_external=allow_external)
-        check_dataset_filters(ds, path, node, allowed)
-        if layout in ("external", "virtual"):  # HDF5 reads these itself: names relative to the file
-            del ds
-            ds = with_origin(f, node, layout)
+        ds, descriptors, size = _vl_dataset(path, node, driver, allow_external, allowed)
+        where = f"{path}:{ds.name}"
+        what = f"rows {rows.start}..{rows.stop - 1}" if isinstance(rows, slice) else f"{len(rows)} rows"
+        itemsize = _base_itemsize(ds)
         try:
-            return list(ds[rows])
+            if descriptors is not None:
+                _vlen.check_claim(where, what, _vlen.row_lengths(descriptors, rows), itemsize, size)
+                return list(ds[rows])
+            out, total = [], 0
+            for i in range(*rows.indices(ds.shape[0])) if isinstance(rows, slice) else rows.tolist():
+                out.append(ds[i])
+                total += out[-1].nbytes
+                if total > size:
+                    _vlen.check_claim(where, what, np.array([total]), 1, size)
+            return out
         except OSError as exc:
             raise RaggedLayoutError(f"{path}:{node}: could not read rows {rows}: {exc}") from exc
+
+
+def _base_itemsize(ds) -> int:
+    """Bytes of one item of a vlen dataset's base type (an atom: ``Float32Atom(shape=3)`` is 12)."""
+    import h5py
+
+    return np.dtype(h5py.check_vlen_dtype(ds.dtype)).itemsize
+
+
+def _vl_lengths(
+    path: str,
+    node: str,
+    n: int,
+    driver: str | None,
+    per_item: int,
+    allow_external=False,
+    allowed=SAFE_FILTERS,
+) -> np.ndarray | None:
+    """Values in each of the first ``n`` VLArray rows, from their descriptors alone (None when
+    they can only be learnt by reading the rows); rows claiming more bytes than the file are refused."""
+    with _vl_lock:
+        ds, descriptors, size = _vl_dataset(path, node, driver, allow_external, allowed)
+        if descriptors is None:
+            return None
+        itemsize = _base_itemsize(ds)
+        out = np.empty(n, dtype=np.int64)
+        total, step = 0, 1 << 20
+        for a in range(0, n, step):
+            b = min(n, a + step)
+            out[a:b] = _vlen.row_lengths(descriptors, slice(a, b))
+            total += int(out[a:b].sum()) * itemsize
+            _vlen.check_claim(f"{path}:{ds.name}", f"rows 0..{b - 1}", np.array([total]), 1, size)
+    return out * per_item
 
 
 def _fix_vl(rows, layout_dtype: np.dtype, shapes, atom_shape, first: int, path: str, node: str):
@@ -210,11 +280,20 @@ class RaggedArray(Sequence):
     def lengths(self) -> np.ndarray:
         """Number of values in every sample (a plain VLArray is read once, in bulk, to learn them)."""
         if self._lengths is None:
+            self._lengths = self._stored_lengths()
+        if self._lengths is None:
             sizes = []
             for batch in self.iter_batches(65536):
                 sizes.extend(v.size for v in batch)
             self._lengths = np.asarray(sizes, dtype=np.int64)
         return self._lengths
+
+    def _stored_lengths(self) -> np.ndarray | None:
+        lay = self.layout
+        per_atom = int(np.prod(lay.atom_shape)) if lay.atom_shape else 1
+        return _vl_lengths(
+            lay.path, lay.node, len(self), lay.driver, per_atom, lay.allow_external, lay.allowed
+        )
 
     @property
     def shapes(self) -> np.ndarray:
@@ -336,7 +415,9 @@ class RaggedArray(Sequence):
         """Runs of consecutive samples within a byte budget (a str, or an int number of bytes)."""
         n = len(self)
         budget = resolve_budget(size)
-        if self._lengths is None:  # a plain VLArray: estimate from the first rows
+        if self._lengths is None:
+            self._lengths = self._stored_lengths()
+        if self._lengths is None:  # a plain VLArray whose descriptors need HDF5: estimate from the first rows
             head = self._run(0, min(n, 1000))
             avg = max(1, int(np.mean([v.nbytes for v in head])) if head else 1)
             step = max(1, budget // avg)

@@ -19,11 +19,20 @@ from collections.abc import Iterable
 
 import numpy as np
 
+from daskh5._attrs import DEFAULT_MAX_ATTR_SIZE
 from daskh5._codecs import SAFE_FILTERS, allowed_filters
 from daskh5._h5types import padded, to_datetimes
 from daskh5._inputs import resolve
-from daskh5._xarray_store import assign_dims, group_unlimited, group_variables, list_groups, warn_skipped
-from daskh5.errors import Daskh5Error
+from daskh5._nodes import open_h5
+from daskh5._xarray_store import (
+    _group_variables,
+    assign_dims,
+    group_unlimited,
+    group_variables,
+    walk_groups,
+    warn_skipped,
+)
+from daskh5.errors import Daskh5Error, ResourceLimitError
 
 __all__ = ["PyTablesBackendEntrypoint"]
 
@@ -67,13 +76,31 @@ class PyTablesArray(BackendArray):
             )
         if self.field is None:
             return np.asarray(self.reader[key])
-        first = key[0]
-        scalar = isinstance(first, (int, np.integer))  # a string column with chunks={} is read row by row
-        rows = self.reader[(slice(first, first + 1 or None) if scalar else first,)]
-        for part in self.field:
-            rows = rows[part] if isinstance(part, str) else rows[:, part]
-        out = np.asarray(rows[(slice(None), *key[1:])]) if len(key) > 1 else np.asarray(rows)
+        rows, rest = key[0], key[1:]
+        scalar = isinstance(rows, (int, np.integer))  # a string column with chunks={} is read row by row
+        if scalar:
+            rows = slice(int(rows), int(rows) + 1)
+        out = None
+        for where, part in _row_pieces(rows, self.shape[0], self._piece_rows()):
+            column = self._column(self.reader[(part,)], rest)
+            if out is None:
+                out = np.empty((_count(rows, self.shape[0]), *column.shape[1:]), dtype=column.dtype)
+            out[where] = column
+        if out is None:  # no rows
+            out = self._column(self.reader[(rows,)], rest)
         return out[0] if scalar else out
+
+    def _piece_rows(self) -> int:
+        """Rows of whole records read at a time: a column keeps only its field of each piece."""
+        chunk = (self.reader.chunks or (1,))[0]
+        rows = max(1, _PIECE_BYTES // max(1, self.reader.dtype.itemsize))
+        return max(chunk, rows // chunk * chunk)
+
+    def _column(self, records: np.ndarray, rest: tuple) -> np.ndarray:
+        for part in self.field:
+            records = records[part] if isinstance(part, str) else records[:, part]
+        column = records[(slice(None), *rest)] if rest else records
+        return np.array(column)  # a copy: a view would keep every field of the records alive
 
     def _fill(self):
         """The dataset's HDF5 fill value (netCDF-C sets it to ``_FillValue`` or netCDF's default)."""
@@ -81,6 +108,26 @@ class PyTablesArray(BackendArray):
         if info is None:
             return getattr(self.reader, "fill", 0)
         return np.frombuffer(info.fillvalue, dtype=info.disk_dtype)[0].astype(info.dtype)
+
+
+_PIECE_BYTES = 16 << 20
+
+
+def _count(rows, n: int) -> int:
+    return len(range(*rows.indices(n))) if isinstance(rows, slice) else len(rows)
+
+
+def _row_pieces(rows, n: int, step: int):
+    """``(where in the output, rows to read)`` for consecutive pieces of a row selection."""
+    if isinstance(rows, slice) and rows.indices(n)[2] == 1:
+        start, stop, _ = rows.indices(n)
+        for a in range(start, stop, step):
+            b = min(stop, a + step)
+            yield slice(a - start, b - start), slice(a, b)
+        return
+    index = np.arange(*rows.indices(n)) if isinstance(rows, slice) else np.asarray(rows)
+    for a in range(0, len(index), step):
+        yield slice(a, a + step), index[a : a + step]
 
 
 class PyTablesStore(AbstractDataStore):
@@ -95,14 +142,29 @@ class PyTablesStore(AbstractDataStore):
         allow_external: bool = False,
         allowed: frozenset[int] = SAFE_FILTERS,
         drop: frozenset[str] = frozenset(),
+        max_attr_size: int | str | None = DEFAULT_MAX_ATTR_SIZE,
+        opened=None,
     ):
         self.path, self.group = path, group or "/"
-        found = group_variables(path, self.group, decode_pickles, allow_external, allowed, drop)
+        if opened is None:
+            found = group_variables(
+                path, self.group, decode_pickles, allow_external, allowed, drop, max_attr_size
+            )
+        else:  # (h5py file, h5py group) already open: a tree of groups is walked once
+            found = _group_variables(
+                path, *opened, decode_pickles, max_attr_size, allow_external=allow_external, allowed=allowed,
+                drop=drop,
+            )  # fmt: skip
         entries, self.attrs, skipped, self.coord_names = found
         warn_skipped(path, self.group, skipped)
         assign_dims(entries, dims)
         self.entries = entries
-        self.unlimited = group_unlimited(path, self.group, allow_external)
+        if opened is None:
+            self.unlimited = group_unlimited(path, self.group, allow_external)
+        else:
+            from daskh5._netcdf import group_dims
+
+            self.unlimited = group_dims(opened[1]).unlimited
 
     def get_variables(self):
         out = {}
@@ -143,7 +205,9 @@ class PyTablesBackendEntrypoint(BackendEntrypoint):
     to decode beyond daskh5's allowlist, by id or name, for files you trust, as
     for :func:`daskh5.from_pytables`; a node using another filter raises
     :class:`~daskh5.UnsupportedFilterError` unless ``drop_variables`` names all
-    its variables). ``auto_complex`` is accepted for netCDF4-engine
+    its variables), ``max_attr_size`` (attributes bigger than this many bytes,
+    ``"1MiB"`` by default, are left out with a warning; ``None``: no limit but
+    the file's size). ``auto_complex`` is accepted for netCDF4-engine
     compatibility: complex numbers (HDF5 compounds of ``r`` and ``i``) are
     always read as complex.
     """
@@ -156,7 +220,7 @@ class PyTablesBackendEntrypoint(BackendEntrypoint):
     open_dataset_parameters = (
         "filename_or_obj", "drop_variables", "mask_and_scale", "decode_times", "concat_characters",
         "decode_coords", "use_cftime", "decode_timedelta", "group", "dims", "decode_pickles", "allow_external",
-        "allow_filters", "auto_complex",
+        "allow_filters", "auto_complex", "max_attr_size",
     )  # fmt: skip
 
     def guess_can_open(self, filename_or_obj) -> bool:
@@ -190,12 +254,15 @@ class PyTablesBackendEntrypoint(BackendEntrypoint):
         allow_external: bool = False,
         allow_filters=(),
         auto_complex: bool | None = None,
+        max_attr_size: int | str | None = DEFAULT_MAX_ATTR_SIZE,
+        _opened=None,
     ) -> xr.Dataset:
         path, group, _ = resolve(filename_or_obj, group, need_node=False)
         drop = {drop_variables} if isinstance(drop_variables, str) else set(drop_variables or ())
         store = PyTablesStore(
-            path, group or "/", dims, decode_pickles, allow_external, allowed_filters(allow_filters), drop
-        )
+            path, group or "/", dims, decode_pickles, allow_external, allowed_filters(allow_filters), drop,
+            max_attr_size, _opened,
+        )  # fmt: skip
         ds = StoreBackendEntrypoint().open_dataset(
             store,
             mask_and_scale=mask_and_scale,
@@ -226,25 +293,42 @@ class PyTablesBackendEntrypoint(BackendEntrypoint):
         allow_external: bool = False,
         allow_filters=(),
         auto_complex: bool | None = None,
+        max_attr_size: int | str | None = DEFAULT_MAX_ATTR_SIZE,
     ) -> dict[str, xr.Dataset]:
         path, group, _ = resolve(filename_or_obj, group, need_node=False)
         kwargs = dict(
             drop_variables=drop_variables, mask_and_scale=mask_and_scale, decode_times=decode_times,
             concat_characters=concat_characters, decode_coords=decode_coords, use_cftime=use_cftime,
             decode_timedelta=decode_timedelta, dims=dims, decode_pickles=decode_pickles,
-            allow_external=allow_external,
-            allow_filters=allow_filters,
+            allow_external=allow_external, allow_filters=allow_filters, max_attr_size=max_attr_size,
         )  # fmt: skip
-        groups = list_groups(path, group, allow_external)
-        root = groups[0]
-        out = {}
-        for g in groups:  # parents come before their children
-            rel = "/" + g[len(root) :].strip("/") if g != root else "/"
-            out[rel] = _unclash(self.open_dataset(path, group=g, **kwargs), rel, out)
-        return out
+        return self._groups(path, group, kwargs, allow_external=allow_external)
+
+    def _groups(
+        self, path: str, group: str | None, kwargs: dict, max_depth: int | None = None, allow_external=False
+    ) -> dict:
+        """Every group under ``group`` opened from one walk of the file (parents before children)."""
+        with open_h5(path) as f:
+            groups = walk_groups(path, f, group, allow_external)
+            root = groups[0][0]
+            rel = {g: "/" + g[len(root) :].strip("/") if g != root else "/" for g, _obj in groups}
+            depth = {r: r.count("/") if r != "/" else 0 for r in rel.values()}
+            deepest = max(depth, key=depth.get)
+            if max_depth is not None and depth[deepest] > max_depth:
+                raise ResourceLimitError(
+                    f"{path}:{root}: groups nest {depth[deepest]:,} deep (under {root}), more than daskh5 opens "
+                    f"as one DataTree ({max_depth}; xarray's DataTree takes time growing with the square of the "
+                    "depth); open a subtree with group=..., or groups one by one with xr.open_dataset(group=...)"
+                )
+            datasets = {
+                rel[g]: self.open_dataset(path, group=g, _opened=(f, obj), **kwargs) for g, obj in groups
+            }
+        return _unclash_all(datasets)
 
     def open_datatree(self, filename_or_obj, **kwargs) -> xr.DataTree:
-        return xr.DataTree.from_dict(self.open_groups_as_dict(filename_or_obj, **kwargs))
+        path, group, _ = resolve(filename_or_obj, kwargs.pop("group", None), need_node=False)
+        allow = kwargs.get("allow_external", False)
+        return xr.DataTree.from_dict(self._groups(path, group, kwargs, MAX_TREE_DEPTH, allow_external=allow))
 
 
 def _handle_name(obj) -> str | None:
@@ -257,16 +341,37 @@ def _handle_name(obj) -> str | None:
         return None
 
 
-def _unclash(ds: xr.Dataset, path: str, opened: dict) -> xr.Dataset:
-    """Rename dims that an ancestor group uses with another size (a DataTree would reject them)."""
-    sizes: dict = {}
-    parts = [p for p in path.strip("/").split("/") if p]
-    for depth in range(len(parts)):
-        ancestor = opened.get("/" + "/".join(parts[:depth]) if depth else "/")
-        if ancestor is not None:
-            sizes.update(ancestor.sizes)
-    renames = {d: f"{d}_{n}" for d, n in ds.sizes.items() if d in sizes and sizes[d] != n}
-    return ds.rename_dims(renames) if renames else ds
+MAX_TREE_DEPTH = 100
+"""Deepest nest of groups :func:`xarray.open_datatree` opens (a small file can nest thousands)."""
+
+
+def _unclash_all(datasets: dict[str, xr.Dataset]) -> dict[str, xr.Dataset]:
+    """Rename dims that an ancestor group uses with another size (a DataTree would reject them).
+
+    Groups are visited depth first keeping, for every dim, the sizes its ancestors give it
+    (a stack per dim), so each group costs its own dims, however deep it is.
+    """
+    children: dict[str, list[str]] = {p: [] for p in datasets}
+    for p in datasets:
+        if p != "/":
+            children[p.rsplit("/", 1)[0] or "/"].append(p)
+    out: dict[str, xr.Dataset] = {}
+    active: dict = {}  # dim -> sizes the groups above the current one give it, innermost last
+    todo: list = [("enter", "/")] if "/" in datasets else []
+    while todo:
+        step, p = todo.pop()
+        if step == "leave":
+            for d in out[p].sizes:
+                active[d].pop()
+            continue
+        ds = datasets[p]
+        renames = {d: f"{d}_{n}" for d, n in ds.sizes.items() if active.get(d) and active[d][-1] != n}
+        out[p] = ds.rename_dims(renames) if renames else ds
+        for d, n in out[p].sizes.items():
+            active.setdefault(d, []).append(n)
+        todo.append(("leave", p))
+        todo.extend(("enter", c) for c in reversed(children[p]))
+    return {p: out[p] for p in datasets}  # in the order they were given
 
 
 def _no_char_stacking(store: PyTablesStore, concat_characters):

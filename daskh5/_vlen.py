@@ -1,0 +1,85 @@
+"""How big variable-length data is, learnt before it is read.
+
+A variable-length row (a VLArray row, an element of a vlen attribute) is
+stored as a small *descriptor*: its length, then the global heap object that
+holds its values (the heap collection's address and the object's index).
+HDF5 reads a row by allocating ``length x item size`` bytes and copying the
+object into it, so a file of a few MB whose descriptors all name one 4 MB
+object asks for gigabytes.  The values of every row are bytes of the file
+(heap objects are never compressed), so the rows of one read can never hold
+more bytes than the file has; daskh5 reads the descriptors first (with its
+own chunk reader: no heap access) and refuses a read that claims more.
+"""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+
+from daskh5._codecs import pipeline_supported
+from daskh5._nodes import NodeInfo
+from daskh5.errors import RaggedLayoutError
+
+__all__ = ["check_claim", "descriptor_dtype", "descriptor_reader", "row_lengths"]
+
+
+def descriptor_dtype(sizeof_addr: int) -> np.dtype:
+    """One stored descriptor: 4-byte length, heap collection address, 4-byte object index.
+
+    >>> descriptor_dtype(8).itemsize
+    16
+    """
+    return np.dtype([("length", "<u4"), ("collection", f"V{sizeof_addr}"), ("index", "<u4")])
+
+
+def descriptor_reader(path: str, ds, driver: str | None = None):
+    """A :class:`~daskh5._reader.NodeReader` of the raw descriptors of the chunked vlen dataset
+    ``ds``, or None when its filters need HDF5 (then HDF5 would read the heap too)."""
+    from daskh5._reader import NodeReader
+
+    dcpl = ds.id.get_create_plist()
+    if ds.chunks is None or len(ds.shape) != 1:
+        return None
+    filters = tuple(
+        (int(fid), tuple(int(c) for c in cd))
+        for fid, _flags, cd, _name in (dcpl.get_filter(i) for i in range(dcpl.get_nfilters()))
+    )
+    if not pipeline_supported(filters):
+        return None
+    dtype = descriptor_dtype(ds.file.id.get_create_plist().get_sizes()[0])
+    st = os.stat(path)
+    info = NodeInfo(
+        path=path,
+        node=ds.name,
+        kind="VLArray",
+        shape=(int(ds.shape[0]),),
+        dtype=dtype,
+        disk_dtype=dtype,
+        layout="chunked",
+        chunkshape=(int(ds.chunks[0]),),
+        filters=filters,
+        fillvalue=bytes(dtype.itemsize),
+        offset=None,
+        extdim=None,
+        mtime_ns=st.st_mtime_ns,
+        file_size=st.st_size,
+    )
+    return NodeReader(info, driver=driver, f=ds.file)
+
+
+def row_lengths(reader, rows) -> np.ndarray:
+    """Stored lengths (in items of the vlen base type) of ``rows`` (a slice or an index array)."""
+    return reader[rows]["length"].astype(np.int64)
+
+
+def check_claim(where: str, what: str, lengths: np.ndarray, itemsize: int, file_size: int) -> int:
+    """The bytes ``lengths`` items of ``itemsize`` bytes take, or a RaggedLayoutError if the file
+    cannot hold them."""
+    total = int(lengths.sum(dtype=np.int64)) * int(itemsize)
+    if total > file_size:
+        raise RaggedLayoutError(
+            f"{where}: {what} claim {total:,} bytes of values, more than the whole {file_size:,}-byte file "
+            "holds: their heap descriptors name the same objects again and again, or the file is damaged"
+        )
+    return total

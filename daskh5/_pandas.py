@@ -33,6 +33,7 @@ import warnings
 
 import numpy as np
 
+from daskh5._attrs import small_attr
 from daskh5._codecs import SAFE_FILTERS
 from daskh5._containment import follow
 from daskh5._nodes import describe_array
@@ -59,6 +60,37 @@ _allowed: contextvars.ContextVar[frozenset] = contextvars.ContextVar(
 def _reader(info, f=None) -> NodeReader:
     """A :class:`NodeReader` that decodes only the filters the caller allowed."""
     return NodeReader(info, f=f, allowed=_allowed.get())
+
+
+class _Attrs:
+    """An h5py object's attributes, each read only if it is at most :data:`_ATTR_LIMIT` bytes.
+
+    pandas' metadata attributes are small; one that claims more (a crafted 2 GiB
+    ``info``) reads as missing instead of being loaded.
+    """
+
+    def __init__(self, obj):
+        self._obj = obj
+
+    def __contains__(self, name) -> bool:
+        return name in self._obj.attrs
+
+    def get(self, name, default=None):
+        return small_attr(self._obj, name, default, _ATTR_LIMIT)
+
+    def __getitem__(self, name):
+        missing = object()
+        value = self.get(name, missing)
+        if value is missing:
+            raise KeyError(name)
+        return value
+
+
+_ATTR_LIMIT = 1 << 20
+
+
+def _attrs(obj) -> _Attrs:
+    return _Attrs(obj)
 
 
 def _node(group, name: str):
@@ -300,9 +332,9 @@ class _TableKey:
     def __init__(self, path: str, group):
         from daskh5._xarray_store import decode_attr
 
-        self.path, self.group, self.gattrs = path, group, group.attrs
+        self.path, self.group, self.gattrs = path, group, _attrs(group)
         self.table = _node(group, "table")
-        self.tattrs = self.table.attrs
+        self.tattrs = _attrs(self.table)
         self.info = _describe(self.table, allow_table=True)
         self.reader = _reader(self.info, f=self.table.file)
         self.encoding = _text(inert_loads(self.gattrs.get("encoding")), "utf-8") or "utf-8"
@@ -416,7 +448,7 @@ def _table_key(path, group, decode_pickles, skipped) -> tuple[list, list, list[s
 def _fixed_array(path, group, node: str, encoding: str, errors: str, limit: int) -> np.ndarray:
     """One fixed-format node read now (an index, the column labels, or an object block)."""
     ds = _node(group, node)
-    attrs = ds.attrs
+    attrs = _attrs(ds)
     shape = inert_loads(attrs.get("shape")) if "shape" in attrs else None
     value_type = _text(attrs.get("value_type"))
     if isinstance(shape, tuple) and all(type(n) is int for n in shape) and 0 in shape:  # an empty index
@@ -447,21 +479,21 @@ def _fixed_index(
     path, group, key: str, encoding, errors, nrows_limit
 ) -> list[tuple[str | None, np.ndarray, str | None]]:
     """[(name, values, time zone)] of an index (one per level of a MultiIndex)."""
-    gattrs = group.attrs
+    gattrs = _attrs(group)
     variety = _text(gattrs.get(f"{key}_variety"), "regular")
     if variety == "multi":
         out = []
         for i in range(int(gattrs.get(f"{key}_nlevels", 0))):
             level = _fixed_array(path, group, f"{key}_level{i}", encoding, errors, nrows_limit)
             codes = np.asarray(_reader(_describe(_node(group, f"{key}_label{i}")))[...])
-            attrs = _node(group, f"{key}_level{i}").attrs
+            attrs = _attrs(_node(group, f"{key}_level{i}"))
             values = CategoryDecoder(level, category_dtype(level) if level.dtype.kind not in "iub" or
                                      (codes < 0).any() else level.dtype)(codes)  # fmt: skip
             out.append((_plain_name(attrs.get("name")), values, tz_name(attrs.get("tz"))))
         return out
     if variety != "regular":
         raise NodeKindError(f"{group.file.filename}:{group.name}: unknown pandas index variety {variety!r}")
-    attrs = _node(group, key).attrs
+    attrs = _attrs(_node(group, key))
     values = _fixed_array(path, group, key, encoding, errors, nrows_limit)
     if _text(attrs.get("kind")) == "category" and _has(group, f"{key}_categories"):  # a CategoricalIndex
         categories = _fixed_array(path, group, f"{key}_categories", encoding, errors, nrows_limit)
@@ -493,7 +525,7 @@ def _index_entries(index, dim_default: str) -> tuple[str, list]:
 def _fixed_key(path, group, decode_pickles, skipped) -> tuple[list, list, list[str]]:
     """(data variables, coordinates, extra coordinate names) of a ``format="fixed"`` frame or series."""
 
-    gattrs = group.attrs
+    gattrs = _attrs(group)
     encoding = _text(gattrs.get("encoding"), "utf-8") or "utf-8"
     errors = _text(gattrs.get("errors"), "strict") or "strict"
     if _text(gattrs.get("pandas_type")) == "series":
@@ -519,7 +551,7 @@ def _fixed_key(path, group, decode_pickles, skipped) -> tuple[list, list, list[s
     data, blocks = [], {}
     for label, node, j in columns:
         ds = _node(group, node)
-        value_type = _text(ds.attrs.get("value_type"))
+        value_type = _text(_attrs(ds).get("value_type"))
         if value_type.startswith(_UNSUPPORTED):
             skipped.append(f"{ds.name} (column {label!r}: {value_type}: read it with pd.read_hdf)")
             continue
@@ -537,7 +569,7 @@ def _fixed_key(path, group, decode_pickles, skipped) -> tuple[list, list, list[s
 
 def _fixed_block(path, group, ds, limit: int):
     """A fixed-format block: an array read now (``rows x columns``), or ``(reader, axis of the rows)``."""
-    attrs = ds.attrs
+    attrs = _attrs(ds)
     transposed = bool(attrs.get("transposed", 0))
     shape = inert_loads(attrs.get("shape")) if "shape" in attrs else None
     if isinstance(shape, tuple) and all(type(n) is int for n in shape) and 0 in shape:  # an empty block
@@ -597,9 +629,9 @@ def _block_column(block, ds, label: str, j, nrows: int, dim: str, skipped: list)
         return None
     column = reader if len(reader.shape) == 1 else ColumnOf(reader, j or 0, nrows, axis)
     enc.update(_row_chunks(reader.info.chunkshape, axis))
-    dtype = _time_dtype(_text(ds.attrs.get("value_type"))) or reader.dtype
+    dtype = _time_dtype(_text(_attrs(ds).get("value_type"))) or reader.dtype
     e = Entry(label, column, None, (dim,), {}, enc, (nrows,), dtype, ds.name)
-    tz = tz_name(ds.attrs.get("tz"))
+    tz = tz_name(_attrs(ds).get("tz"))
     if tz is not None and dtype.kind == "M":
         e.attrs["pandas_timezone"] = tz
     return e
@@ -625,7 +657,7 @@ def pandas_entries(
 
 
 def _pandas_entries(path: str, group, decode_pickles: bool):
-    kind = _text(group.attrs.get("pandas_type", b""))
+    kind = _text(_attrs(group).get("pandas_type", b""))
     skipped: list[str] = []
     read = (
         _table_key
@@ -663,10 +695,10 @@ def is_bookkeeping(group) -> bool:
 def _fixed_rows(group, key: str) -> int | None:
     """Rows of a fixed-format key from its index node's shape (None for a pickled index)."""
     node = _node(group, key) if _has(group, key) else _node(group, f"{key}_label0")
-    shape = inert_loads(node.attrs.get("shape")) if "shape" in node.attrs else None
+    shape = inert_loads(_attrs(node).get("shape")) if "shape" in _attrs(node) else None
     if isinstance(shape, tuple) and 0 in shape:
         return 0
-    return None if _text(node.attrs.get("PSEUDOATOM")) == "object" else int(node.shape[0])
+    return None if _text(_attrs(node).get("PSEUDOATOM")) == "object" else int(node.shape[0])
 
 
 def describe_key(path: str, group) -> dict:
@@ -674,7 +706,7 @@ def describe_key(path: str, group) -> dict:
 
     Reads only metadata and the (small) column-label node, never a data block.
     """
-    gattrs = group.attrs
+    gattrs = _attrs(group)
     kind = _text(gattrs.get("pandas_type", b""))
     out: dict = {
         "key": group.name,

@@ -2310,3 +2310,28 @@ for node in ("/shuffled", "/plain"):
     )
     assert out["status"] == "ok", out
     assert out["result"] == [[[1], 32768.0], [[1], 32768.0]]
+
+
+def test_pandas_metadata_attributes_are_sized_before_they_are_read(tmp_path, monkeypatch):
+    """pandas' metadata attributes go through the same size check: one over the limit reads as missing."""
+    import pandas as pd
+    import xarray as xr
+
+    from daskh5 import _pandas
+
+    path = tmp_path / "frame.h5"
+    pd.DataFrame({"x": np.arange(4.0)}).to_hdf(path, key="df", format="table")
+    opened = []
+    real = _pandas.small_attr
+
+    def spy(obj, name, default=None, limit=None):
+        opened.append((name, limit))
+        return real(obj, name, default, limit)
+
+    monkeypatch.setattr(_pandas, "small_attr", spy)
+    ds = xr.open_dataset(path, engine="daskh5", group="df")
+    assert ds["x"].values.tolist() == [0.0, 1.0, 2.0, 3.0]
+    assert ("pandas_type", _pandas._ATTR_LIMIT) in opened and ("info", _pandas._ATTR_LIMIT) in opened
+    monkeypatch.setattr(_pandas, "_ATTR_LIMIT", 8)  # every attribute "too big": the key is opened as stored
+    raw = xr.open_dataset(path, engine="daskh5", group="df")
+    assert "x" not in raw and any(name.startswith("values_block") for name in raw.variables)

@@ -260,9 +260,14 @@ def resolve_children(group, allow_external: bool = False) -> tuple[dict, list[st
     skipped += [
         f"a link named {b!r} in {group.name} (a '/' in a link name would alias another node)" for b in bad
     ]
+    links = group.id.links
     for name in names:
         try:
-            obj = follow(group.file, f"{base}/{name}", allow_external=allow_external)
+            raw = name.encode("utf-8", "surrogateescape")
+            if links.get_info(raw).type == 0:  # a hard link: opened from the group, cheap however deep it is
+                obj = group[raw]
+            else:  # soft and external links: checked link by link
+                obj = follow(group.file, f"{base}/{name}", allow_external=allow_external)
         except NodeNotFound:
             link = group.get(name, getlink=True)
             what = f"a soft link to {link.path}" if isinstance(link, h5py.SoftLink) else "a link"

@@ -98,6 +98,8 @@ def resolve(source: Any, node: str | None = None, *, need_node: bool = True) -> 
             path = os.fspath(source)
             if isinstance(path, bytes):
                 path = os.fsdecode(path)
+            if isinstance(node, (bytes, bytearray)):  # a name that is not UTF-8, as h5py hands it out
+                node = bytes(node).decode("utf-8", "surrogateescape")
             if node is not None:
                 node = normalize_node(node, f"{path}: ")
         else:

@@ -24,6 +24,10 @@ Nothing here reads data: only attributes and shapes, through h5py.
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
+import dataclasses
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -140,16 +144,39 @@ def _scale_size(obj) -> int:
 
 def _members(group):
     """``(name, object)`` of the group's members inside this file: external links are never opened
-    (a FIFO behind one blocks HDF5 forever), soft links are followed link by link."""
+    (a FIFO behind one blocks HDF5 forever), hard links are opened from the group itself (cheap
+    however deep it is), soft links are followed link by link."""
     from daskh5._containment import child_names, follow
     from daskh5.errors import Daskh5Error
 
     base = group.name.rstrip("/")
+    links = group.id.links
     for key in child_names(group)[0]:
+        raw = key.encode("utf-8", "surrogateescape")
         try:
-            yield key, follow(group.file, f"{base}/{key}", allow_external=False)
-        except Daskh5Error:
+            kind = links.get_info(raw).type
+            if kind == _HARD_LINK:
+                yield key, group[raw]
+            elif kind == _SOFT_LINK:
+                yield key, follow(group.file, f"{base}/{key}", allow_external=False)
+        except (Daskh5Error, KeyError, OSError, ValueError):
             continue
+
+
+_HARD_LINK, _SOFT_LINK = 0, 1  # H5L_TYPE_HARD, H5L_TYPE_SOFT
+
+_visible: contextvars.ContextVar[dict | None] = contextvars.ContextVar("daskh5_netcdf_visible", default=None)
+
+
+@contextlib.contextmanager
+def shared_dims() -> Iterator[None]:
+    """Within the block, each group's visible dimensions are worked out once and reused by its
+    children (a tree is opened parents first): a nest of ``n`` groups costs ``n``, not ``n**2``."""
+    token = _visible.set({})
+    try:
+        yield
+    finally:
+        _visible.reset(token)
 
 
 def _own_dims(group) -> dict[str, Dimension]:
@@ -165,16 +192,27 @@ def _own_dims(group) -> dict[str, Dimension]:
 
 def _visible_dims(group) -> dict[str, Dimension]:
     """Dimensions of the group and its ancestors; a child's shadows its parent's of the same name."""
+    cache = _visible.get()
+    if cache is None:
+        cache = {}
+    key = lambda g: (g.file.id.id, g.name)  # noqa: E731
     chain = [group]
-    while chain[-1].name != "/":
+    while chain[-1].name != "/" and key(chain[-1]) not in cache:
         chain.append(chain[-1].parent)
-    dims: dict[str, Dimension] = {}
-    for g in reversed(chain):
+    dims: dict[str, Dimension] = dict(cache.get(key(chain[-1]), {}))
+    start = len(chain) - 1 if key(chain[-1]) in cache else len(chain)
+    for g in reversed(chain[:start]):
         own = _own_dims(g)
-        for d in own.values():
-            d.own = g is group
-        dims.update(own)
-    return dims
+        merged = {name: dataclasses.replace(d, own=False) for name, d in dims.items()}
+        merged.update(own)
+        dims = merged
+        cache[key(g)] = dims
+    return {name: dataclasses.replace(d, own=name in _own_names(group, dims)) for name, d in dims.items()}
+
+
+def _own_names(group, dims: dict[str, Dimension]) -> set[str]:
+    base = group.name.rstrip("/")
+    return {name for name, d in dims.items() if d.node.rpartition("/")[0] == base}
 
 
 def _attached(obj) -> tuple[str | None, ...] | None:

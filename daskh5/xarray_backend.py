@@ -20,6 +20,7 @@ from collections.abc import Iterable
 import numpy as np
 
 from daskh5._attrs import DEFAULT_MAX_ATTR_SIZE
+from daskh5._chunking import preferred_chunks
 from daskh5._codecs import SAFE_FILTERS, allowed_filters
 from daskh5._h5types import padded, to_datetimes
 from daskh5._inputs import resolve
@@ -173,10 +174,13 @@ class PyTablesStore(AbstractDataStore):
             data = indexing.LazilyIndexedArray(array)
             encoding = dict(e.encoding)
             chunks = encoding.get("chunksizes")
+            # the node's chunks, or whole multiples of them: chunks={} must not make 2**27 blocks
             if chunks and e.field is None:
-                encoding["preferred_chunks"] = dict(zip(e.dims, chunks, strict=False))
+                preferred = preferred_chunks(e.shape, chunks, np.dtype(e.dtype).itemsize)
+                encoding["preferred_chunks"] = dict(zip(e.dims, preferred, strict=False))
             elif chunks:
-                encoding["preferred_chunks"] = {e.dims[0]: chunks[0]}
+                row = int(np.prod(e.shape[1:], dtype=np.int64)) * np.dtype(e.dtype).itemsize
+                encoding["preferred_chunks"] = {e.dims[0]: preferred_chunks(e.shape[:1], chunks[:1], row)[0]}
             out[e.name] = xr.Variable(e.dims, data, attrs=e.attrs, encoding=encoding)
         return out
 
@@ -308,7 +312,9 @@ class PyTablesBackendEntrypoint(BackendEntrypoint):
         self, path: str, group: str | None, kwargs: dict, max_depth: int | None = None, allow_external=False
     ) -> dict:
         """Every group under ``group`` opened from one walk of the file (parents before children)."""
-        with open_h5(path) as f:
+        from daskh5._netcdf import shared_dims
+
+        with open_h5(path) as f, shared_dims():
             groups = walk_groups(path, f, group, allow_external)
             root = groups[0][0]
             rel = {g: "/" + g[len(root) :].strip("/") if g != root else "/" for g, _obj in groups}

@@ -19,6 +19,7 @@ import numpy as np
 
 from daskh5._chunking import budget_chunks
 from daskh5._encode import encoder_for
+from daskh5._inplace import append_in_place, in_place_wanted
 from daskh5._inputs import resolve
 from daskh5._nodes import ATTR_APPENDING
 from daskh5._safe_tables import atomic_target, open_tables, shown, writer_node
@@ -566,9 +567,16 @@ def append(
     _refuse_if_open(path)
     x = _as_dask(x)
     with open_tables(path, "r") as f:  # refuse before the file is copied for nothing
-        axis, _before, _cs = _append_plan(f, node, x, path, casting)
+        axis, _before, cs = _append_plan(f, node, x, path, casting)
+        leaf = f.get_node(node)
+        encoder, dtype = encoder_for(leaf.filters, leaf.atom.dtype, cs), leaf.atom.dtype
     if x.shape[axis] == 0:
         return
+    if in_place_wanted(path):
+        xs = x.astype(dtype) if x.dtype != dtype else x
+        xs = np.moveaxis(xs, axis, 0) if axis else xs
+        if append_in_place(xs, path, node, axis, cs, dtype, encoder, progress):
+            return
     with atomic_target(path, "a") as (target, _fresh):
         with hdf5_errors(path, node, target), open_tables(target, "a") as f:
             leaf = f.get_node(node)

@@ -70,6 +70,14 @@ def _writable(ds) -> bool:
     return all(h5py.h5z.filter_avail(dcpl.get_filter(i)[0]) for i in range(dcpl.get_nfilters()))
 
 
+def _forget(path: str) -> None:
+    """Close every handle daskh5's readers cached for ``path`` (by either of its names)."""
+    from daskh5._reader import drop_stale
+
+    for name in {os.path.abspath(path), os.path.realpath(path)}:
+        drop_stale(name, every=True)
+
+
 def _fsync(fd: int, path: str, node: str) -> None:
     with hdf5_errors(path, node):
         os.fsync(fd)
@@ -254,6 +262,7 @@ def _append(undo: _UndoFile, fd: int, xs, path: str, node: str, axis, cs, dtype,
         shape[axis] = before + n
         region = [(0, s) for s in shape]
         region[axis] = (before, before + n)
+        _forget(path)  # a cached reader's handle would show check_node the old metadata
         check_node(real, path, node, tuple(shape), tuple(region))
         with _h5(undo, path, node) as f, hdf5_errors(path, node, real):
             del f[h5_key(node)].attrs[ATTR_APPENDING]  # the commit
@@ -262,6 +271,8 @@ def _append(undo: _UndoFile, fd: int, xs, path: str, node: str, axis, cs, dtype,
     except BaseException:
         _rollback(undo, path, node, axis, before, fd)
         raise
+    finally:
+        _forget(path)  # the change may fall within one tick of the file's mtime
     return True
 
 

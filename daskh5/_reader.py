@@ -725,15 +725,15 @@ _h5_lock = threading.RLock()  # reentrant: open_file drops stale handles, also w
 _h5_files: dict[tuple[str, int, str | None], object] = {}
 
 
-def drop_stale(path: str) -> None:
-    """Close cached handles of ``path`` from before its last change.
+def drop_stale(path: str, every: bool = False) -> None:
+    """Close cached handles of ``path`` from before its last change (``every``: all of them).
 
     HDF5 shares one open file between handles of the same file: opening a file
     changed in place (an in-place :func:`daskh5.append`) while an old handle is
     cached would show the old metadata.
     """
     try:
-        mtime = os.stat(path).st_mtime_ns
+        mtime = None if every else os.stat(path).st_mtime_ns
     except OSError:
         return
     with _h5_lock:

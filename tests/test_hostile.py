@@ -1907,6 +1907,40 @@ def test_in_place_append_does_not_copy_the_file(tmp_path, monkeypatch):
     assert daskh5.from_pytables(path, "/x").shape == (1003, 10)
 
 
+def test_in_place_append_along_a_middle_axis(tmp_path, monkeypatch):
+    """An EArray extendable along axis 1 with a partly filled last chunk grows in place as numpy concatenates."""
+    import dask
+    import dask.array as da
+
+    import daskh5._safe_tables as safe_tables
+
+    path = str(tmp_path / "data.h5")
+    old = np.arange(4 * 10 * 3, dtype="i4").reshape(4, 10, 3)
+    with tables.open_file(path, "w") as f:
+        f.create_earray("/", "x", tables.Int32Atom(), (4, 0, 3), chunkshape=(2, 7, 3)).append(old)
+    monkeypatch.setattr(safe_tables, "_copy", None)  # the file is not copied
+    new = np.arange(4 * 25 * 3, dtype="i4").reshape(4, 25, 3) + 1000
+    with dask.config.set({"daskh5.copy-on-write-limit": "1KiB"}):
+        daskh5.append(da.from_array(new, chunks=(4, 6, 3)), path, "/x", progress=False)
+    want = np.concatenate([old, new], axis=1)
+    with tables.open_file(path) as f:
+        np.testing.assert_array_equal(f.root.x[:], want)
+    np.testing.assert_array_equal(daskh5.from_pytables(path, "/x").compute(), want)
+
+
+def test_in_place_append_after_a_read_in_the_same_process(tmp_path):
+    """daskh5's reader caches an h5py handle (bzip2 is decoded by h5py); HDF5 shares it with later opens of
+    the file, so the check after an in-place append saw the old shape (a WriteError), and reads the old rows."""
+    import dask
+
+    path = str(tmp_path / "data.h5")
+    _good_file(path, eval(WRITE_FILTERS["bzip2"]))
+    earlier = daskh5.from_pytables(path, "/x").compute()
+    with dask.config.set({"daskh5.copy-on-write-limit": "1KiB"}):
+        daskh5.append(np.ones((30, 10)), path, "/x", progress=False)
+    np.testing.assert_array_equal(daskh5.from_pytables(path, "/x").compute(), np.concatenate([earlier, np.ones((30, 10))]))
+
+
 def test_a_reader_holding_the_file_open_makes_an_in_place_append_busy(tmp_path):
     """The in-place path takes the same flock: a PyTables reader elsewhere makes it FileBusyError, nothing changed."""
     path = str(tmp_path / "data.h5")

@@ -316,7 +316,9 @@ def _write_rows(undo, path, node, xs, axis, cs, before, encoder, progress, align
                 chunk = flushed(lambda coords, data: ds.id.write_direct_chunk(coords, data, 0))
                 write_blocks(rest, encoder, tuple(offset), progress, desc, chunks=chunk, guard=guard)
             else:
-                write_blocks(rest, None, tuple(offset), progress, desc, leaf=_Flushed(ds, f, undo), guard=guard)
+                write_blocks(
+                    rest, None, tuple(offset), progress, desc, leaf=_Flushed(ds, f, undo), guard=guard
+                )
     return n
 
 

@@ -1822,9 +1822,13 @@ def test_in_place_append_past_the_file_size_limit_rolls_back(tmp_path, filt):
     assert os.listdir(tmp_path) == ["data.h5"]  # no temporary file
     with tables.open_file(path) as f:
         assert "DASKH5_APPENDING" not in f.root.x.attrs
-    got = corpus.run_limited(f"{_IN_PLACE}import numpy as np, daskh5\ndaskh5.append(np.ones((7, 10)), {path!r}, '/x', progress=False)")
+    got = corpus.run_limited(
+        f"{_IN_PLACE}import numpy as np, daskh5\ndaskh5.append(np.ones((7, 10)), {path!r}, '/x', progress=False)"
+    )
     assert got["status"] == "ok", got
-    np.testing.assert_array_equal(daskh5.from_pytables(path, "/x").compute(), np.concatenate([earlier, np.ones((7, 10))]))
+    np.testing.assert_array_equal(
+        daskh5.from_pytables(path, "/x").compute(), np.concatenate([earlier, np.ones((7, 10))])
+    )
 
 
 def _fail_late(block, block_info=None):
@@ -1846,7 +1850,10 @@ def test_in_place_append_rolls_back_a_failed_computation(tmp_path, monkeypatch):
     earlier, _ = _earlier(path)
     digest = _digest(path)
     x = da.from_array(np.ones((5000, 10)), chunks=(500, 10)).map_blocks(_fail_late, dtype=float)
-    with dask.config.set({"daskh5.copy-on-write-limit": "1KiB"}), pytest.raises(RuntimeError, match="computation"):
+    with (
+        dask.config.set({"daskh5.copy-on-write-limit": "1KiB"}),
+        pytest.raises(RuntimeError, match="computation"),
+    ):
         daskh5.append(x, path, "/x", progress=False)
     assert _digest(path) == digest
     plain, ours = _earlier(path)
@@ -1875,8 +1882,12 @@ daskh5.append(x, {path!r}, '/x', progress=False)
     with tables.open_file(path) as f:
         assert f.root.x.nrows == 6000  # the EArray was grown in place...
         assert int(f.root.x.attrs.DASKH5_APPENDING) == 1000
-    np.testing.assert_array_equal(daskh5.from_pytables(path, "/x").compute(), earlier)  # ...readers show 1000 rows
-    got = corpus.run_limited(f"{_IN_PLACE}import numpy as np, daskh5\ndaskh5.append(np.ones((7, 10)), {path!r}, '/x', progress=False)")
+    np.testing.assert_array_equal(
+        daskh5.from_pytables(path, "/x").compute(), earlier
+    )  # ...readers show 1000 rows
+    got = corpus.run_limited(
+        f"{_IN_PLACE}import numpy as np, daskh5\ndaskh5.append(np.ones((7, 10)), {path!r}, '/x', progress=False)"
+    )
     assert got["status"] == "ok", got
     want = np.concatenate([earlier, np.ones((7, 10))])
     plain, ours = _earlier(path)
@@ -1938,7 +1949,9 @@ def test_in_place_append_after_a_read_in_the_same_process(tmp_path):
     earlier = daskh5.from_pytables(path, "/x").compute()
     with dask.config.set({"daskh5.copy-on-write-limit": "1KiB"}):
         daskh5.append(np.ones((30, 10)), path, "/x", progress=False)
-    np.testing.assert_array_equal(daskh5.from_pytables(path, "/x").compute(), np.concatenate([earlier, np.ones((30, 10))]))
+    np.testing.assert_array_equal(
+        daskh5.from_pytables(path, "/x").compute(), np.concatenate([earlier, np.ones((30, 10))])
+    )
 
 
 def test_a_reader_holding_the_file_open_makes_an_in_place_append_busy(tmp_path):
@@ -1958,7 +1971,9 @@ def test_a_reader_holding_the_file_open_makes_an_in_place_append_busy(tmp_path):
     )
     try:
         assert holder.stdout.readline().strip() == "open"
-        got = corpus.run_limited(f"{_IN_PLACE}import numpy as np, daskh5\ndaskh5.append(np.ones((3, 10)), {path!r}, '/x', progress=False)")
+        got = corpus.run_limited(
+            f"{_IN_PLACE}import numpy as np, daskh5\ndaskh5.append(np.ones((3, 10)), {path!r}, '/x', progress=False)"
+        )
         assert got["status"] == "error" and got["etype"] == "daskh5.errors.FileBusyError", got
     finally:
         holder.kill()

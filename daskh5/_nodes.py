@@ -103,6 +103,9 @@ def open_file(path: str | os.PathLike, driver: str | None = None):
         raise FileNotFound(f"{path}: no such file")
     if os.path.isdir(path):
         raise NotHDF5Error(f"{path} is a directory, not an HDF5 file")
+    from daskh5._reader import drop_stale
+
+    drop_stale(path)
     kwargs = {"driver": driver} if driver else {}
     try:
         try:

@@ -727,8 +727,24 @@ def _outer(view: np.ndarray, inner) -> np.ndarray:
     return view
 
 
-_h5_lock = threading.Lock()
+_h5_lock = threading.RLock()  # reentrant: open_file drops stale handles, also when called under it
 _h5_files: dict[tuple[str, int, str | None], object] = {}
+
+
+def drop_stale(path: str, every: bool = False) -> None:
+    """Close cached handles of ``path`` from before its last change (``every``: all of them).
+
+    HDF5 shares one open file between handles of the same file: opening a file
+    changed in place (an in-place :func:`daskh5.append`) while an old handle is
+    cached would show the old metadata.
+    """
+    try:
+        mtime = None if every else os.stat(path).st_mtime_ns
+    except OSError:
+        return
+    with _h5_lock:
+        for old in [k for k in _h5_files if k[0] == path and k[1] != mtime]:
+            _h5_files.pop(old).close()
 
 
 def load_plugins() -> None:

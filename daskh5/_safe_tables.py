@@ -12,7 +12,9 @@ Every write goes to a temporary file next to the target, a copy of it when
 adding to an existing file (:func:`atomic_target`), which replaces the target
 only once it is complete, checked (:mod:`daskh5._verify`) and fsynced; the
 target is locked against other writers meanwhile.  A failure at any point
-leaves the target byte for byte as it was.
+leaves the target byte for byte as it was.  (``daskh5.append`` to a file
+above ``daskh5.copy-on-write-limit`` writes in place instead: see
+:mod:`daskh5._inplace`.)
 """
 
 from __future__ import annotations

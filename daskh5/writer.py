@@ -19,6 +19,7 @@ import numpy as np
 
 from daskh5._chunking import budget_chunks
 from daskh5._encode import encoder_for
+from daskh5._inplace import append_in_place, in_place_wanted
 from daskh5._inputs import resolve
 from daskh5._nodes import ATTR_APPENDING
 from daskh5._safe_tables import atomic_target, open_tables, shown, writer_node
@@ -540,10 +541,22 @@ def append(
     the EArray's dtype when numpy allows it under ``casting`` (numpy's
     meaning; ``"same_kind"`` by default, as for ufuncs: float64 into a float32
     EArray is cast, float into an int EArray is refused); a cast that may
-    lose information is reported with a ``UserWarning``.  The rows are
-    appended to a copy of the file that replaces it once they are all
-    written, checked and fsynced (see :func:`to_pytables`): if anything fails,
-    the file is byte for byte as it was.
+    lose information is reported with a ``UserWarning``.
+
+    A file of at most ``daskh5.copy-on-write-limit`` bytes (a dask config
+    key, default ``"256MiB"``) gets the rows in a copy that replaces it once
+    they are all written, checked and fsynced (see :func:`to_pytables`).  A
+    larger file is appended in place, so an append costs the rows, not the
+    file: under the file's lock, the EArray's committed length is recorded
+    in its ``DASKH5_APPENDING`` attribute (daskh5's readers show only those
+    rows meanwhile), the rows are written, fsynced and checked, and the
+    attribute is deleted.  Either way, if anything fails in this process
+    the call raises and the file is byte for byte as it was (in place: the
+    pages HDF5 overwrote are put back).  If the process is killed while
+    appending in place, daskh5 readers show the earlier rows, PyTables and
+    h5py show the EArray grown, and the next ``append`` drops the partial
+    rows.  Set the key with ``dask.config.set({"daskh5.copy-on-write-limit":
+    "4GiB"})``; ``0`` appends every file in place.
 
     Examples
     --------
@@ -566,9 +579,16 @@ def append(
     _refuse_if_open(path)
     x = _as_dask(x)
     with open_tables(path, "r") as f:  # refuse before the file is copied for nothing
-        axis, _before, _cs = _append_plan(f, node, x, path, casting)
+        axis, _before, cs = _append_plan(f, node, x, path, casting)
+        leaf = f.get_node(node)
+        encoder, dtype = encoder_for(leaf.filters, leaf.atom.dtype, cs), leaf.atom.dtype
     if x.shape[axis] == 0:
         return
+    if in_place_wanted(path):
+        xs = x.astype(dtype) if x.dtype != dtype else x
+        xs = np.moveaxis(xs, axis, 0) if axis else xs
+        if append_in_place(xs, path, node, axis, cs, dtype, encoder, progress):
+            return
     with atomic_target(path, "a") as (target, _fresh):
         with hdf5_errors(path, node, target), open_tables(target, "a") as f:
             leaf = f.get_node(node)

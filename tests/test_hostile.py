@@ -2335,3 +2335,226 @@ def test_pandas_metadata_attributes_are_sized_before_they_are_read(tmp_path, mon
     monkeypatch.setattr(_pandas, "_ATTR_LIMIT", 8)  # every attribute "too big": the key is opened as stored
     raw = xr.open_dataset(path, engine="daskh5", group="df")
     assert "x" not in raw and any(name.startswith("values_block") for name in raw.variables)
+
+
+# -- issue 12: append writes large files in place, rolled back on failure (daskh5.copy-on-write-limit) -------------
+# Files above the limit are not copied per append: the rows go into the file itself under the file's flock, with
+# DASKH5_APPENDING marking the committed length, and any failure truncates back.  The limit is set to 1 KiB in
+# the children so the files stay small.
+_IN_PLACE = (
+    "import dask\ndask.config.set({'daskh5.copy-on-write-limit': '1KiB'})\n"
+    "import daskh5._safe_tables\n"
+    "def _no_copy(*args):\n    raise AssertionError('the file was copied')\n"
+    "daskh5._safe_tables._copy = _no_copy\n"  # every test below proves the path taken
+)
+
+
+def _earlier(path: str) -> tuple[np.ndarray, np.ndarray]:
+    """``/x`` as PyTables and as daskh5 read it."""
+    with tables.open_file(path) as f:
+        plain = f.root.x[:]
+    return plain, daskh5.from_pytables(path, "/x").compute()
+
+
+@pytest.mark.parametrize("filt", sorted(WRITE_FILTERS))
+def test_in_place_append_equals_numpy(tmp_path, filt):
+    """Above the limit the EArray grows in the file itself (same inode) and reads back as numpy's concatenation."""
+    path = str(tmp_path / "data.h5")
+    _good_file(path, eval(WRITE_FILTERS[filt]))
+    earlier, _ = _earlier(path)
+    inode = os.stat(path).st_ino
+    new = "np.random.default_rng(2).random((2345, 10))"
+    code = f"{_IN_PLACE}import numpy as np, dask.array as da, daskh5\n"
+    code += f"daskh5.append(da.from_array({new}, chunks=(500, 10)), {path!r}, '/x', progress=False)"
+    got = corpus.run_limited(code, timeout=120)
+    assert got["status"] == "ok", got
+    assert os.stat(path).st_ino == inode  # written in place, not a copy renamed over it
+    want = np.concatenate([earlier, np.random.default_rng(2).random((2345, 10))])
+    plain, ours = _earlier(path)
+    np.testing.assert_array_equal(plain, want)
+    np.testing.assert_array_equal(ours, want)
+    with tables.open_file(path) as f:
+        assert "DASKH5_APPENDING" not in f.root.x.attrs
+    assert os.listdir(tmp_path) == ["data.h5"]
+
+
+@pytest.mark.parametrize("filt", sorted(WRITE_FILTERS))
+def test_in_place_append_past_the_file_size_limit_rolls_back(tmp_path, filt):
+    """RLIMIT_FSIZE mid-append: a WriteError, and the file as it was (the pages HDF5 overwrote are put back).
+
+    It reads exactly its earlier rows with PyTables and daskh5, and the next append works.
+    """
+    path = str(tmp_path / "data.h5")
+    _good_file(path, eval(WRITE_FILTERS[filt]))
+    earlier, _ = _earlier(path)
+    inode, digest = os.stat(path).st_ino, _digest(path)
+    limit = os.path.getsize(path) + 200_000  # room for a little of the 8 MB
+    code = f"{_IN_PLACE}import numpy as np, daskh5\n{WRITE_MODES['append'].replace('P', repr(path), 1)}"
+    got = corpus.run_limited(code, fsize=limit, timeout=120)
+    assert got["status"] == "error" and got["etype"] == "daskh5.errors.WriteError", got
+    assert "file-size limit" in got["message"] and path in got["message"], got["message"]
+    assert os.stat(path).st_ino == inode and _digest(path) == digest
+    plain, ours = _earlier(path)
+    np.testing.assert_array_equal(plain, earlier)
+    np.testing.assert_array_equal(ours, earlier)
+    assert len(daskh5.open_ragged(path, "/r")) == 10
+    assert os.listdir(tmp_path) == ["data.h5"]  # no temporary file
+    with tables.open_file(path) as f:
+        assert "DASKH5_APPENDING" not in f.root.x.attrs
+    got = corpus.run_limited(
+        f"{_IN_PLACE}import numpy as np, daskh5\ndaskh5.append(np.ones((7, 10)), {path!r}, '/x', progress=False)"
+    )
+    assert got["status"] == "ok", got
+    np.testing.assert_array_equal(
+        daskh5.from_pytables(path, "/x").compute(), np.concatenate([earlier, np.ones((7, 10))])
+    )
+
+
+def _fail_late(block, block_info=None):
+    if block_info[0]["chunk-location"][0] >= 3:
+        raise RuntimeError("the computation failed")
+    return block
+
+
+def test_in_place_append_rolls_back_a_failed_computation(tmp_path, monkeypatch):
+    """A block raising after earlier blocks were stored: the user's error, and the file as it was."""
+    import dask
+    import dask.array as da
+
+    import daskh5._safe_tables as safe_tables
+
+    path = str(tmp_path / "data.h5")
+    _good_file(path, eval(WRITE_FILTERS["blosc"]))
+    monkeypatch.setattr(safe_tables, "_copy", None)  # the file is not copied
+    earlier, _ = _earlier(path)
+    digest = _digest(path)
+    x = da.from_array(np.ones((5000, 10)), chunks=(500, 10)).map_blocks(_fail_late, dtype=float)
+    with (
+        dask.config.set({"daskh5.copy-on-write-limit": "1KiB"}),
+        pytest.raises(RuntimeError, match="computation"),
+    ):
+        daskh5.append(x, path, "/x", progress=False)
+    assert _digest(path) == digest
+    plain, ours = _earlier(path)
+    np.testing.assert_array_equal(plain, earlier)
+    np.testing.assert_array_equal(ours, earlier)
+    with tables.open_file(path) as f:
+        assert "DASKH5_APPENDING" not in f.root.x.attrs
+    assert os.listdir(tmp_path) == ["data.h5"]
+
+
+def test_a_killed_in_place_append_shows_the_earlier_rows_and_the_next_append_works(tmp_path):
+    """SIGKILL after some chunks were stored: daskh5 readers show the committed rows; the next append drops the rest."""
+    path = str(tmp_path / "data.h5")
+    _good_file(path, eval(WRITE_FILTERS["zlib"]))
+    earlier, _ = _earlier(path)
+    code = f"""{_IN_PLACE}import time, numpy as np, dask.array as da, daskh5
+def stall(block, block_info=None):
+    if block_info[0]["chunk-location"][0] >= 4:
+        time.sleep(600)
+    return block
+x = da.from_array(np.full((5000, 10), 7.0), chunks=(500, 10)).map_blocks(stall, dtype=float)
+daskh5.append(x, {path!r}, '/x', progress=False)
+"""
+    got = corpus.run_limited(code, timeout=20)  # killed (SIGKILL) when the time is up
+    assert got["status"] == "timeout", got
+    with tables.open_file(path) as f:
+        assert f.root.x.nrows == 6000  # the EArray was grown in place...
+        assert int(f.root.x.attrs.DASKH5_APPENDING) == 1000
+    np.testing.assert_array_equal(
+        daskh5.from_pytables(path, "/x").compute(), earlier
+    )  # ...readers show 1000 rows
+    got = corpus.run_limited(
+        f"{_IN_PLACE}import numpy as np, daskh5\ndaskh5.append(np.ones((7, 10)), {path!r}, '/x', progress=False)"
+    )
+    assert got["status"] == "ok", got
+    want = np.concatenate([earlier, np.ones((7, 10))])
+    plain, ours = _earlier(path)
+    np.testing.assert_array_equal(plain, want)
+    np.testing.assert_array_equal(ours, want)
+
+
+def test_in_place_append_does_not_copy_the_file(tmp_path, monkeypatch):
+    """Above the limit the file is never copied (a copy costs its whole size); at or below it, it is."""
+    import dask
+
+    import daskh5._safe_tables as safe_tables
+
+    path = str(tmp_path / "data.h5")
+    _good_file(path, None)
+
+    def no_copy(*args):
+        raise AssertionError("the file was copied")
+
+    monkeypatch.setattr(safe_tables, "_copy", no_copy)
+    size = os.path.getsize(path)
+    with dask.config.set({"daskh5.copy-on-write-limit": size - 1}):
+        daskh5.append(np.ones((3, 10)), path, "/x", progress=False)
+    assert daskh5.from_pytables(path, "/x").shape == (1003, 10)
+    with dask.config.set({"daskh5.copy-on-write-limit": f"{os.path.getsize(path)}B"}):
+        with pytest.raises(AssertionError, match="copied"):
+            daskh5.append(np.ones((3, 10)), path, "/x", progress=False)
+    assert daskh5.from_pytables(path, "/x").shape == (1003, 10)
+
+
+def test_in_place_append_along_a_middle_axis(tmp_path, monkeypatch):
+    """An EArray extendable along axis 1 with a partly filled last chunk grows in place as numpy concatenates."""
+    import dask
+    import dask.array as da
+
+    import daskh5._safe_tables as safe_tables
+
+    path = str(tmp_path / "data.h5")
+    old = np.arange(4 * 10 * 3, dtype="i4").reshape(4, 10, 3)
+    with tables.open_file(path, "w") as f:
+        f.create_earray("/", "x", tables.Int32Atom(), (4, 0, 3), chunkshape=(2, 7, 3)).append(old)
+    monkeypatch.setattr(safe_tables, "_copy", None)  # the file is not copied
+    new = np.arange(4 * 25 * 3, dtype="i4").reshape(4, 25, 3) + 1000
+    with dask.config.set({"daskh5.copy-on-write-limit": "1KiB"}):
+        daskh5.append(da.from_array(new, chunks=(4, 6, 3)), path, "/x", progress=False)
+    want = np.concatenate([old, new], axis=1)
+    with tables.open_file(path) as f:
+        np.testing.assert_array_equal(f.root.x[:], want)
+    np.testing.assert_array_equal(daskh5.from_pytables(path, "/x").compute(), want)
+
+
+def test_in_place_append_after_a_read_in_the_same_process(tmp_path):
+    """daskh5's reader caches an h5py handle (bzip2 is decoded by h5py); HDF5 shares it with later opens of
+    the file, so the check after an in-place append saw the old shape (a WriteError), and reads the old rows."""
+    import dask
+
+    path = str(tmp_path / "data.h5")
+    _good_file(path, eval(WRITE_FILTERS["bzip2"]))
+    earlier = daskh5.from_pytables(path, "/x").compute()
+    with dask.config.set({"daskh5.copy-on-write-limit": "1KiB"}):
+        daskh5.append(np.ones((30, 10)), path, "/x", progress=False)
+    np.testing.assert_array_equal(
+        daskh5.from_pytables(path, "/x").compute(), np.concatenate([earlier, np.ones((30, 10))])
+    )
+
+
+def test_a_reader_holding_the_file_open_makes_an_in_place_append_busy(tmp_path):
+    """The in-place path takes the same flock: a PyTables reader elsewhere makes it FileBusyError, nothing changed."""
+    path = str(tmp_path / "data.h5")
+    _good_file(path, None)
+    before = _digest(path)
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import sys, tables, time; f = tables.open_file(sys.argv[1]); print('open', flush=True); time.sleep(60)",
+            path,
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert holder.stdout.readline().strip() == "open"
+        got = corpus.run_limited(
+            f"{_IN_PLACE}import numpy as np, daskh5\ndaskh5.append(np.ones((3, 10)), {path!r}, '/x', progress=False)"
+        )
+        assert got["status"] == "error" and got["etype"] == "daskh5.errors.FileBusyError", got
+    finally:
+        holder.kill()
+        holder.wait()
+    assert _digest(path) == before

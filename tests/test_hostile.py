@@ -1666,11 +1666,9 @@ def test_hdf5_and_os_errors_of_writers_are_daskh5_errors(tmp_path, what, call, e
     assert sorted(os.listdir(tmp_path)) == ["target.h5"]
 
 
-def test_a_reader_holding_the_file_open_makes_append_and_write_ragged_busy(tmp_path):
-    """HDF5's lock (held by a PyTables reader in another process) stops every writer: FileBusyError."""
-    path = str(tmp_path / "data.h5")
-    _good_file(path, None)
-    before = _digest(path)
+@contextlib.contextmanager
+def _held_open(path: str):
+    """A PyTables reader in another process holding ``path`` open (HDF5 locks it) for the block."""
     holder = subprocess.Popen(
         [
             sys.executable,
@@ -1683,6 +1681,18 @@ def test_a_reader_holding_the_file_open_makes_append_and_write_ragged_busy(tmp_p
     )
     try:
         assert holder.stdout.readline().strip() == "open"
+        yield
+    finally:
+        holder.kill()
+        holder.wait()
+
+
+def test_a_reader_holding_the_file_open_makes_append_and_write_ragged_busy(tmp_path):
+    """HDF5's lock (held by a PyTables reader in another process) stops every writer: FileBusyError."""
+    path = str(tmp_path / "data.h5")
+    _good_file(path, None)
+    before = _digest(path)
+    with _held_open(path):
         for call in (
             "daskh5.append(np.ones((3, 10)), P, '/x', progress=False)",
             "daskh5.write_ragged([np.ones(3)], P, '/r', progress=False)",
@@ -1690,9 +1700,6 @@ def test_a_reader_holding_the_file_open_makes_append_and_write_ragged_busy(tmp_p
         ):
             got = _run_writer(f"P = {path!r}\n{call}")
             assert got["status"] == "error" and got["etype"] == "daskh5.errors.FileBusyError", (call, got)
-    finally:
-        holder.kill()
-        holder.wait()
     assert _digest(path) == before
 
 
@@ -2538,23 +2545,9 @@ def test_a_reader_holding_the_file_open_makes_an_in_place_append_busy(tmp_path):
     path = str(tmp_path / "data.h5")
     _good_file(path, None)
     before = _digest(path)
-    holder = subprocess.Popen(
-        [
-            sys.executable,
-            "-c",
-            "import sys, tables, time; f = tables.open_file(sys.argv[1]); print('open', flush=True); time.sleep(60)",
-            path,
-        ],
-        stdout=subprocess.PIPE,
-        text=True,
-    )
-    try:
-        assert holder.stdout.readline().strip() == "open"
+    with _held_open(path):
         got = corpus.run_limited(
             f"{_IN_PLACE}import numpy as np, daskh5\ndaskh5.append(np.ones((3, 10)), {path!r}, '/x', progress=False)"
         )
         assert got["status"] == "error" and got["etype"] == "daskh5.errors.FileBusyError", got
-    finally:
-        holder.kill()
-        holder.wait()
     assert _digest(path) == before

@@ -153,6 +153,8 @@ def _node_record(obj, budget: int, allow_external: bool = False) -> dict:
         rec["columns"] = list(dtype.names)
     if kind == "VLArray" or dtype.kind == "O":
         rec["raw_bytes"] = None  # variable-length: the heap holds the values
+        if kind == "VLArray" and not outside and not refused:
+            rec["payload_bytes"] = _vlarray_payload(obj)
         return rec
     raw = int(np.prod(obj.shape, dtype=np.int64)) * dtype.itemsize
     rec["raw_bytes"] = raw
@@ -170,6 +172,23 @@ def _node_record(obj, budget: int, allow_external: bool = False) -> dict:
             "block_bytes": int(np.prod(block, dtype=np.int64)) * dtype.itemsize,
         }
     return rec
+
+
+def _vlarray_payload(obj) -> int | None:
+    """Bytes of a VLArray's values (its rows' lengths from their descriptors, nothing else read), or
+    None when they cannot be learnt that way. ``get_storage_size`` counts only the 16-byte heap ids."""
+    import h5py
+
+    from daskh5.ragged import _vl_lengths
+
+    try:
+        base = h5py.check_vlen_dtype(obj.dtype)
+        lengths = _vl_lengths(obj.file.filename, obj.name, int(obj.shape[0]), None, 1)
+    except Exception:  # damaged or refused: the layout check reports why
+        return None
+    if base is None or lengths is None:
+        return None
+    return int(lengths.sum()) * np.dtype(base).itemsize
 
 
 def _link_record(f, path: str, value: tuple[str, str], budget: int, allow_external: bool) -> dict:
@@ -238,8 +257,12 @@ def info(
     *,
     show_all: bool = False,
     allow_external: bool = False,
+    raw: bool = False,
 ) -> dict:
     """What ``daskh5 info`` reports, as plain data (read with h5py only: nothing is unpickled).
+
+    A pandas key (``to_hdf``) is reported by its columns under ``"pandas"``; the
+    nodes pandas stores it in are listed too only with ``raw``.
 
     PyTables' index containers (``_i_<table>`` groups) are left out unless ``show_all``.
     Nodes whose values are stored outside the file are listed with their layout
@@ -275,6 +298,9 @@ def info(
                     refused.append(f"{base}/{name}")
         ragged = _ragged_records(root.file.filename, objects, records, allow_external)
         pandas = _pandas_records(root.file.filename, objects, records)
+        if not raw:
+            inside = tuple(k["key"].rstrip("/") + "/" for k in pandas if "key" in k)
+            records = [r for r in records if not r["path"].startswith(inside)] if inside else records
         filename = f.filename
     return {
         "file": filename,
@@ -315,6 +341,8 @@ def format_info(report: dict) -> str:
         if r.get("raw_bytes") is not None:
             ratio = f" ({r['ratio']:.3g}x)" if r.get("ratio") else ""
             text += f"  {_size(r['raw_bytes'])} -> {_size(r['stored_bytes'])}{ratio}"
+        elif r.get("payload_bytes") is not None:  # a VLArray: its values, then the heap ids stored for them
+            text += f"  values {_size(r['payload_bytes'])} (+ {_size(r['stored_bytes'])} of row descriptors)"
         else:
             text += f"  stored {_size(r['stored_bytes'])}"
         if "dask" in r:
@@ -374,7 +402,9 @@ def _outside_note(r: dict) -> str:
 
 
 def _cmd_info(args) -> int:
-    report = info(args.file, args.node, args.budget, show_all=args.all, allow_external=args.allow_external)
+    report = info(
+        args.file, args.node, args.budget, show_all=args.all, allow_external=args.allow_external, raw=args.raw
+    )
     # JSON escapes control characters itself; the text form is escaped before it is laid out
     print(json.dumps(report, indent=2) if args.json else format_info(_escaped(report)))
     return 0
@@ -721,6 +751,7 @@ def _parser() -> argparse.ArgumentParser:
     q.add_argument("--budget", default="64MiB", help="memory budget per dask block (default 64MiB)")
     q.add_argument("--json", action="store_true", help="machine-readable output")
     q.add_argument("--all", action="store_true", help="also list PyTables' table index nodes")
+    q.add_argument("--raw", action="store_true", help="also list the nodes pandas stores its frames in")
     _external_flag(q)
     q.set_defaults(run=_cmd_info)
 

@@ -242,3 +242,24 @@ def test_demo_keep_holds_the_dashboard_until_ctrl_c(tmp_path):
         proc.kill()
     assert proc.returncode == 0, err
     assert "stopping the cluster" in rest
+
+
+def test_info_shows_pandas_keys_by_columns_and_vlarray_values(tmp_path, capsys):
+    """A pandas key is its columns (its storage nodes with --raw); a VLArray's size is its values."""
+    import pandas as pd
+
+    path = str(tmp_path / "mixed.h5")
+    pd.DataFrame({"x": np.arange(3.0), "name": ["a", "b", "c"]}).to_hdf(path, key="df", format="fixed")
+    with tables.open_file(path, "a") as f:
+        v = f.create_vlarray("/", "v", tables.Float64Atom())
+        for n in range(1, 101):
+            v.append(np.arange(n, dtype="f8"))
+    assert main(["info", path]) == 0
+    text = capsys.readouterr().out
+    assert "/df (frame, format=fixed): 3 rows x 2 columns: x, name" in text
+    assert "axis0" not in text and "block0_values" not in text
+    assert main(["info", path, "--raw"]) == 0
+    assert "axis0" in capsys.readouterr().out
+    assert main(["info", path, "--json"]) == 0
+    (v,) = [r for r in json.loads(capsys.readouterr().out)["nodes"] if r["path"] == "/v"]
+    assert v["payload_bytes"] == sum(range(1, 101)) * 8  # the values, not the 16-byte heap ids

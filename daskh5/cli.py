@@ -235,6 +235,10 @@ def _ragged_records(
             continue
         try:
             lay = find_layout(path, r["path"], allow_external=allow_external)
+            if vl and not flat:  # the rows' descriptors must be readable (their chunks are in the file)
+                from daskh5.ragged import _vl_lengths
+
+                _vl_lengths(lay.path, lay.node, int(lay.nsamples), None, 1, lay.allow_external, lay.allowed)
             entry.update(samples=int(lay.nsamples), sample_ndim=int(lay.ndim), dtype=str(lay.dtype))
         except Daskh5Error as exc:
             entry["error"] = str(exc)

@@ -1042,12 +1042,14 @@ def _split_report(text: str, is_json: bool) -> tuple[str, str, bool]:
         for rec in report.get("nodes", []):
             rec.pop("stored_bytes", None)
             rec.pop("ratio", None)
+            rec.pop("payload_bytes", None)  # a VLArray's values, from its row descriptors: like stored sizes
         ragged = report.pop("ragged", [])
         flagged = any("error" in g for g in ragged if isinstance(g, dict))
         return json.dumps(report, sort_keys=True), json.dumps(ragged, sort_keys=True), flagged
     head, sep, ragged = text.partition("ragged layouts")
     head = re.sub(r"-> \S+ \S+( \([\d.]+x\))?", "-> <stored>", head)
     head = re.sub(r"stored \S+ \S+", "stored <stored>", head)
+    head = re.sub(r"values \S+ \S+ \(\+ \S+ \S+ of row descriptors\)", "stored <stored>", head)
     return head, sep + ragged, "NOT VALID" in ragged
 
 

@@ -2201,7 +2201,7 @@ result = [sorted(ds.data_vars), len(text) < 10**6, float(ds["values_block_0"].su
 def test_a_deep_nest_of_groups_is_walked_in_linear_time(tmp_path):
     """7,000 nested groups (a 7 MB file): ``daskh5 info`` and ``xr.open_groups`` walk them once, opening each
     group from its parent (h5py's visit and opening by full path grow with the cube of the depth: 100 s at
-    5,000 before, several minutes here, against the 180 s this child gets; about 30 s now); ``open_datatree`` refuses a nest
+    5,000 before, several minutes here, against the 180 s this child gets); ``open_datatree`` refuses a nest
     deeper than xarray's DataTree can take, before opening anything."""
     import h5py
 

@@ -316,18 +316,13 @@ class RaggedArray(Sequence):
         shapes = None if lay.shapes is None else lay.shapes[i0:i1]
         if lay.kind == "flat":
             return _split_flat(self._flat, lay.starts[i0:i1], lay.stops[i0:i1], shapes, lay.ndim)
-        return _read_vl_run(
-            lay.path,
-            lay.node,
-            lay.dtype,
-            i0,
-            i1,
-            shapes,
-            lay.atom_shape,
-            lay.driver,
-            lay.allow_external,
-            lay.allowed,
-        )
+        return _read_vl_run(*self._vl_args(i0, i1, shapes))
+
+    def _vl_args(self, i0: int, i1: int, shapes) -> tuple:
+        """The arguments of :func:`_read_vl_run` for samples ``i0:i1`` (plain data: a task can carry them)."""
+        lay = self.layout
+        return (lay.path, lay.node, lay.dtype, i0, i1, shapes, lay.atom_shape, lay.driver, lay.allow_external,
+                lay.allowed)  # fmt: skip
 
     def _take(self, idx: np.ndarray) -> list[np.ndarray]:
         """Samples at ``idx`` (any order, repeats allowed) in one bulk read."""
@@ -453,19 +448,7 @@ class RaggedArray(Sequence):
                     lay.ndim,
                 )
             else:
-                layer[(name, p)] = (
-                    _read_vl_run,
-                    lay.path,
-                    lay.node,
-                    lay.dtype,
-                    i0,
-                    i1,
-                    shapes,
-                    lay.atom_shape,
-                    lay.driver,
-                    lay.allow_external,
-                    lay.allowed,
-                )
+                layer[(name, p)] = (_read_vl_run, *self._vl_args(i0, i1, shapes))
         if not runs:
             layer[(name, 0)] = (list, ())
         graph = HighLevelGraph.from_collections(name, layer, dependencies=[])

@@ -167,6 +167,16 @@ def time_layout(tid) -> tuple[np.dtype, np.dtype] | None:
     return None
 
 
+def time_array_layout(tid) -> tuple[tuple[np.dtype, np.dtype] | None, tuple[int, ...]]:
+    """(:func:`time_layout` of the element, its shape) of an H5T_ARRAY of a UNIX time type, else (None, ())."""
+    import h5py
+
+    if tid.get_class() != h5py.h5t.ARRAY:
+        return None, ()
+    layout = time_layout(tid.get_super())
+    return layout, (tuple(int(n) for n in tid.get_array_dims()) if layout is not None else ())
+
+
 def compound_with_times(tid) -> tuple[np.dtype, dict[tuple[str, ...], np.dtype]] | None:
     """A compound type with time members as numpy: (dtype, {field path: datetime64 dtype}), or None.
 
@@ -201,11 +211,17 @@ def compound_with_times(tid) -> tuple[np.dtype, dict[tuple[str, ...], np.dtype]]
 
 
 def to_datetimes(raw: np.ndarray, dtype: np.dtype) -> np.ndarray:
-    """Time32 seconds or Time64 packed timevals as ``dtype`` (datetime64[s] or [us])."""
+    """Time32 seconds or Time64 packed timevals as ``dtype`` (datetime64[s] or [us]).
+
+    Values that are datetime64 already (a reader converted them) are only cast.
+    """
+    if raw.dtype.kind == "M":
+        return raw.astype(dtype, copy=False)
     if raw.dtype.itemsize == 4:
         return raw.astype("int64").view("datetime64[s]").astype(dtype)
     packed = raw.astype("int64")
-    micros = (packed >> 32) * 1_000_000 + (packed & 0xFFFFFFFF)
+    usec = ((packed & 0xFFFFFFFF) ^ 0x80000000) - 0x80000000  # a signed 32-bit field: -1.5 s is (-1, -500000)
+    micros = (packed >> 32) * 1_000_000 + usec
     return micros.view("datetime64[us]").astype(dtype)
 
 
@@ -290,6 +306,9 @@ def numpy_dtype(obj) -> np.dtype | None:
         layout = time_layout(tid)
         if layout is not None:
             return layout[0]
+        layout, dims = time_array_layout(tid)
+        if layout is not None:  # a shaped Time atom: an array of the time type
+            return np.dtype((layout[0], dims))
         mixed = compound_with_times(tid)
         return None if mixed is None else mixed[0]
 

@@ -84,6 +84,7 @@ class NodeInfo:
     virtual: tuple = ()  # a VDS of boxes: (start, shape, source file, source node, source start) each
     allow_external: bool = False  # the caller allowed values from outside the file
     conversion: str | None = None  # why HDF5 must convert the stored values (odd precision...), or None
+    time: bool = False  # PyTables Time32/Time64: the file's integers become ``dtype`` (datetime64)
 
     @property
     def itemsize(self) -> int:
@@ -125,7 +126,9 @@ def open_file(path: str | os.PathLike, driver: str | None = None):
             why = "is a truncated HDF5 file (it ends before its metadata says it should)"
         else:
             why = f"could not be opened as HDF5 ({msg})"
-        raise NotHDF5Error(f"{path} {why}; check the path, or re-copy the file if it was cut short") from exc
+        raise NotHDF5Error(
+            f"{path} {why}; {being_written(path) or 'check the path, or re-copy the file if it was cut short'}"
+        ) from exc
 
 
 @contextlib.contextmanager
@@ -157,6 +160,32 @@ def _from_h5py(exc: BaseException) -> bool:
     return "/h5py/" in name or name.startswith("h5py/")  # h5py's .py files, or its compiled .pyx
 
 
+def being_written(path: str) -> str:
+    """Advice when another open handle holds HDF5's write lock on ``path`` (a writer has it open), else "".
+
+    HDF5 writers lock the whole file (``flock``) while they have it open; a reader
+    can then see metadata the writer has not flushed yet, which looks damaged.
+    """
+    import fcntl
+
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return ""
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return (
+            "the file is being written right now (a writer holds HDF5's lock on it): retry once the writer "
+            "has flushed or closed it, or write it with daskh5.append, whose readers see only committed rows"
+        )
+    except OSError:  # no locking on this file system: nothing to learn
+        return ""
+    finally:
+        os.close(fd)  # closing the descriptor releases the probe's shared lock
+    return ""
+
+
 @contextlib.contextmanager
 def damaged_metadata(path: str) -> Iterator[None]:
     """Turn h5py's errors on damaged metadata inside the block into a daskh5 error."""
@@ -177,7 +206,7 @@ def damaged_metadata(path: str) -> Iterator[None]:
             raise
         raise NotHDF5Error(
             f"{path}: its metadata is damaged, HDF5 could not read it ({type(exc).__name__}: {exc}); "
-            "re-copy the file"
+            f"{being_written(path) or 're-copy the file'}"
         ) from exc
 
 
@@ -281,6 +310,8 @@ def lookup(f, node: str, *, allow_external: bool = False):
         except Exception:  # a damaged file may not even be walkable: no hints then
             near = []
         hint = f"; nearest existing nodes: {', '.join(near)}" if near else "; the file has no nodes"
+        busy = being_written(f.filename)
+        hint += f". Nodes a writer has not flushed yet are not visible: {busy}" if busy else ""
         raise NodeNotFound(f"{f.filename}: no node {key!r}{hint}") from None
     except Daskh5Error:
         raise
@@ -320,6 +351,13 @@ def _dtypes(
         return np.dtype(bool), np.dtype(bool)
     if disk.kind in "biufcS" and disk.subdtype is None and disk.fields is None:
         return disk.newbyteorder("="), disk
+    base = disk.subdtype[0] if disk.subdtype is not None else None
+    if base is not None and base.kind in "biufcS" and base.fields is None and base.subdtype is None:
+        # an H5T_ARRAY element type (a PyTables shaped atom): its axes trail the node's
+        tbase = tid.get_super()
+        if tbase.get_class() == h5py.h5t.BITFIELD and base.itemsize == 1:
+            return np.dtype((bool, disk.subdtype[1])), np.dtype((bool, disk.subdtype[1]))
+        return np.dtype((base.newbyteorder("="), disk.subdtype[1])), disk
     if disk.fields is not None and allow_compound:
         return _compound_bools(tid, disk), disk
     if disk.fields is not None:
@@ -331,6 +369,34 @@ def _dtypes(
         f"{where} has dtype {disk} (HDF5 class {cls}), which daskh5 does not read as an array; "
         "variable-length data is read with daskh5.read_ragged"
     )
+
+
+def _extdim(obj, where: str) -> int | None:
+    """An EArray's extendable axis: ``EXTDIM`` is a scalar, or a 1-element array in PyTables 1.x files."""
+    from daskh5._attrs import small_attr
+
+    value = small_attr(obj, "EXTDIM")
+    if value is None:
+        return None
+    value = np.asarray(value)
+    if (
+        value.size != 1
+        or value.dtype.kind not in "iu"
+        or not 0 <= int(value.reshape(-1)[0]) < max(1, obj.ndim)
+    ):
+        raise NotHDF5Error(
+            f"{where}: its EXTDIM attribute ({value.dtype}, shape {value.shape}) does not name one of its "
+            f"{obj.ndim} axes; the node is damaged (h5py or PyTables may still read its values)"
+        )
+    return int(value.reshape(-1)[0])
+
+
+def _has_objects(dtype: np.dtype) -> bool:
+    """Whether a (compound) dtype has object members (variable-length data, references)."""
+    base = dtype.subdtype[0] if dtype.subdtype else dtype
+    if base.fields is None:
+        return base.kind == "O"
+    return any(_has_objects(base.fields[n][0]) for n in base.names)
 
 
 def _compound_bools(tid, dtype: np.dtype) -> np.dtype:
@@ -463,7 +529,7 @@ def _check_size(where, shape, chunks, itemsize: int, layout: str, offset, file_s
         if offset + nbytes > file_size:
             raise NotHDF5Error(
                 f"{where}: its {nbytes:,} bytes would end past the end of the {file_size:,}-byte file; "
-                "the file is truncated or damaged: re-copy it"
+                f"{being_written(where.rsplit(':', 1)[0]) or 'the file is truncated or damaged: re-copy it'}"
             )
 
 
@@ -511,10 +577,17 @@ def describe_array(
             )
         if kind == "Unimplemented":
             raise NodeKindError(f"{where} is a node PyTables cannot map to an array")
-        dtype, disk = _dtypes(obj, where, allow_compound=table_ok, allow_time=allow_table)
+        dtype, disk = _dtypes(obj, where, allow_compound=table_ok, allow_time=True)
+        from daskh5._h5types import time_array_layout, time_layout
+
+        times = time_layout(obj.id.get_type()) or time_array_layout(obj.id.get_type())[0]
+        if times is not None:  # PyTables Time32/Time64: read as their integers, returned as datetime64
+            dtype = np.dtype((times[1], disk.subdtype[1])) if disk.subdtype else times[1]
         layout = check_storage(obj, where, allow_external=allow_external)
         stored_type = obj.id.get_type()
         conversion = conversion_needed(stored_type, where)
+        if conversion is None and disk.fields is not None and _has_objects(disk):
+            conversion = "variable-length members"  # stored as heap descriptors: h5py reads them
         try:
             dcpl = obj.id.get_create_plist()
             external = external_segments(dcpl, path) if layout == "external" else ()
@@ -527,16 +600,21 @@ def describe_array(
             fill = np.zeros((), dtype=disk)
             # Ask the property list first: h5py's ``fillvalue`` crashes the process on a
             # fill-value message that lies about its size, this call raises instead.
-            if dcpl.fill_value_defined() != h5py.h5d.FILL_VALUE_UNDEFINED:
-                dcpl.get_fill_value(fill)
+            if dcpl.fill_value_defined() != h5py.h5d.FILL_VALUE_UNDEFINED and times is None:
+                dcpl.get_fill_value(fill)  # HDF5 has no conversion to read a time type's: 0, as PyTables'
         except Exception as exc:
             raise NotHDF5Error(f"{where}: could not read the node's storage metadata: {exc}") from exc
-        extdim = small_attr(obj, "EXTDIM") if kind == "EArray" else None
+        extdim = _extdim(obj, where) if kind == "EArray" else None
         shape = [int(s) for s in obj.shape]
         _check_size(where, shape, obj.chunks, stored_type.get_size(), layout, offset, st.st_size if st else 0)
         committed = small_attr(obj, ATTR_APPENDING) if extdim is not None else None
         if committed is not None and 0 <= int(committed) < shape[int(extdim)]:
             shape[int(extdim)] = int(committed)  # rows of an unfinished daskh5.append are not shown
+        chunkshape = tuple(int(c) for c in obj.chunks) if obj.chunks else None
+        if disk.subdtype is not None:  # an H5T_ARRAY element: the same bytes as trailing axes of its base
+            inner = tuple(int(n) for n in disk.subdtype[1])
+            shape, dtype, disk = [*shape, *inner], dtype.subdtype[0], disk.subdtype[0]
+            chunkshape = None if chunkshape is None else (*chunkshape, *inner)
         return NodeInfo(
             path=path,
             node=name,
@@ -545,7 +623,7 @@ def describe_array(
             dtype=dtype,
             disk_dtype=disk,
             layout=layout,
-            chunkshape=tuple(int(c) for c in obj.chunks) if obj.chunks else None,
+            chunkshape=chunkshape,
             filters=filters,
             fillvalue=fill.tobytes(),
             offset=None if offset is None else int(offset),
@@ -556,4 +634,5 @@ def describe_array(
             virtual=virtual,
             allow_external=allow_external,
             conversion=conversion,
+            time=times is not None,
         )

@@ -121,6 +121,10 @@ def _positions(s) -> np.ndarray:
 
 
 def _finish(out: np.ndarray, info: NodeInfo, drop: tuple[int, ...]) -> np.ndarray:
+    if info.time:
+        from daskh5._h5types import to_datetimes
+
+        out = to_datetimes(out, info.dtype)
     out = out.astype(info.dtype, copy=False)  # native byte order; PyTables' bitfield bools as bool
     if drop:
         out = out.reshape([n for i, n in enumerate(out.shape) if i not in drop])

@@ -12,7 +12,7 @@ from daskh5._codecs import allowed_filters
 from daskh5._inputs import resolve
 from daskh5._nodes import describe_array
 from daskh5._reader import NodeReader
-from daskh5.errors import Daskh5Error
+from daskh5.errors import Daskh5Error, UnsupportedDtypeError
 
 if TYPE_CHECKING:
     import dask.array as da
@@ -144,11 +144,21 @@ def from_pytables(
         driver = driver or _tables_driver(handle, node)
     driver = _normalize_driver(driver)
     allowed = allowed_filters(allow_filters)
-    info = describe_array(path, node, allow_external=allow_external)
-    reader = NodeReader(info, driver=driver, allowed=allowed)
-    chunks = resolve_chunks(chunks, info.shape, info.chunkshape, info.dtype, f"{info.path}:{info.node}")
+    try:
+        info = describe_array(path, node, allow_external=allow_external)
+        reader = NodeReader(info, driver=driver, allowed=allowed)
+        where, chunkshape = f"{info.path}:{info.node}", info.chunkshape
+    except UnsupportedDtypeError:
+        reader, where, chunkshape = _strings(path, node, allow_external, allowed)  # or raises again
+    chunks = resolve_chunks(
+        chunks,
+        reader.shape,
+        chunkshape,
+        np.dtype(object) if reader.dtype.kind == "O" else reader.dtype,
+        where,
+    )
     name = name or "from-pytables-" + tokenize(reader, chunks)
-    meta = np.empty((0,) * len(info.shape), dtype=info.dtype)
+    meta = np.empty((0,) * len(reader.shape), dtype=reader.dtype)
     return da.from_array(
         reader,
         chunks=chunks,
@@ -159,3 +169,27 @@ def from_pytables(
         meta=meta,
         inline_array=inline_array,
     )
+
+
+def _strings(path: str, node: str, allow_external: bool, allowed):
+    """(reader, where, chunkshape) of a variable-length string dataset, read through h5py as ``str``.
+
+    Any other node that :func:`describe_array` refused raises its error again.
+    """
+    import sys
+
+    import h5py
+
+    from daskh5._h5types import LibraryReader, library_kind, vlen_str_dtype
+    from daskh5._nodes import lookup, node_name, open_h5
+    from daskh5._reader import check_dataset_filters
+
+    refused = sys.exc_info()[1]
+    with open_h5(path) as f:
+        obj = lookup(f, node, allow_external=allow_external)
+        if not isinstance(obj, h5py.Dataset) or library_kind(obj) != "str":
+            raise refused
+        real = os.path.abspath(obj.file.filename)
+        check_dataset_filters(obj, real, obj.name, allowed)
+        reader = LibraryReader(real, obj.name, "str", obj.shape, vlen_str_dtype())
+        return reader, f"{real}:{node_name(obj.name)}", obj.chunks

@@ -26,7 +26,7 @@ from daskh5._containment import check_storage
 from daskh5._nodes import NodeInfo, describe_array, lookup, node_kind, node_name, open_h5
 from daskh5._reader import NodeReader, check_filters_available
 from daskh5._storage import unwritten_chunks
-from daskh5.errors import NodeKindError, NodeNotFound, RaggedLayoutError
+from daskh5.errors import NodeKindError, NodeNotFound, RaggedLayoutError, UnsupportedDtypeError
 
 __all__ = ["ATTR_KIND", "ATTR_NSAMPLES", "ATTR_SHAPE", "ATTR_START_STOP", "RaggedLayout", "find_layout"]
 
@@ -57,6 +57,9 @@ class RaggedLayout:
     driver: str | None = None  # "H5FD_CORE": each process reads the file into memory once
     allow_external: bool = False  # the caller allowed values from outside the file
     allowed: frozenset[int] = SAFE_FILTERS  # HDF5 filters the readers may decode
+    text: str | None = None  # PyTables VLStringAtom ("bytes") / VLUnicodeAtom ("str"): each row one string
+    time: np.dtype | None = None  # Time32/Time64 atoms: rows of these datetime64 (the file holds integers)
+    raw: np.dtype | None = None  # items as stored, when daskh5 reads the rows' heap objects itself
 
 
 def _text(value) -> str | None:
@@ -209,6 +212,7 @@ def find_layout(
         ndim_attr = None if ndim_attr is None else int(ndim_attr)
         start_stop = start_stop or _text(small_attr(obj, ATTR_START_STOP))
         shape = shape or _text(small_attr(obj, ATTR_SHAPE))
+        text = time = None
         if kind == "VLArray":
             pseudo = _text(small_attr(obj, "PSEUDOATOM"))
             if pseudo == "object":
@@ -216,19 +220,16 @@ def find_layout(
                     f"{path}:{node} is an ObjectAtom VLArray: its rows are pickles, which daskh5 never "
                     "loads (unpickling runs code from the file). Store samples as numeric arrays instead"
                 )
-            if pseudo in ("vlstring", "vlunicode"):
-                raise NodeKindError(f"{path}:{node} is a VLArray of strings, not of numeric samples")
-            base = h5py.check_vlen_dtype(obj.dtype)
-            if base is None:
-                raise NodeKindError(f"{path}:{node}: a VLArray whose rows are not variable-length arrays")
+            text = {"vlstring": "bytes", "vlunicode": "str"}.get(pseudo)
+            base, atom_shape, time = _vl_base(obj, path, node)
+            if text is not None and (
+                atom_shape or base.kind != "u" or base.itemsize != (1, 4)[text == "str"]
+            ):
+                raise RaggedLayoutError(
+                    f"{path}:{node} says it holds {pseudo} strings but its rows are {base} values; "
+                    "the file is damaged or was not written by PyTables"
+                )
             check_storage(obj, f"{path}:{node}", allow_external=allow_external)
-            tid = obj.id.get_type().get_super()
-            atom_shape = ()
-            if base.subdtype is not None:
-                base, atom_shape = base.subdtype
-                tid = tid.get_super()
-            if tid.get_class() == h5py.h5t.BITFIELD and base.itemsize == 1:
-                base = np.dtype(bool)
             n = int(obj.shape[0])
             if n_committed is not None and n_committed > n:
                 raise RaggedLayoutError(
@@ -301,6 +302,10 @@ def find_layout(
         starts, stops = ss[:, 0], ss[:, 1]
         _validate_flat(path, node, start_stop, shape, starts, stops, shapes, info.shape[0])
     ndim = shapes.shape[1] if shapes is not None else (ndim_attr if ndim_attr is not None else 1)
+    if layout_kind == "vlarray" and text is not None:
+        if shapes is not None:
+            raise RaggedLayoutError(f"{path}:{shape}: a VLArray of strings has no sample shapes")
+        ndim = 0  # one string per row
     return RaggedLayout(
         path=path,
         node=node,
@@ -317,4 +322,51 @@ def find_layout(
         driver=driver,
         allow_external=allow_external,
         allowed=frozenset(allowed),
+        text=text if layout_kind == "vlarray" else None,
+        time=time if layout_kind == "vlarray" else None,
+        raw=_heap_dtype(np.dtype(base), atom_shape, time) if layout_kind == "vlarray" else None,
     )
+
+
+def _heap_dtype(base: np.dtype, atom_shape: tuple, time) -> np.dtype | None:
+    """How to read a VLArray's items from the heap ourselves, or None when h5py reads them right.
+
+    h5py cannot read PyTables' Time atoms, and returns the items of a
+    non-native byte order without swapping them.  PyTables itself converts
+    only atoms without a shape: a shaped atom's items are written and read
+    as they are in memory (the writer's order), whatever the type says.
+    """
+    if time is not None:
+        return base
+    if base.isnative:
+        return None
+    return base.newbyteorder("=") if atom_shape else base
+
+
+def _vl_base(obj, path: str, node: str) -> tuple[np.dtype, tuple[int, ...], np.dtype | None]:
+    """(base dtype as stored, atom shape, datetime64 dtype of Time atoms or None) of a VLArray's rows."""
+    import h5py
+
+    from daskh5._h5types import time_layout
+
+    tid = obj.id.get_type()
+    if tid.get_class() != h5py.h5t.VLEN:
+        raise NodeKindError(f"{path}:{node}: a VLArray whose rows are not variable-length arrays")
+    tid = tid.get_super()
+    atom_shape: tuple[int, ...] = ()
+    if tid.get_class() == h5py.h5t.ARRAY:
+        atom_shape, tid = tuple(int(n) for n in tid.get_array_dims()), tid.get_super()
+    times = time_layout(tid)
+    if times is not None:  # h5py has no numpy type for these: daskh5 reads their integers itself
+        return times[0], atom_shape, times[1]
+    try:
+        base = tid.dtype
+    except (TypeError, ValueError) as exc:
+        raise UnsupportedDtypeError(
+            f"{path}:{node}: a VLArray of an HDF5 type numpy cannot represent ({exc}); read it with PyTables"
+        ) from exc
+    if base.kind not in "biufcS" or base.fields is not None or base.subdtype is not None:
+        raise UnsupportedDtypeError(f"{path}:{node}: a VLArray of {base} rows, which daskh5 does not read")
+    if tid.get_class() == h5py.h5t.BITFIELD and base.itemsize == 1:
+        base = np.dtype(bool)
+    return base, atom_shape, None

@@ -21,7 +21,7 @@ from daskh5._codecs import pipeline_supported
 from daskh5._nodes import NodeInfo
 from daskh5.errors import RaggedLayoutError
 
-__all__ = ["check_claim", "descriptor_dtype", "descriptor_reader", "row_lengths"]
+__all__ = ["check_claim", "descriptor_dtype", "descriptor_reader", "heap_rows", "row_lengths"]
 
 
 def descriptor_dtype(sizeof_addr: int) -> np.dtype:
@@ -83,3 +83,69 @@ def check_claim(where: str, what: str, lengths: np.ndarray, itemsize: int, file_
             "holds: their heap descriptors name the same objects again and again, or the file is damaged"
         )
     return total
+
+
+def heap_rows(
+    path: str, where: str, descriptors: np.ndarray, itemsize: int, sizes: tuple[int, int], base: int = 0
+) -> list[bytes]:
+    """The stored bytes of variable-length rows, read from the file's global heap without HDF5.
+
+    For element types h5py cannot map to numpy (PyTables' Time atoms), whose
+    rows HDF5 cannot convert.  ``descriptors``: the rows' raw descriptors
+    (:func:`descriptor_dtype`); ``itemsize``: bytes of one item; ``sizes``:
+    the file's (sizeof_addr, sizeof_length); ``base``: the file's base address
+    (its user block's size), which heap addresses are relative to.  Every collection and object is
+    checked against the file before its bytes are used.
+    """
+    from daskh5._files import pread_exact
+
+    _sizeof_addr, sizeof_length = sizes
+    file_size = os.path.getsize(path)
+    collections: dict[int, dict[int, bytes]] = {}
+    out = []
+    for row, d in enumerate(descriptors):
+        want = int(d["length"]) * itemsize
+        if want == 0:
+            out.append(b"")
+            continue
+        addr = base + int.from_bytes(bytes(d["collection"]), "little")
+        if addr not in collections:
+            collections[addr] = _collection(path, where, addr, sizeof_length, file_size, pread_exact)
+        data = collections[addr].get(int(d["index"]))
+        if data is None or len(data) < want:
+            raise RaggedLayoutError(
+                f"{where}: row {row} names heap object {int(d['index'])} of the collection at byte {addr}, "
+                "which does not hold its values: the file is damaged"
+            )
+        out.append(data[:want])
+    return out
+
+
+def _collection(
+    path: str, where: str, addr: int, sizeof_length: int, file_size: int, pread
+) -> dict[int, bytes]:
+    """The objects of the global heap collection at ``addr``: {index: bytes}."""
+    head = 8 + sizeof_length
+    if addr < 0 or addr + head > file_size:
+        raise RaggedLayoutError(f"{where}: a row's heap collection at byte {addr} is outside the file")
+    header = bytes(pread(path, addr, head))
+    size = int.from_bytes(header[8:head], "little")
+    if header[:4] != b"GCOL" or size < head or addr + size > file_size:
+        raise RaggedLayoutError(
+            f"{where}: no valid global heap collection at byte {addr}: the file is damaged"
+        )
+    raw = bytes(pread(path, addr, size))
+    objects, pos = {}, head
+    while pos + 8 + sizeof_length <= size:
+        index = int.from_bytes(raw[pos : pos + 2], "little")
+        length = int.from_bytes(raw[pos + 8 : pos + 8 + sizeof_length], "little")
+        if index == 0:  # the free space: the last object
+            break
+        start = pos + 8 + sizeof_length
+        if start + length > size:
+            raise RaggedLayoutError(
+                f"{where}: heap object {index} at byte {addr + pos} runs past its collection"
+            )
+        objects[index] = raw[start : start + length]
+        pos = start + (length + 7) // 8 * 8
+    return objects

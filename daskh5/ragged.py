@@ -114,6 +114,7 @@ def _vl_rows(
     driver: str | None = None,
     allow_external: bool = False,
     allowed: frozenset[int] = SAFE_FILTERS,
+    raw: np.dtype | None = None,
 ) -> list[np.ndarray]:
     """VLArray rows ``rows`` (a slice or sorted index array), after checking their stored lengths.
 
@@ -128,6 +129,8 @@ def _vl_rows(
         what = f"rows {rows.start}..{rows.stop - 1}" if isinstance(rows, slice) else f"{len(rows)} rows"
         itemsize = _base_itemsize(ds)
         try:
+            if raw is not None:  # rows h5py cannot read (right): daskh5 reads their heap objects itself
+                return _heap_rows(ds, where, descriptors, rows, itemsize, size, raw)
             if descriptors is not None:
                 _vlen.check_claim(where, what, _vlen.row_lengths(descriptors, rows), itemsize, size)
                 return list(ds[rows])
@@ -142,11 +145,30 @@ def _vl_rows(
             raise RaggedLayoutError(f"{path}:{node}: could not read rows {rows}: {exc}") from exc
 
 
-def _base_itemsize(ds) -> int:
-    """Bytes of one item of a vlen dataset's base type (an atom: ``Float32Atom(shape=3)`` is 12)."""
+def _heap_rows(
+    ds, where: str, descriptors, rows, itemsize: int, size: int, raw: np.dtype
+) -> list[np.ndarray]:
+    """VLArray rows of items ``raw`` (as stored) read from the file's heap (see :func:`_vlen.heap_rows`):
+    PyTables Time atoms, which h5py cannot map, and non-native byte orders, which h5py reads unswapped."""
     import h5py
 
-    return np.dtype(h5py.check_vlen_dtype(ds.dtype)).itemsize
+    if descriptors is None:
+        raise RaggedLayoutError(
+            f"{where}: rows of {raw} items are read by daskh5 itself, which needs the row descriptors "
+            "in a chunked node with standard filters; read this VLArray with PyTables"
+        )
+    tid = ds.id.get_type().get_super()
+    atom_shape = tuple(int(n) for n in tid.get_array_dims()) if tid.get_class() == h5py.h5t.ARRAY else ()
+    desc = descriptors[rows]
+    _vlen.check_claim(where, "the rows", desc["length"].astype(np.int64), itemsize, size)
+    fcpl = ds.file.id.get_create_plist()
+    got = _vlen.heap_rows(ds.file.filename, where, desc, itemsize, fcpl.get_sizes(), fcpl.get_userblock())
+    return [np.frombuffer(r, dtype=raw).reshape(-1, *atom_shape) for r in got]
+
+
+def _base_itemsize(ds) -> int:
+    """Bytes of one item of a vlen dataset's base type (an atom: ``Float32Atom(shape=3)`` is 12)."""
+    return ds.id.get_type().get_super().get_size()
 
 
 def _vl_lengths(
@@ -175,11 +197,18 @@ def _vl_lengths(
     return out * per_item
 
 
-def _fix_vl(rows, layout_dtype: np.dtype, shapes, atom_shape, first: int, path: str, node: str):
+def _fix_vl(rows, layout_dtype: np.dtype, shapes, atom_shape, first: int, path: str, node: str, text=None,
+            time=None):  # fmt: skip
+    if text is not None:
+        return [_as_text(np.asarray(r), text, first + i, path, node) for i, r in enumerate(rows)]
     out = []
     for i, r in enumerate(rows):
         r = np.asarray(r)
-        if layout_dtype.kind == "b":
+        if time is not None:
+            from daskh5._h5types import to_datetimes
+
+            r = to_datetimes(r, time)
+        elif layout_dtype.kind == "b":
             r = r != 0
         elif r.dtype != layout_dtype:
             r = r.astype(layout_dtype)
@@ -195,6 +224,19 @@ def _fix_vl(rows, layout_dtype: np.dtype, shapes, atom_shape, first: int, path: 
     return out
 
 
+def _as_text(r: np.ndarray, text: str, row: int, path: str, node: str):
+    """A VLStringAtom row as ``bytes`` or a VLUnicodeAtom row (UCS-4 code points) as ``str``, as PyTables
+    reads them (trailing NULs of a unicode row dropped, as numpy's ``U`` type does)."""
+    if text == "bytes":
+        return r.tobytes()
+    if r.size == 0:
+        return ""
+    try:
+        return r.astype("=u4", copy=False).view(f"U{r.size}").item()
+    except (ValueError, UnicodeError) as exc:
+        raise RaggedLayoutError(f"{path}:{node}: row {row} is not valid UCS-4 text ({exc})") from exc
+
+
 def _read_vl_run(
     path,
     node,
@@ -206,9 +248,12 @@ def _read_vl_run(
     driver=None,
     allow_external=False,
     allowed=SAFE_FILTERS,
+    text=None,
+    time=None,
+    raw=None,
 ) -> list[np.ndarray]:
-    rows = _vl_rows(path, node, slice(i0, i1), driver, allow_external, allowed)
-    return _fix_vl(rows, dtype, shapes, atom_shape, i0, path, node)
+    rows = _vl_rows(path, node, slice(i0, i1), driver, allow_external, allowed, raw)
+    return _fix_vl(rows, dtype, shapes, atom_shape, i0, path, node, text, time)
 
 
 class RaggedArray(Sequence):
@@ -230,7 +275,9 @@ class RaggedArray(Sequence):
 
     def __init__(self, layout: RaggedLayout):
         self.layout = layout
-        self.dtype = layout.dtype
+        self.dtype = {"bytes": np.dtype(bytes), "str": np.dtype(str)}.get(
+            layout.text, layout.time or layout.dtype
+        )
         self._flat = (
             NodeReader(
                 describe_array(layout.path, layout.node, allow_external=layout.allow_external),
@@ -284,7 +331,7 @@ class RaggedArray(Sequence):
         if self._lengths is None:
             sizes = []
             for batch in self.iter_batches(65536):
-                sizes.extend(v.size for v in batch)
+                sizes.extend(len(v) if isinstance(v, (str, bytes)) else v.size for v in batch)
             self._lengths = np.asarray(sizes, dtype=np.int64)
         return self._lengths
 
@@ -322,7 +369,7 @@ class RaggedArray(Sequence):
         """The arguments of :func:`_read_vl_run` for samples ``i0:i1`` (plain data: a task can carry them)."""
         lay = self.layout
         return (lay.path, lay.node, lay.dtype, i0, i1, shapes, lay.atom_shape, lay.driver, lay.allow_external,
-                lay.allowed)  # fmt: skip
+                lay.allowed, lay.text, lay.time, lay.raw)  # fmt: skip
 
     def _take(self, idx: np.ndarray) -> list[np.ndarray]:
         """Samples at ``idx`` (any order, repeats allowed) in one bulk read."""
@@ -340,9 +387,9 @@ class RaggedArray(Sequence):
             shapes = None if lay.shapes is None else lay.shapes[idx]
             return _split(values, ends - lengths, ends, shapes, lay.ndim)
         order = np.unique(idx)
-        rows = _vl_rows(lay.path, lay.node, order, lay.driver, lay.allow_external, lay.allowed)
+        rows = _vl_rows(lay.path, lay.node, order, lay.driver, lay.allow_external, lay.allowed, lay.raw)
         shapes = None if lay.shapes is None else lay.shapes[order]
-        fixed = _fix_vl(rows, lay.dtype, shapes, lay.atom_shape, 0, lay.path, lay.node)
+        fixed = _fix_vl(rows, lay.dtype, shapes, lay.atom_shape, 0, lay.path, lay.node, lay.text, lay.time)
         where = np.searchsorted(order, idx)
         return [fixed[w] for w in where]
 
@@ -414,10 +461,13 @@ class RaggedArray(Sequence):
             self._lengths = self._stored_lengths()
         if self._lengths is None:  # a plain VLArray whose descriptors need HDF5: estimate from the first rows
             head = self._run(0, min(n, 1000))
-            avg = max(1, int(np.mean([v.nbytes for v in head])) if head else 1)
+            nbytes = [
+                len(v) * self.layout.dtype.itemsize if isinstance(v, (str, bytes)) else v.nbytes for v in head
+            ]
+            avg = max(1, int(np.mean(nbytes)) if head else 1)
             step = max(1, budget // avg)
             return [(i, min(n, i + step)) for i in range(0, n, step)]
-        return _runs_by_bytes(self._lengths * self.dtype.itemsize, budget)
+        return _runs_by_bytes(self._lengths * self.layout.dtype.itemsize, budget)
 
     # -- conversions -----------------------------------------------------------------------------
     def to_bag(self, partition_size: int | str | None = None) -> db.Bag:
@@ -471,6 +521,11 @@ class RaggedArray(Sequence):
         ``shape`` defaults to the largest extent along each axis; samples larger
         than a given ``shape`` raise ``ValueError``.
         """
+        if self.layout.text is not None:
+            raise TypeError(
+                f"{self.layout.path}:{self.layout.node} holds one string per row: there is nothing to pad; "
+                "np.array(list(r)) gives them as one array"
+            )
         shapes = self.shapes
         target = tuple(shapes.max(axis=0)) if shape is None and len(shapes) else tuple(shape or ())
         if len(shapes) and (shapes > np.asarray(target)).any():
@@ -495,6 +550,8 @@ class RaggedArray(Sequence):
         ak = require("awkward", "RaggedArray.to_awkward")
         lay = self.layout
         n = len(self)
+        if lay.text is not None:  # strings (or bytestrings) in awkward's own string type
+            return ak.Array([v for batch in self.iter_batches() for v in batch])
         contiguous = lay.kind == "flat" and (n == 0 or (np.array_equal(lay.starts[1:], lay.stops[:-1])))
         if contiguous:
             lo = int(lay.starts[0]) if n else 0

@@ -71,7 +71,7 @@ _SYSTEM = {
 }  # fmt: skip
 _SYSTEM_PATTERN = re.compile(r"^(FIELD_\d+_(NAME|FILL)|DASKH5_.*)$")
 _RAW_ATTRS = {"_FillValue", "missing_value"}
-_GROUP_SKIP = {"_i_table"}  # PyTables' index containers
+_INDEX_PREFIX = "_i_"  # PyTables' index containers: _i_<table name>
 _MISSING = object()
 
 
@@ -132,8 +132,9 @@ def walk_groups(
 
     Found in one walk, each child opened from its parent (linear however deep the
     groups nest).  Only groups reached through hard links are listed (as
-    ``H5Ovisit`` does): links to other files are never entered, and a link name
-    containing ``/`` is not a group.  PyTables' index containers and pandas'
+    ``H5Ovisit`` does), and, with ``allow_external``, groups that external links
+    name (with the groups hard-linked under them, without following further
+    external links); a link name containing ``/`` is not a group.  PyTables' index containers and pandas'
     bookkeeping groups (a key's ``meta``) are left out.
     """
     import h5py
@@ -147,7 +148,7 @@ def walk_groups(
     skipped: set[str] = set()
     for name, kind, obj in walk(start):
         parent = name.rpartition("/")[0]
-        if parent in skipped or (kind == "hard" and name.rpartition("/")[2] in _GROUP_SKIP):
+        if parent in skipped or (kind == "hard" and name.rpartition("/")[2].startswith(_INDEX_PREFIX)):
             skipped.add(name)
             continue
         if kind == "hard" and isinstance(obj, h5py.Group):
@@ -155,6 +156,13 @@ def walk_groups(
                 skipped.add(name)
                 continue
             out.append((f"{top.rstrip('/')}/{name}", obj))
+        elif kind == "external" and allow_external:  # opted in: the linked group and its hard-linked groups
+            target = lookup(f, f"{top.rstrip('/')}/{name}", allow_external=True)
+            if isinstance(target, h5py.Group):
+                here = f"{top.rstrip('/')}/{name}"
+                out.append((here, target))
+                out += [(f"{here}/{sub}", g) for sub, k, g in walk(target) if k == "hard" and isinstance(g, h5py.Group)
+                        and not sub.rpartition("/")[2].startswith(_INDEX_PREFIX) and not is_bookkeeping(g)]  # fmt: skip
     return sorted(out, key=lambda item: (item[0].count("/"), item[0]))
 
 
@@ -295,8 +303,13 @@ def _table_entries(
     allow_external=False,
     allowed=SAFE_FILTERS,
     budget=None,
+    skipped: list[str] | None = None,
 ) -> list[Entry]:
-    """One entry per (nested) field of a Table or compound dataset, along its axes."""
+    """One entry per (nested) field of a Table or compound dataset, along its axes.
+
+    Variable-length string members become ``str`` variables; other object
+    members (vlen sequences, references) are listed in ``skipped``.
+    """
     path = obj.file.filename  # an opted-in external link's node lives in its target file
     info = describe_array(path, obj.name, allow_table=True, f=obj.file, allow_external=allow_external)
     user, system = split_attrs(
@@ -314,11 +327,38 @@ def _table_entries(
     for field, sub in _flatten_fields(info.dtype):
         base, extra = sub.subdtype if sub.subdtype else (sub, ())
         name = prefix + ".".join(field)
+        text = base.kind == "O" and _vlen_text(base)
+        if base.kind == "O" and not text:
+            if skipped is not None:
+                skipped.append(f"{node_name(obj.name)} column {'/'.join(field)!r} (variable-length "
+                               "sequences or references, which have no array form)")  # fmt: skip
+            continue
         names = (*axes, *(None,) * len(extra)) if axes is not None else None
         entry = Entry(name, reader, field, None, dict(user), dict(enc), (*info.shape, *extra),
-                      times.get(field, base), node_name(obj.name), names)  # fmt: skip
+                      vlen_str_dtype() if text else times.get(field, base), node_name(obj.name), names)  # fmt: skip
         entry.netcdf_dims, entry.time = axes is not None, field in times
+        if text:
+            entry.decode = _as_text
         out.append(entry)
+    return out
+
+
+def _vlen_text(dtype: np.dtype) -> bool:
+    import h5py
+
+    info = h5py.check_string_dtype(dtype)
+    return info is not None and info.length is None
+
+
+def _as_text(values: np.ndarray) -> np.ndarray:
+    """h5py's bytes of variable-length string members as ``str`` (undecodable bytes escaped)."""
+    values = np.asarray(values, dtype=object)
+    out = np.empty(values.shape, dtype=object)
+    flat = out.reshape(-1)
+    for i, v in enumerate(values.reshape(-1)):
+        flat[i] = (
+            v.decode("utf-8", "surrogateescape") if isinstance(v, bytes) else ("" if v is None else str(v))
+        )
     return out
 
 
@@ -425,7 +465,16 @@ def _group_variables(
                     skipped.append(f"{g.name.rstrip('/')}/{child} ({reason})")
                 elif child in tables:
                     entries += _table_entries(
-                        path, obj, decode_pickles, prefix, layout, child, allow_external, allowed, budget
+                        path,
+                        obj,
+                        decode_pickles,
+                        prefix,
+                        layout,
+                        child,
+                        allow_external,
+                        allowed,
+                        budget,
+                        skipped,
                     )
                 elif kind == "VLArray":
                     skipped.append(f"{node_name(obj.name)} (VLArray: read it with daskh5.read_ragged)")

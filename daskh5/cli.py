@@ -207,6 +207,19 @@ def _link_record(f, path: str, value: tuple[str, str], budget: int, allow_extern
     return rec
 
 
+def _soft_record(f, path: str, target: str) -> dict:
+    """A soft link: the path it names (relative to its group), and whether anything is there."""
+    from daskh5._nodes import lookup
+
+    rec = {"path": path, "kind": "SoftLink", "layout": "soft link", "target": target}
+    where = target if target.startswith("/") else f"{path.rpartition('/')[0]}/{target}"
+    try:
+        lookup(f, where)
+    except Daskh5Error:
+        rec["note"] = "dangling: nothing is at the path it names"
+    return rec
+
+
 def _ragged_records(
     path: str, objects: dict, records: list[dict], allow_external: bool = False
 ) -> list[dict]:
@@ -298,6 +311,8 @@ def info(
                     objects[records[-1]["path"]] = value
                 elif kind == "external":
                     records.append(_link_record(root.file, f"{base}/{name}", value, nbytes, allow_external))
+                elif kind == "soft":
+                    records.append(_soft_record(root.file, f"{base}/{name}", value))
                 elif kind in ("invalid", "other"):
                     refused.append(f"{base}/{name}")
         ragged = _ragged_records(root.file.filename, objects, records, allow_external)

@@ -102,6 +102,7 @@ def heap_rows(
     _sizeof_addr, sizeof_length = sizes
     file_size = os.path.getsize(path)
     collections: dict[int, dict[int, bytes]] = {}
+    read = 0  # real collections never overlap: together they are never bigger than the file
     out = []
     for row, d in enumerate(descriptors):
         want = int(d["length"]) * itemsize
@@ -110,7 +111,10 @@ def heap_rows(
             continue
         addr = base + int.from_bytes(bytes(d["collection"]), "little")
         if addr not in collections:
-            collections[addr] = _collection(path, where, addr, sizeof_length, file_size, pread_exact)
+            collections[addr], size = _collection(
+                path, where, addr, sizeof_length, file_size, pread_exact, budget=file_size - read
+            )
+            read += size
         data = collections[addr].get(int(d["index"]))
         if data is None or len(data) < want:
             raise RaggedLayoutError(
@@ -122,9 +126,14 @@ def heap_rows(
 
 
 def _collection(
-    path: str, where: str, addr: int, sizeof_length: int, file_size: int, pread
-) -> dict[int, bytes]:
-    """The objects of the global heap collection at ``addr``: {index: bytes}."""
+    path: str, where: str, addr: int, sizeof_length: int, file_size: int, pread, budget: int
+) -> tuple[dict[int, bytes], int]:
+    """The objects of the global heap collection at ``addr`` ({index: bytes}) and its size.
+
+    ``budget``: bytes the collections of this read may still take; real collections never
+    overlap, so together they never hold more than the file (crafted ones would be read again
+    and again).
+    """
     head = 8 + sizeof_length
     if addr < 0 or addr + head > file_size:
         raise RaggedLayoutError(f"{where}: a row's heap collection at byte {addr} is outside the file")
@@ -133,6 +142,11 @@ def _collection(
     if header[:4] != b"GCOL" or size < head or addr + size > file_size:
         raise RaggedLayoutError(
             f"{where}: no valid global heap collection at byte {addr}: the file is damaged"
+        )
+    if size > budget:
+        raise RaggedLayoutError(
+            f"{where}: the rows name heap collections that together hold more bytes than the whole file: "
+            "they overlap, so the file is damaged or crafted"
         )
     raw = bytes(pread(path, addr, size))
     objects, pos = {}, head
@@ -148,4 +162,4 @@ def _collection(
             )
         objects[index] = raw[start : start + length]
         pos = start + (length + 7) // 8 * 8
-    return objects
+    return objects, size

@@ -465,3 +465,23 @@ def test_file_being_written_by_another_process(tmp_path):
         writer.kill()
         writer.wait()
     daskh5.close_files()
+
+
+def test_overlapping_heap_collections_are_refused(tmp_path):
+    """Crafted rows naming thousands of overlapping heap collections: refused before the file is
+    read again and again (each claims the rest of the file)."""
+    from daskh5 import _vlen
+
+    path = tmp_path / "heaps.bin"
+    size, step = 1 << 16, 48  # each: a header, object 1 (4 bytes, padded to 8), then free space
+    raw = bytearray(size)
+    for at in range(0, size - 64, step):
+        raw[at : at + 16] = b"GCOL\x01\x00\x00\x00" + (size - at).to_bytes(8, "little")
+        raw[at + 16 : at + 40] = b"\x01\x00\x01\x00\x00\x00\x00\x00" + (4).to_bytes(8, "little") + b"\x07" * 8
+    path.write_bytes(bytes(raw))
+    desc = np.zeros(len(range(0, size - 64, step)), _vlen.descriptor_dtype(8))
+    desc["length"], desc["index"] = 1, 1
+    desc["collection"] = [at.to_bytes(8, "little") for at in range(0, size - 64, step)]
+    assert _vlen.heap_rows(str(path), "heaps.bin:/v", desc[:1], 4, (8, 8)) == [b"\x07" * 4]  # one is fine
+    with pytest.raises(daskh5.RaggedLayoutError, match="overlap"):
+        _vlen.heap_rows(str(path), "heaps.bin:/v", desc, 4, (8, 8))

@@ -577,6 +577,8 @@ def describe_array(
             )
         if kind == "Unimplemented":
             raise NodeKindError(f"{where} is a node PyTables cannot map to an array")
+        if obj.shape is None:
+            raise NodeKindError(f"{where} is an empty dataset (HDF5 null dataspace): it holds no values")
         dtype, disk = _dtypes(obj, where, allow_compound=table_ok, allow_time=True)
         from daskh5._h5types import time_array_layout, time_layout
 

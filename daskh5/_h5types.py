@@ -96,6 +96,9 @@ class LibraryReader:
         with open_h5(self.path) as f:  # opened per read: no handle is left to clash with HDF5's locking
             ds = lookup(f, self.node)
             if self.kind == "str":
+                from daskh5._vlen import check_dataset_claim
+
+                check_dataset_claim(self.path, ds, tuple(h5sel))
                 out = np.asarray(ds.asstr(errors="surrogateescape")[tuple(h5sel)], dtype=object)
             else:
                 out = np.asarray(ds[tuple(h5sel[:outer])] if outer else ds[()])

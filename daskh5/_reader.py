@@ -555,6 +555,10 @@ class NodeReader:
             try:
                 ds = _h5_dataset(info, self.driver)
                 check_dataset_filters(ds, info.path, info.node, self.allowed)
+                if info.conversion == "variable-length members":
+                    from daskh5._vlen import check_dataset_claim
+
+                    check_dataset_claim(info.path, ds, tuple(h5sel))
                 out = np.asarray(ds[tuple(h5sel)])
             except Daskh5Error:
                 raise

@@ -21,7 +21,14 @@ from daskh5._codecs import pipeline_supported
 from daskh5._nodes import NodeInfo
 from daskh5.errors import RaggedLayoutError
 
-__all__ = ["check_claim", "descriptor_dtype", "descriptor_reader", "heap_rows", "row_lengths"]
+__all__ = [
+    "check_claim",
+    "check_dataset_claim",
+    "descriptor_dtype",
+    "descriptor_reader",
+    "heap_rows",
+    "row_lengths",
+]
 
 
 def descriptor_dtype(sizeof_addr: int) -> np.dtype:
@@ -163,3 +170,123 @@ def _collection(
         objects[index] = raw[start : start + length]
         pos = start + (length + 7) // 8 * 8
     return objects, size
+
+
+# -- datasets whose elements hold variable-length data (strings, compound members) ------------------
+_claim_readers: dict[tuple[str, int, str], object] = {}
+
+
+def claim_layout(tid, sizeof_addr: int) -> tuple[np.dtype, list[tuple[str | None, int]]] | None:
+    """How an element of HDF5 type ``tid`` holds its vlen descriptors, or None if it holds none.
+
+    (raw element dtype, [(field or None for the whole element, bytes per item)]): a vlen type
+    is one descriptor; a compound names its vlen members (scalar or arrays of them) at their
+    offsets, the rest of the record as padding.
+    """
+    import h5py
+
+    desc = descriptor_dtype(sizeof_addr)
+
+    def vlen_base(t) -> int | None:
+        if t.get_class() == h5py.h5t.STRING and t.is_variable_str():
+            return 1
+        if t.get_class() == h5py.h5t.VLEN:
+            return t.get_super().get_size()
+        return None
+
+    whole = vlen_base(tid)
+    if whole is not None:
+        return desc, [(None, whole)]
+    if tid.get_class() != h5py.h5t.COMPOUND:
+        return None
+    # The type describes records in memory, where a vlen string is a pointer and a vlen sequence a
+    # (length, pointer) pair; on disk each is a descriptor, and HDF5 shifts later members by the
+    # difference (H5T_LOC_DISK).
+    names, formats, offsets, items = [], [], [], []
+    shift = 0
+    for i in sorted(range(tid.get_nmembers()), key=tid.get_member_offset):
+        member, shape = tid.get_member_type(i), ()
+        if member.get_class() == h5py.h5t.ARRAY:
+            shape, member = tuple(int(n) for n in member.get_array_dims()), member.get_super()
+        size = vlen_base(member)
+        if size is None:
+            continue
+        count = int(np.prod(shape, dtype=np.int64)) if shape else 1
+        name = f"m{i}"
+        names.append(name)
+        formats.append((desc, shape) if shape else desc)
+        offsets.append(tid.get_member_offset(i) + shift)
+        items.append((name, size))
+        shift += count * (desc.itemsize - member.get_size())
+    if not names:
+        return None
+    raw = {"names": names, "formats": formats, "offsets": offsets, "itemsize": tid.get_size() + shift}
+    return np.dtype(raw), items
+
+
+def check_dataset_claim(path: str, ds, key: tuple) -> None:
+    """Refuse a read of ``ds[key]`` (slices) whose variable-length values claim more bytes than the file.
+
+    The elements' stored descriptors are read first with daskh5's own chunk reader (no heap
+    access); HDF5 would allocate what each one claims, so a few MB whose descriptors all name one
+    big heap object could ask for terabytes.  Datasets whose descriptors daskh5 cannot read itself
+    (compact layout, filters outside its pipeline) are read as they are.
+    """
+    layout = claim_layout(ds.id.get_type(), ds.file.id.get_create_plist().get_sizes()[0])
+    if layout is None or ds.shape is None:
+        return
+    st = os.stat(path)
+    cache_key = (path, st.st_mtime_ns, ds.name)
+    reader = _claim_readers.get(cache_key)
+    if reader is None:
+        reader = _raw_reader(path, ds, layout[0], st)
+        if reader is None:
+            return
+        if len(_claim_readers) > 64:
+            _claim_readers.clear()
+        _claim_readers[cache_key] = reader
+    raw = reader[key]
+    total = 0
+    for field, size in layout[1]:
+        lengths = (raw if field is None else raw[field])["length"]
+        total += int(lengths.sum(dtype=np.int64)) * size
+    if total > st.st_size:
+        raise RaggedLayoutError(
+            f"{path}:{ds.name}: the selected elements claim {total:,} bytes of variable-length values, more "
+            f"than the whole {st.st_size:,}-byte file holds: their heap descriptors name the same objects "
+            "again and again, or the file is damaged"
+        )
+
+
+def _raw_reader(path: str, ds, dtype: np.dtype, st):
+    """A NodeReader of ``ds``'s raw elements as ``dtype`` (chunked or contiguous), or None."""
+    from daskh5._reader import NodeReader
+
+    dcpl = ds.id.get_create_plist()
+    filters = tuple(
+        (int(fid), tuple(int(c) for c in cd))
+        for fid, _flags, cd, _name in (dcpl.get_filter(i) for i in range(dcpl.get_nfilters()))
+    )
+    layout = {0: "compact", 1: "contiguous", 2: "chunked"}.get(dcpl.get_layout(), "other")
+    if layout not in ("contiguous", "chunked") or not pipeline_supported(filters):
+        return None
+    offset = ds.id.get_offset() if layout == "contiguous" else None
+    if layout == "contiguous" and offset is None:  # never written: nothing is claimed
+        return None
+    info = NodeInfo(
+        path=path,
+        node=ds.name,
+        kind="Dataset",
+        shape=tuple(int(n) for n in ds.shape),
+        dtype=dtype,
+        disk_dtype=dtype,
+        layout=layout,
+        chunkshape=tuple(int(c) for c in ds.chunks) if ds.chunks else None,
+        filters=filters,
+        fillvalue=bytes(dtype.itemsize),
+        offset=None if offset is None else int(offset),
+        extdim=None,
+        mtime_ns=st.st_mtime_ns,
+        file_size=st.st_size,
+    )
+    return NodeReader(info, f=ds.file)

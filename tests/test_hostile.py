@@ -1994,6 +1994,49 @@ def _alias_descriptors(path: str, wanted: bytes, items: int, target_length: int)
     Path(path).write_bytes(bytes(data))
 
 
+@pytest.mark.parametrize("layout", ["chunked", "contiguous", "compound"])
+def test_vlen_string_datasets_aliasing_one_heap_object(tmp_path, layout):
+    """4,000 variable-length strings (an h5py/netCDF ``str`` variable, or a compound member) whose
+    descriptors all name one 4 MiB heap object (16 GiB claimed by a 4 MB file): every entry point reads
+    the descriptors with daskh5's own reader first and refuses, before HDF5 allocates."""
+    import h5py
+
+    path = str(tmp_path / "alias-str.h5")
+    values = np.array(["x" * (1 << 22)] + ["y"] * 3999, dtype=object)
+    with h5py.File(path, "w") as f:
+        if layout == "compound":
+            rec = np.empty(4000, dtype=[("id", "<i4"), ("s", h5py.string_dtype())])
+            rec["id"], rec["s"] = np.arange(4000), values
+            f.create_dataset("s", data=rec, chunks=(500,))
+        else:
+            chunks = (500,) if layout == "chunked" else None
+            f.create_dataset("s", data=values, dtype=h5py.string_dtype(), chunks=chunks)
+    _alias_descriptors(path, b"y", 1, 1 << 22)
+    assert os.path.getsize(path) < 5 << 20
+    out = _limited(f"""
+import warnings, daskh5, xarray as xr
+warnings.simplefilter("ignore")
+name = "s.s" if {layout!r} == "compound" else "s"
+steps = {{
+    "from_pytables": lambda: daskh5.from_pytables({path!r}, "/s").compute(),
+    "engine": lambda: xr.open_dataset({path!r}, engine="daskh5")[name.split(".")[-1]].values,
+    "engine chunks": lambda: xr.open_dataset({path!r}, engine="daskh5", chunks={{}})[name.split(".")[-1]].compute(),
+}}
+if {layout!r} == "compound":
+    del steps["from_pytables"]  # a compound dataset is a Table-like node: the engine reads it
+result = {{}}
+for key, step in steps.items():
+    try:
+        step()
+        result[key] = "read"
+    except daskh5.Daskh5Error as exc:
+        result[key] = str(exc)
+""")
+    assert out["status"] == "ok", out
+    for key, message in out["result"].items():
+        assert f"{path}:/s" in message and "more than the whole" in message, (key, message)
+
+
 def test_vlen_attributes_aliasing_one_heap_object(tmp_path):
     """A vlen attribute of 4,000 elements whose descriptors name one 4 MiB heap object (16 GiB claimed by
     a 4 MB file), and 20 scalar strings all naming it too: their sizes are read from the object header

@@ -18,6 +18,8 @@ says why a dataset cannot be a variable at all.
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 
 __all__ = [
@@ -270,7 +272,7 @@ def resolve_children(group, allow_external: bool = False) -> tuple[dict, list[st
     import h5py
 
     from daskh5._containment import child_names, follow
-    from daskh5.errors import NodeNotFound
+    from daskh5.errors import FileNotFound, NodeNotFound
 
     out, skipped = {}, []
     netcdf = "_NCProperties" in group.file.attrs
@@ -291,6 +293,13 @@ def resolve_children(group, allow_external: bool = False) -> tuple[dict, list[st
             link = group.get(name, getlink=True)
             what = f"a soft link to {link.path}" if isinstance(link, h5py.SoftLink) else "a link"
             skipped.append(f"{base}/{name} ({what}, which does not exist)")
+            continue
+        except FileNotFound:  # an opted-in external link into a file that is not there
+            file_name, target = group.id.links.get_val(raw)
+            skipped.append(
+                f"{base}/{name} (an external link to {target.decode('utf-8', 'replace')!r} in "
+                f"{os.fsdecode(file_name)!r}, a file that does not exist)"
+            )
             continue
         if isinstance(obj, h5py.Datatype):
             if not netcdf:

@@ -58,7 +58,7 @@ from daskh5._nodes import damaged_metadata, describe_array, lookup, node_kind, n
 from daskh5._pandas import is_bookkeeping, pandas_entries
 from daskh5._reader import NodeReader, dataset_filters, refusal
 from daskh5._safe_tables import restricted_loads
-from daskh5.errors import Daskh5Error, ExternalDataError, NodeNotFound
+from daskh5.errors import Daskh5Error, ExternalDataError, FileNotFound, NodeNotFound
 
 __all__ = ["ATTR_COORDS", "ATTR_DIMS", "group_variables", "list_groups"]
 
@@ -157,7 +157,10 @@ def walk_groups(
                 continue
             out.append((f"{top.rstrip('/')}/{name}", obj))
         elif kind == "external" and allow_external:  # opted in: the linked group and its hard-linked groups
-            target = lookup(f, f"{top.rstrip('/')}/{name}", allow_external=True)
+            try:
+                target = lookup(f, f"{top.rstrip('/')}/{name}", allow_external=True)
+            except (FileNotFound, NodeNotFound):  # dangling: its group's Dataset lists it in its warning
+                continue
             if isinstance(target, h5py.Group):
                 here = f"{top.rstrip('/')}/{name}"
                 out.append((here, target))

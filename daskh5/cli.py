@@ -198,12 +198,19 @@ def _link_record(f, path: str, value: tuple[str, str], budget: int, allow_extern
     file_name, target = value
     outside = f"is an external link to {target!r} in the file {file_name!r}"
     rec: dict = {"path": path, "kind": "ExternalLink"}
+    dangling = None
     if allow_external:
-        obj = lookup(f, path, allow_external=True)
-        rec = _node_record(obj, budget, allow_external) | {"path": path}
+        try:
+            obj = lookup(f, path, allow_external=True)
+        except Daskh5Error as exc:  # a file or node that is not there: listed, the rest still reported
+            dangling = str(exc)
+        else:
+            rec = _node_record(obj, budget, allow_external) | {"path": path}
     rec.update(
         layout="external link", target=f"{file_name}:{target}", outside=outside, refused=not allow_external
     )
+    if dangling is not None:
+        rec["note"] = f"dangling: {dangling}"
     return rec
 
 

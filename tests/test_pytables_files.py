@@ -485,3 +485,29 @@ def test_overlapping_heap_collections_are_refused(tmp_path):
     assert _vlen.heap_rows(str(path), "heaps.bin:/v", desc[:1], 4, (8, 8)) == [b"\x07" * 4]  # one is fine
     with pytest.raises(daskh5.RaggedLayoutError, match="overlap"):
         _vlen.heap_rows(str(path), "heaps.bin:/v", desc, 4, (8, 8))
+
+
+def test_dangling_external_link_with_opt_in_is_listed(tmp_path, capsys):
+    """With allow_external, an external link into a missing file is named, the rest opens (was: FileNotFound)."""
+    path = str(tmp_path / "dangling.h5")
+    with h5py.File(path, "w") as f:
+        f["a"] = np.arange(3)
+        f["e"] = h5py.ExternalLink("nofile.h5", "/x")
+        f["g/b"] = 1.5
+        f["g/e2"] = h5py.ExternalLink("nofile.h5", "/grp")
+    with pytest.warns(
+        UserWarning, match=r"/e \(an external link to '/x' in 'nofile\.h5', a file that does not"
+    ):
+        ds = xr.open_dataset(path, engine="daskh5", allow_external=True)
+    assert ds.a.values.tolist() == [0, 1, 2]
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        tree = xr.open_datatree(path, engine="daskh5", allow_external=True)
+    notes = " ".join(str(w.message) for w in caught)
+    assert "/e (an external link" in notes and "/g/e2 (an external link" in notes
+    assert {n.path for n in tree.subtree} == {"/", "/g"} and float(tree["g"].b) == 1.5
+    with pytest.raises(daskh5.ExternalDataError):  # without the opt-in: refused, as every external link
+        xr.open_dataset(path, engine="daskh5")
+    assert cli_main(["info", path, "--allow-external"]) == 0
+    out = capsys.readouterr().out
+    assert "e2" in out and out.count("dangling: ") == 2

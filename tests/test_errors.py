@@ -85,7 +85,7 @@ def test_compound_dataset_is_refused(h5path):
     with h5py.File(h5path, "w") as f:
         f["rec"] = np.zeros(3, dtype=[("a", "i4"), ("b", "f8")])
         f["vlen"] = np.array([b"a", b"bc"], dtype=h5py.string_dtype("ascii"))
-    with pytest.raises(daskh5.UnsupportedDtypeError, match="/rec.*compound.*engine"):
+    with pytest.raises(daskh5.UnsupportedDtypeError, match=r"/rec.*compound.*engine"):
         daskh5.from_pytables(h5path, "/rec")
     # variable-length strings are not refused: they are str (issue 13)
     assert daskh5.from_pytables(h5path, "/vlen").compute().tolist() == ["a", "bc"]

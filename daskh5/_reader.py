@@ -206,7 +206,8 @@ class NodeReader:
         info = self.info
         if any(_length(s) == 0 for s in sel) or (info.offset is None and info.layout == "contiguous"):
             out = np.empty([_length(s) for s in sel], dtype=info.disk_dtype)
-            out[...] = np.frombuffer(info.fillvalue, dtype=info.disk_dtype)[0] if out.size else 0
+            if out.size:
+                out[...] = np.frombuffer(info.fillvalue, dtype=info.disk_dtype)[0]
             return _finish(out, info, drop)
         try:
             if info.layout == "external":

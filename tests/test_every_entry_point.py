@@ -64,7 +64,7 @@ def _h5py(path: str) -> None:
         f.create_dataset("scalar", data=3.5)
         f.create_dataset("empty", data=h5py.Empty("f4"))
         f.create_dataset("fill", shape=(5, 5), dtype="i2", chunks=(2, 2), fillvalue=7)
-        f.create_dataset("no_strings", shape=(0,), dtype=h5py.string_dtype(), chunks=(4,))
+        f.create_dataset("no_strings", shape=(0,), maxshape=(None,), dtype=h5py.string_dtype(), chunks=(4,))
         f["grp/inner"] = np.arange(6).reshape(2, 3)
         f["soft"] = h5py.SoftLink("/grp/inner")
 

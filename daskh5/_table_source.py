@@ -104,9 +104,12 @@ class Column:
 
     def values(self, block, where: str):
         """The pandas values (array, Categorical or DatetimeArray) of this column in ``block``."""
+        return self.convert(self.raw(block), where)
+
+    def convert(self, raw: np.ndarray, where: str):
+        """Stored values of this column (already picked out of the records) as pandas values."""
         import pandas as pd
 
-        raw = self.raw(block)
         if self.kind == "view":
             values = raw.astype("<i8", copy=False).view(self.dtype) if raw.dtype.kind in "iu" else raw
             values = values.astype(self.dtype, copy=False)

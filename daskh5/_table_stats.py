@@ -53,7 +53,7 @@ def _bound(column, raw: np.ndarray, where: str):
         return pd.Series(strings.decode(raw, "utf-8", "replace").astype(object))
     if column.kind in ("cat", "enum"):
         return None
-    return pd.Series(column.values(raw, where))
+    return pd.Series(column.convert(raw, where))
 
 
 def chunk_bounds(source, names) -> dict | None:

@@ -11,6 +11,7 @@ import re
 import warnings
 
 import dask
+import dask.dataframe as dd
 import numpy as np
 import pandas as pd
 import pytest
@@ -276,3 +277,99 @@ def test_bad_input_is_a_clear_daskh5_error(obs, store):
         daskh5.read_table(obs, "/obs", columns=["xx"])
     with pytest.raises(daskh5.FileNotFound):
         daskh5.read_table(obs + ".missing", "/obs")
+
+
+# -- writer ----------------------------------------------------------------------------------------
+def _frame_to_write(n=20_000, seed=0):
+    rng = np.random.default_rng(seed)
+    return pd.DataFrame(
+        {
+            "x": rng.normal(size=n),
+            "label": rng.integers(0, 5, n),
+            "s": rng.choice(["a", "bb", "nan", None], n),
+            "c": pd.Categorical(rng.choice(["u", "v"], n)),
+            "t": pd.date_range("2020", periods=n, freq="s", tz="Europe/Paris"),
+        },
+        index=pd.RangeIndex(seed * n, (seed + 1) * n),
+    )
+
+
+def test_to_pytables_writes_a_key_pandas_reads_and_selects(tmp_path):
+    path = str(tmp_path / "out.h5")
+    df = _frame_to_write()
+    ddf = dd.from_pandas(df, npartitions=5)
+    daskh5.to_pytables(ddf, path, "df", format="table", data_columns=["label", "s"], progress=False)
+    pd.testing.assert_frame_equal(_reference(path, "df"), df, check_freq=False)
+    with pd.HDFStore(path, "r") as store:
+        got = store.select("df", where="(label == 2) & (s == 'bb')")
+    pd.testing.assert_frame_equal(got, df[(df.label == 2) & (df.s == "bb")], check_freq=False)
+    back = daskh5.read_table(path, "df", partition_size="64KiB")
+    assert back.known_divisions and back.npartitions > 3  # the writer recorded a sorted index
+    pd.testing.assert_frame_equal(back.compute(), df, check_freq=False)
+    part = back.loc[5000:5100]
+    assert part.npartitions == 1
+    pd.testing.assert_frame_equal(part.compute(), df.loc[5000:5100], check_freq=False)
+
+
+def test_where_skips_chunks_the_writer_ruled_out(tmp_path):
+    path = str(tmp_path / "out.h5")
+    df = _frame_to_write().sort_values("x").reset_index(drop=True)
+    daskh5.to_pytables(dd.from_pandas(df, npartitions=4), path, "df", data_columns=["x"], progress=False)
+    all_parts = daskh5.read_table(path, "df", partition_size="64KiB").npartitions
+    ddf = daskh5.read_table(path, "df", partition_size="64KiB", where="x > 2")
+    assert ddf.npartitions < all_parts / 4
+    pd.testing.assert_frame_equal(ddf.compute(), df[df.x > 2], check_freq=False)
+    union = daskh5.read_table(path, "df", partition_size="64KiB", where="(x > 2) | (label == 1)")
+    assert union.npartitions == all_parts  # a condition on a column without statistics reads all
+    pd.testing.assert_frame_equal(union.compute(), df[(df.x > 2) | (df.label == 1)], check_freq=False)
+
+
+def test_append_continues_the_key_and_refuses_another_schema(tmp_path):
+    path = str(tmp_path / "out.h5")
+    first, second = _frame_to_write(seed=0), _frame_to_write(seed=1)
+    daskh5.to_pytables(
+        dd.from_pandas(first, npartitions=3), path, "df", data_columns=["label"], progress=False
+    )
+    daskh5.append(dd.from_pandas(second, npartitions=2), path, "df", progress=False)
+    both = pd.concat([first, second])
+    pd.testing.assert_frame_equal(_reference(path, "df"), both, check_freq=False)
+    back = daskh5.read_table(path, "df", where="label == 3")
+    assert back.known_divisions
+    pd.testing.assert_frame_equal(back.compute(), both[both.label == 3], check_freq=False)
+    before = open(path, "rb").read()
+    with pytest.raises(daskh5.IncompatibleArrayError, match="columns"):
+        daskh5.append(dd.from_pandas(second[["x"]], npartitions=1), path, "df", progress=False)
+    with pytest.raises(daskh5.IncompatibleArrayError, match="'label' is int64"):
+        daskh5.append(
+            dd.from_pandas(second.astype({"label": "f8"}), npartitions=1), path, "df", progress=False
+        )
+    with pytest.raises(daskh5.IncompatibleArrayError, match="wider"):
+        daskh5.append(dd.from_pandas(second.assign(s="x" * 50), npartitions=1), path, "df", progress=False)
+    assert open(path, "rb").read() == before
+
+
+def test_a_failing_write_leaves_the_earlier_file_intact(tmp_path):
+    path = str(tmp_path / "out.h5")
+    df = _frame_to_write()
+    daskh5.to_pytables(dd.from_pandas(df, npartitions=2), path, "df", progress=False)
+    before = open(path, "rb").read()
+
+    def boom(part):
+        if part.index[0] > 0:
+            raise RuntimeError("boom")
+        return part
+
+    bad = dd.from_pandas(df, npartitions=3).map_partitions(boom, meta=df.iloc[:0])
+    with pytest.raises(RuntimeError, match="boom"):
+        daskh5.to_pytables(bad, path, "other", progress=False)
+    with pytest.raises(daskh5.NodeExistsError):
+        daskh5.to_pytables(dd.from_pandas(df, npartitions=2), path, "df", progress=False)
+    assert open(path, "rb").read() == before
+
+
+@pytest.mark.cluster
+def test_writer_on_a_local_cluster(tmp_path, cluster_client):
+    path = str(tmp_path / "out.h5")
+    df = _frame_to_write()
+    daskh5.to_pytables(dd.from_pandas(df, npartitions=4), path, "df", data_columns=["label"], progress=False)
+    pd.testing.assert_frame_equal(_reference(path, "df"), df, check_freq=False)

@@ -51,6 +51,42 @@ def string_dtype():
     return pd.StringDtype(na_value=np.nan) if infer else np.dtype(object)
 
 
+def arrow_strings(raw: np.ndarray, decoder):
+    """Fixed-width UTF-8 bytes -> pandas' pyarrow-backed ``str`` array, without Python objects (or None).
+
+    Used where pandas' ``str`` dtype is pyarrow-backed; trailing NULs are padding (as numpy reads
+    them), the decoder's ``nan_rep`` becomes missing. Bytes that are not valid UTF-8 give None (the
+    caller then decodes with the decoder's ``errors`` rule).
+    """
+    import pandas as pd
+
+    dtype = string_dtype()
+    if getattr(dtype, "storage", None) != "pyarrow" or decoder.encoding.lower().replace("-", "") != "utf8":
+        return None
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    raw = np.ascontiguousarray(raw)
+    if raw.dtype.kind != "S" or raw.ndim != 1 or raw.dtype.itemsize == 0:
+        return None
+    n, w = len(raw), raw.dtype.itemsize
+    u = raw.view(np.uint8).reshape(n, w)
+    lengths = w - np.argmax(u[:, ::-1] != 0, axis=1)
+    lengths[~u.any(axis=1)] = 0
+    offsets = np.zeros(n + 1, np.int64)
+    np.cumsum(lengths, out=offsets[1:])
+    data = u[np.arange(w) < lengths[:, None]]
+    arr = pa.LargeStringArray.from_buffers(n, pa.py_buffer(offsets), pa.py_buffer(data))
+    try:
+        arr.validate(full=True)
+    except pa.ArrowInvalid:
+        return None
+    arr = arr.cast(pa.string())
+    if decoder.nan_rep is not None:
+        arr = pc.if_else(pc.equal(arr, decoder.nan_rep), pa.scalar(None, pa.string()), arr)
+    return pd.array(arr, dtype=dtype)
+
+
 # -- value conversions (picklable: they travel in dask tasks) ----------------------------------------
 @dataclass(frozen=True)
 class Column:
@@ -116,7 +152,9 @@ class Column:
         elif self.kind == "time":
             values = to_datetimes(raw, self.dtype)
         elif self.kind == "str":
-            values = pd.array(self.decode(raw), dtype=string_dtype())
+            values = arrow_strings(raw, self.decode)
+            if values is None:
+                values = pd.array(self.decode(raw), dtype=string_dtype())
         elif self.kind == "bytes":
             values = raw.astype(object)
         elif self.kind in ("cat", "enum"):
@@ -191,7 +229,7 @@ class TableSource:
                 out[c.source] = r[start:stop] if isinstance(r, np.ndarray) else r[(slice(start, stop),)]
         return out
 
-    def frame(self, start: int, stop: int, names=None, extra_names=()):
+    def frame(self, start: int, stop: int, names=None, extra_names=(), condition=None):
         """The pandas frame of rows ``start..stop``: ``names`` (all if None) plus ``extra_names``."""
         import pandas as pd
 
@@ -199,18 +237,26 @@ class TableSource:
         cols = [self.column(n) for n in wanted + [n for n in extra_names if n not in wanted]]
         cols = [c for c in cols if c is not None]
         blocks = self.read_blocks(start, stop, cols + list(self.index))
+        rows = None
+        if condition is not None:  # the condition's columns first: the others only for matching rows
+            first = [c for c in cols if c.name in condition.columns]
+            probe = pd.DataFrame({c.label: c.values(blocks[c.source], self.where) for c in first},
+                                 index=self._index(blocks, start, stop), copy=False)  # fmt: skip
+            rows = np.flatnonzero(condition.mask(probe))
+            blocks = {k: v[rows] for k, v in blocks.items()}
         data = {c.label: c.values(blocks[c.source], self.where) for c in cols}
-        index = self._index(blocks, start, stop)
+        index = self._index(blocks, start, stop) if rows is None else self._index(blocks, start, stop, rows)
         frame = pd.DataFrame(data, index=index, copy=False)
         if len(frame.columns) != len(data):  # duplicate labels: rebuild positionally
             frame = pd.concat([pd.Series(v, index=index, name=k) for k, v in data.items()], axis=1)
         return frame
 
-    def _index(self, blocks: dict, start: int, stop: int):
+    def _index(self, blocks: dict, start: int, stop: int, rows=None):
         import pandas as pd
 
         if not self.index:
-            return pd.RangeIndex(start, stop)
+            index = pd.RangeIndex(start, stop)
+            return index if rows is None else index[rows]
         levels = [c.values(blocks[c.source], self.where) for c in self.index]
         if len(levels) == 1:
             return pd.Index(levels[0], name=self.index_names[0], copy=False)

@@ -40,11 +40,7 @@ class ReadRows:
         start, stop = rows
         names = self.default if columns is None else list(columns)
         extra = [n for n in (self.where.columns if self.where else ()) if n not in names]
-        frame = self.source.frame(start, stop, names, extra)
-        if self.where is not None and stop > start:
-            frame = frame[self.where.mask(frame)]
-        elif self.where is not None:
-            frame = frame.iloc[:0]
+        frame = self.source.frame(start, stop, names, extra, condition=self.where)
         if extra:
             frame = frame[[c.label for c in map(self.source.column, names)]]
         return frame

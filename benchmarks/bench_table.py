@@ -25,7 +25,7 @@ import numpy as np
 import pandas as pd
 
 sys.path.insert(0, os.path.dirname(__file__))
-from _common import machine_line, median_time  # noqa: E402
+from _common import machine_line, median_time
 
 
 def write(path: str, rows: int) -> None:

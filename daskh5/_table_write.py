@@ -56,7 +56,7 @@ def _as_ddf(df):
 def _text_columns(meta) -> list:
     import pandas as pd
 
-    return [c for c, t in meta.dtypes.items() if t == object or isinstance(t, pd.StringDtype)]
+    return [c for c, t in meta.dtypes.items() if t == np.dtype(object) or isinstance(t, pd.StringDtype)]
 
 
 def _width(values) -> int:

@@ -46,7 +46,8 @@ def pandas_source(path: str, group, pandas_type: str, allow_external: bool, allo
 def _refuse_skipped(where: str, skipped: list[str]) -> None:
     if skipped:
         raise UnsupportedDtypeError(
-            f"{where}: read_table cannot read " + "; ".join(skipped) + "; pass columns= without them"
+            f"{where}: read_table cannot read " + "; ".join(skipped) + " (columns= does not help: the "
+            "key is refused as a whole); copy the other columns out with pandas if you trust the file"
         )
 
 

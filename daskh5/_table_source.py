@@ -22,6 +22,7 @@ from daskh5._h5types import compound_with_times, to_datetimes
 from daskh5._nodes import describe_array, lookup, node_kind, node_name, open_h5
 from daskh5._reader import NodeReader
 from daskh5.errors import (
+    ChunkDecodeError,
     NodeKindError,
     NotHDF5Error,
     UnsafePickleError,
@@ -226,8 +227,24 @@ class TableSource:
         for c in columns:
             if c.source not in out:
                 r = self.readers[c.source]
-                out[c.source] = r[start:stop] if isinstance(r, np.ndarray) else r[(slice(start, stop),)]
+                try:
+                    out[c.source] = r[start:stop] if isinstance(r, np.ndarray) else r[(slice(start, stop),)]
+                except ChunkDecodeError as exc:
+                    rows = self._chunk_rows(exc, start, stop)
+                    raise ChunkDecodeError(
+                        f"{self.where}: rows {rows[0]:,}..{rows[1]:,} (column {c.name!r}) cannot be read: {exc}"
+                    ) from exc
         return out
+
+    def _chunk_rows(self, exc: Exception, start: int, stop: int) -> tuple[int, int]:
+        """The rows of the damaged chunk the reader names (``starting at element (i,``), else start..stop."""
+        import re
+
+        found = re.search(r"starting at element \((\d+)", str(exc))
+        if found is None or self.chunk_rows <= 1:
+            return start, stop
+        first = int(found.group(1))
+        return first, min(first + self.chunk_rows, self.nrows)
 
     def frame(self, start: int, stop: int, names=None, extra_names=(), condition=None):
         """The pandas frame of rows ``start..stop``: ``names`` (all if None) plus ``extra_names``."""

@@ -37,7 +37,9 @@ __all__ = ["append_frame", "write_frame"]
 
 
 def _as_ddf(df):
-    import dask.dataframe as dd
+    from daskh5._optional import require_dataframe
+
+    dd = require_dataframe("writing DataFrames (daskh5.to_pytables)")
     import pandas as pd
 
     if isinstance(df, pd.Series):

@@ -17,6 +17,7 @@ import numpy as np
 from daskh5._chunking import budget_chunks, resolve_budget
 from daskh5._codecs import allowed_filters
 from daskh5._inputs import resolve
+from daskh5._optional import require_dataframe
 from daskh5._table_source import TableSource, describe_source
 from daskh5._where import Condition, parse
 
@@ -166,8 +167,7 @@ def read_table(
     >>> ddf.x.compute().tolist()
     [2.0, 5.0]
     """
-    import dask.dataframe as dd
-
+    dd = require_dataframe("daskh5.read_table")
     path, key, _ = resolve(path, key)
     source = describe_source(
         os.path.abspath(os.fspath(path)),

@@ -74,6 +74,6 @@ def test_frames_name_the_dataframe_extra(tmp_path, hidden):
         "    try:\n        call()\n    except ImportError as e:\n        print('ERR', e)\n"
     )
     out = _run(hidden, code)
-    assert 'ERR daskh5.read_table needs' in out.stdout and 'pip install "daskh5[dataframe]"' in out.stdout, (
+    assert "ERR daskh5.read_table needs" in out.stdout and 'pip install "daskh5[dataframe]"' in out.stdout, (
         out.stdout + out.stderr
     )

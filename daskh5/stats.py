@@ -323,10 +323,10 @@ def label_stats(data, labels, *, ddof: int = 1, split_every: int = 8, compute: b
 
     Examples
     --------
-    >>> import dask.dataframe as dd, pandas as pd
+    >>> import dask.dataframe as dd, pandas as pd, daskh5
     >>> df = pd.DataFrame({"x": [0.0, 2.0, 10.0, 4.0], "label": [1, 1, 7, 1]})
     >>> ddf = dd.from_pandas(df, npartitions=2)
-    >>> s = label_stats(ddf[["x"]], ddf["label"])
+    >>> s = daskh5.label_stats(ddf[["x"]], ddf["label"])
     >>> s.labels.tolist(), s.mean[:, 0].tolist()
     ([1, 7], [2.0, 10.0])
     """

@@ -29,10 +29,12 @@ from daskh5.errors import (
     UnsafePickleError,
     UnsupportedDtypeError,
     UnsupportedFilterError,
+    WhereError,
     WriteError,
 )
 from daskh5.ragged import RaggedArray, open_ragged, read_ragged
 from daskh5.stats import LabelStats, label_stats
+from daskh5.table import read_table
 from daskh5.writer import append, to_pytables
 
 __version__ = "0.1.0"
@@ -57,6 +59,7 @@ __all__ = [
     "UnsafePickleError",
     "UnsupportedDtypeError",
     "UnsupportedFilterError",
+    "WhereError",
     "WriteError",
     "__version__",
     "append",
@@ -66,6 +69,7 @@ __all__ = [
     "label_stats",
     "open_ragged",
     "read_ragged",
+    "read_table",
     "to_pytables",
     "write_ragged",
 ]

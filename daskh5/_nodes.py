@@ -603,7 +603,10 @@ def describe_array(
             # Ask the property list first: h5py's ``fillvalue`` crashes the process on a
             # fill-value message that lies about its size, this call raises instead.
             if dcpl.fill_value_defined() != h5py.h5d.FILL_VALUE_UNDEFINED and times is None:
-                dcpl.get_fill_value(fill)  # HDF5 has no conversion to read a time type's: 0, as PyTables'
+                try:  # HDF5 has no conversion to read a time type's: 0, as PyTables'
+                    dcpl.get_fill_value(fill)
+                except RuntimeError:  # nor for some Tables mixing time and enum members:
+                    fill = np.zeros((), dtype=disk)  # PyTables' default fill, used for unwritten chunks only
         except Exception as exc:
             raise NotHDF5Error(f"{where}: could not read the node's storage metadata: {exc}") from exc
         extdim = _extdim(obj, where) if kind == "EArray" else None

@@ -5,7 +5,7 @@ from __future__ import annotations
 import importlib
 from types import ModuleType
 
-__all__ = ["EXTRAS", "require"]
+__all__ = ["EXTRAS", "require", "require_dataframe"]
 
 #: module -> the daskh5 extra that installs it
 EXTRAS = {
@@ -18,6 +18,8 @@ EXTRAS = {
     "bokeh": "demo",
     "s3fs": "remote",
     "fsspec": "remote",
+    "pyarrow": "dataframe",
+    "dask.dataframe": "dataframe",
 }
 
 
@@ -34,7 +36,14 @@ def require(module: str, what: str) -> ModuleType:
     try:
         return importlib.import_module(module)
     except ImportError as exc:
-        top = module.split(".")[0]
+        top = module if module in EXTRAS else module.split(".")[0]
         extra = EXTRAS.get(top)
         how = f'pip install "daskh5[{extra}]"' if extra else f"pip install {top}"
         raise ImportError(f"{what} needs {top}: {how}") from exc
+
+
+def require_dataframe(what: str) -> ModuleType:
+    """``dask.dataframe``, checking first for pyarrow (which it needs) so the message names the extra."""
+    require("pandas", what)
+    require("pyarrow", what)
+    return require("dask.dataframe", what)

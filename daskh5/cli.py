@@ -502,10 +502,74 @@ def run_stats(
     is given).
     """
     from daskh5._progress import compute_with_progress
-    from daskh5.array import from_pytables
     from daskh5.stats import label_stats
 
     opts = {"allow_external": allow_external, "allow_filters": allow_filters}
+    columns = _table_spec(data), _table_spec(labels)
+    if columns != (None, None):
+        x, y = _table_inputs(path, data, labels, columns, budget, opts)
+    else:
+        x, y = _array_inputs(path, data, labels, budget, opts)
+    t0 = time.perf_counter()
+    pending = label_stats(x, y, compute=False)
+    stats = compute_with_progress(
+        pending, "block_stats", "statistics", client=client, enabled=progress, **(compute_kwargs or {})
+    )
+    if hasattr(x, "columns"):  # table columns: the bytes of the rows read (their number known now)
+        nbytes = int(stats.count.sum()) * sum(_item_bytes(t) for t in (*x.dtypes, y.dtype))
+    else:
+        nbytes = x.nbytes + y.nbytes
+    return stats, time.perf_counter() - t0, nbytes, x
+
+
+def _item_bytes(dtype) -> int:
+    return int(getattr(dtype, "itemsize", 8) or 8)
+
+
+def _table_spec(text: str) -> list[str] | None:
+    """The columns of ``node:col,col`` (Table or pandas-key columns), or None for an array node."""
+    node, sep, cols = text.rpartition(":")
+    if not sep:
+        return None
+    names = [c.strip() for c in cols.split(",") if c.strip()]
+    if not node or not names:
+        raise CommandError(f"{text!r}: name a table and its columns as NODE:COL[,COL...], e.g. /obs:x,y")
+    return names
+
+
+def _table_inputs(path, data: str, labels: str, columns, budget, opts):
+    """(data columns as a dask DataFrame, labels as a dask Series) for ``--data NODE:COLS`` forms."""
+    from daskh5.table import read_table
+
+    (data_cols, label_cols), nodes = columns, (data.rpartition(":")[0], labels.rpartition(":")[0])
+    if None in columns:
+        array = labels if columns[1] is None else data
+        raise CommandError(
+            f"{array} is an array node but the other option names table columns; name both as "
+            "NODE:COLUMNS (e.g. --data /obs:x,y --labels /obs:label) or both as array nodes"
+        )
+    if len(label_cols) != 1:
+        raise CommandError(f"--labels {labels}: name one column, e.g. {nodes[1]}:{label_cols[0]}")
+    kw = {"partition_size": budget, **opts}
+    if nodes[0] == nodes[1]:  # one read of the table's chunks for data and labels
+        frame = read_table(path, nodes[0], columns=list(dict.fromkeys(data_cols + label_cols)), **kw)
+        return frame[data_cols], frame[label_cols[0]]
+    x = read_table(path, nodes[0], columns=data_cols, **kw)
+    y = read_table(path, nodes[1], columns=label_cols, **kw)[label_cols[0]]
+    if not (x.known_divisions and y.known_divisions) or (x.divisions[0], x.divisions[-1]) != (
+        y.divisions[0],
+        y.divisions[-1],
+    ):
+        raise CommandError(
+            f"{path}: cannot match the rows of {nodes[0]} with those of {nodes[1]} (their indexes differ "
+            "or are not known to be sorted); put data and labels in one table"
+        )
+    return x, y
+
+
+def _array_inputs(path, data: str, labels: str, budget, opts):
+    from daskh5.array import from_pytables
+
     x = from_pytables(path, data, chunks=budget, **opts)
     y = from_pytables(path, labels, chunks=budget, **opts)
     if y.ndim == 1 and y.shape[0] == x.shape[0]:  # row for row with the data blocks
@@ -516,19 +580,17 @@ def run_stats(
         raise CommandError(
             f"{path}: {data} has {x.shape[0]:,} rows but {labels} has {y.shape[0]:,}; pick a labels node with one value per row"
         )
-    t0 = time.perf_counter()
-    pending = label_stats(x, y, compute=False)
-    stats = compute_with_progress(
-        pending, "block_stats", "statistics", client=client, enabled=progress, **(compute_kwargs or {})
-    )
-    return stats, time.perf_counter() - t0, x.nbytes + y.nbytes, x
+    return x, y
 
 
-def _stats_json(stats) -> dict:
-    return {
+def _stats_json(stats, columns=None) -> dict:
+    out = {
         k: getattr(stats, k).tolist()
         for k in ("labels", "count", "sum", "mean", "var", "std", "min", "max", "cov")
     } | {"ddof": stats.ddof}
+    if columns is not None:
+        out["columns"] = [str(c) for c in columns]
+    return out
 
 
 def _cmd_stats(args) -> int:
@@ -546,16 +608,20 @@ def _cmd_stats(args) -> int:
             client=client,
             progress=not args.no_progress,
         )
+    columns = list(x.columns) if hasattr(x, "columns") else None
+    rows = int(stats.count.sum()) if columns is not None else x.shape[0]
     if args.json:
-        print(json.dumps(_stats_json(stats), indent=2))
+        print(json.dumps(_stats_json(stats, columns), indent=2))
     else:
-        print(f"{args.file}: {args.data} by {args.labels}, {len(stats.labels)} labels, {x.shape[0]:,} rows")
+        print(f"{args.file}: {args.data} by {args.labels}, {len(stats.labels)} labels, {rows:,} rows")
+        if columns is not None:
+            print("columns: " + ", ".join(f"[{j}] {c}" for j, c in enumerate(columns)))
         print(stats.table())
         print(
             f"{nbytes / 1e9:.2f} GB in {seconds:.2f} s ({nbytes / 1e9 / seconds:.2f} GB/s), {x.npartitions} blocks of <= {args.budget}"
         )
     if args.plot:
-        plot_stats(stats, args.plot)
+        plot_stats(stats, args.plot, columns)
         print(f"wrote {args.plot}", file=sys.stderr if args.json else sys.stdout)
     return 0
 
@@ -571,9 +637,13 @@ def _pyplot():
         raise CommandError(str(exc)) from exc
 
 
-def plot_stats(stats, out: str) -> None:
-    """Per-label means with 1- and 2-sigma covariance ellipses, and the counts, as a PNG."""
+def plot_stats(stats, out: str, columns=None) -> None:
+    """Per-label means with 1- and 2-sigma covariance ellipses, and the counts, as a PNG.
+
+    ``columns`` names the data columns on the axes (default ``column 0``, ``column 1``).
+    """
     plt = _pyplot()
+    names = [str(c) for c in columns] if columns is not None else ["column 0", "column 1"]
     from matplotlib.patches import Ellipse
 
     fig, (ax, bars) = plt.subplots(1, 2, figsize=(11, 4.5), gridspec_kw={"width_ratios": [1.4, 1]})
@@ -592,8 +662,8 @@ def plot_stats(stats, out: str) -> None:
         else:
             ax.errorbar([i], [mean[0]], yerr=[stats.std[i][0]], fmt="o", color=colours[i], label=f"{label}")
     ax.set_title("mean and 1-, 2-sigma ellipses per label")
-    ax.set_xlabel("column 0" if stats.mean.shape[1] >= 2 else "label index")
-    ax.set_ylabel("column 1" if stats.mean.shape[1] >= 2 else "column 0")
+    ax.set_xlabel(names[0] if stats.mean.shape[1] >= 2 else "label index")
+    ax.set_ylabel(names[1] if stats.mean.shape[1] >= 2 else names[0])
     ax.autoscale_view()
     ax.set_aspect("equal", adjustable="datalim")
     ax.legend(title="label", fontsize="small")
@@ -801,8 +871,16 @@ def _parser() -> argparse.ArgumentParser:
 
     q = sub.add_parser("stats", help="per-label count, mean, std, min, max and covariance of your own file")
     q.add_argument("file")
-    q.add_argument("--data", default="/data", help="the (n, d) data node (default /data)")
-    q.add_argument("--labels", default="/clusters", help="the (n,) labels node (default /clusters)")
+    q.add_argument(
+        "--data",
+        default="/data",
+        help="the (n, d) data node (default /data), or columns of a Table or pandas key: /obs:x,y",
+    )
+    q.add_argument(
+        "--labels",
+        default="/clusters",
+        help="the (n,) labels node (default /clusters), or a column of a Table or pandas key: /obs:label",
+    )
     q.add_argument("--budget", default="64MiB", help="memory budget per dask block (default 64MiB)")
     q.add_argument(
         "--scheduler",

@@ -25,6 +25,7 @@ __all__ = [
     "UnsupportedDtypeError",
     "UnsafePickleError",
     "UnsupportedFilterError",
+    "WhereError",
     "WriteError",
 ]
 
@@ -105,4 +106,11 @@ class WriteError(Daskh5Error, OSError):
     """A write did not reach the disk whole (disk full, file-size limit, I/O or HDF5 error).
 
     Raised before anything replaces the file: ``path`` is as it was before the call.
+    """
+
+
+class WhereError(Daskh5Error, ValueError):
+    """A ``where=`` condition that does not parse, or names a column or value the table cannot have.
+
+    The message quotes the condition with a caret under the bad term.
     """

@@ -102,8 +102,14 @@ _Partial = tuple
 _PIECE = 1 << 15  # rows per piece: a piece's temporaries stay in cache and in malloc's heap
 
 
-def _block_stats(x: np.ndarray, labels: np.ndarray) -> _Partial:
-    """The statistics of one block, for the labels it holds (in cache-sized pieces, merged)."""
+def _block_stats(x, labels) -> _Partial:
+    """The statistics of one block, for the labels it holds (in cache-sized pieces, merged).
+
+    ``x`` is an array block, or a pandas partition holding the data columns and, when
+    ``labels`` is a column name, the labels too (see :func:`_frame_arrays`).
+    """
+    if isinstance(labels, _Column):
+        x, labels = _frame_arrays(x, str(labels))
     x = np.asarray(x)
     labels = np.asarray(labels).reshape(-1)
     if x.ndim == 1:
@@ -116,6 +122,63 @@ def _block_stats(x: np.ndarray, labels: np.ndarray) -> _Partial:
             [_piece_stats(x[i : i + _PIECE], labels[i : i + _PIECE]) for i in range(0, n, _PIECE)]
         )
     return _piece_stats(x, labels)
+
+
+class _Column(str):
+    """The name of the labels column in a combined pandas partition (a marker, not a label value)."""
+
+
+_LABEL = "__daskh5_label__"
+
+
+def _frame_arrays(frame, label: str) -> tuple[np.ndarray, np.ndarray]:
+    """(float64 data, labels) of a pandas partition; rows whose label is missing are dropped.
+
+    pandas' ``groupby`` drops them too; missing data values are kept (NaN propagates, as in
+    the array path).
+    """
+    import pandas as pd
+
+    y = frame[label]
+    data = frame.drop(columns=[label])
+    keep = y.notna().to_numpy()
+    if not keep.all():
+        y, data = y[keep], data[keep]
+    if isinstance(y.dtype, pd.CategoricalDtype):
+        y = y.astype(y.dtype.categories.dtype)
+    values = y.to_numpy()
+    if values.dtype == object:
+        values = np.asarray(values)
+    x = data.to_numpy(dtype=np.float64, na_value=np.nan)
+    return x, values
+
+
+def _frame_partitions(data, labels) -> tuple[list, int]:
+    """Delayed pandas partitions holding ``data``'s columns and ``labels`` (one read of each), and d."""
+    import dask.dataframe as dd
+    import pandas as pd
+
+    if isinstance(data, dd.Series):
+        data = data.to_frame()
+    if not isinstance(labels, dd.Series):
+        raise TypeError(
+            "label_stats: with a dask DataFrame as data, pass the labels as a dask Series of the same "
+            f"frame (for example ddf['label']), not {type(labels).__name__}"
+        )
+    for name, dtype in data.dtypes.items():
+        if not pd.api.types.is_numeric_dtype(dtype):
+            raise TypeError(
+                f"label_stats: column {name!r} has dtype {dtype}, not numbers; pass only numeric "
+                "columns as data (ddf[['x', 'y']])"
+            )
+    try:
+        combined = data.assign(**{_LABEL: labels})
+    except (ValueError, NotImplementedError) as exc:
+        raise ValueError(
+            "label_stats: data and labels must come from the same frame, or from frames with known "
+            f"divisions that can be aligned ({exc})"
+        ) from None
+    return combined.to_delayed(), len(data.columns)
 
 
 def _piece_stats(x: np.ndarray, labels: np.ndarray) -> _Partial:
@@ -232,12 +295,18 @@ def label_stats(data, labels, *, ddof: int = 1, split_every: int = 8, compute: b
 
     Parameters
     ----------
-    data : dask or numpy array, shape ``(n, d)`` or ``(n,)``
+    data : dask or numpy array of shape ``(n, d)`` or ``(n,)``, or a dask DataFrame or Series
         For example ``daskh5.from_pytables(path, "/data", chunks="64MiB")``: the
-        chunks are the memory budget, each is read once.
-    labels : dask or numpy array, shape ``(n,)``
+        chunks are the memory budget, each is read once. Or numeric columns of a
+        dask DataFrame, ``ddf[["x", "y"]]`` of :func:`daskh5.read_table`: column
+        ``j`` of the result is ``data.columns[j]``.
+    labels : dask or numpy array of shape ``(n,)``, or a dask Series
         Any integer, bool, float or string labels; the set of labels is found on
         the way (a dense integer range by counting, anything else by sorting).
+        With DataFrame data, a Series of the same frame (``ddf["label"]``): data
+        and labels are then read together, once per partition. Rows whose label is
+        missing are left out, as pandas' ``groupby`` does; categorical labels count
+        by their values.
     ddof : int
         Delta degrees of freedom of ``var``, ``std`` and ``cov`` (1: sample statistics).
     split_every : int
@@ -251,7 +320,47 @@ def label_stats(data, labels, *, ddof: int = 1, split_every: int = 8, compute: b
     Returns
     -------
     LabelStats
+
+    Examples
+    --------
+    >>> import dask.dataframe as dd, pandas as pd, daskh5
+    >>> df = pd.DataFrame({"x": [0.0, 2.0, 10.0, 4.0], "label": [1, 1, 7, 1]})
+    >>> ddf = dd.from_pandas(df, npartitions=2)
+    >>> s = daskh5.label_stats(ddf[["x"]], ddf["label"])
+    >>> s.labels.tolist(), s.mean[:, 0].tolist()
+    ([1, 7], [2.0, 10.0])
     """
+    import dask
+
+    if _is_dask_frame(data):
+        parts, d = _frame_partitions(data, labels)
+        blocks = [dask.delayed(_block_stats, pure=True)(part, _Column(_LABEL)) for part in parts]
+        return _reduce(blocks, d, np.dtype(object), ddof, split_every, compute, compute_kwargs)
+    if _is_pandas(data) or _is_pandas(labels):
+        data = np.asarray(data.to_numpy(dtype=np.float64) if _is_pandas(data) else data)
+        labels = labels.to_numpy() if _is_pandas(labels) else labels
+    blocks, d, dtype = _array_blocks(data, labels)
+    return _reduce(blocks, d, dtype, ddof, split_every, compute, compute_kwargs)
+
+
+def _is_dask_frame(obj) -> bool:
+    import sys
+
+    if "dask.dataframe" not in sys.modules:  # nothing can be a dask DataFrame yet
+        return False
+    import dask.dataframe as dd
+
+    return isinstance(obj, (dd.DataFrame, dd.Series))
+
+
+def _is_pandas(obj) -> bool:
+    import sys
+
+    pd = sys.modules.get("pandas")
+    return pd is not None and isinstance(obj, (pd.DataFrame, pd.Series))
+
+
+def _array_blocks(data, labels) -> tuple[list, int, np.dtype]:
     import dask
     import dask.array as da
 
@@ -281,8 +390,15 @@ def label_stats(data, labels, *, ddof: int = 1, split_every: int = 8, compute: b
         dask.delayed(_block_stats, pure=True)(xb, lb)
         for xb, lb in zip(data.to_delayed().ravel(), labels.to_delayed().ravel(), strict=True)
     ]
+    return blocks, data.shape[1], labels.dtype
+
+
+def _reduce(blocks: list, d: int, dtype, ddof: int, split_every: int, compute: bool, compute_kwargs: dict):
+    """The merge tree over the blocks' partial results, and the final statistics."""
+    import dask
+
     if not blocks:
-        blocks = [dask.delayed(_block_stats)(np.empty((0, data.shape[1])), np.empty(0, labels.dtype))]
+        blocks = [dask.delayed(_block_stats)(np.empty((0, d)), np.empty(0, dtype))]
     split_every = max(2, int(split_every))
     while len(blocks) > 1:
         blocks = [

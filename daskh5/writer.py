@@ -23,6 +23,8 @@ from daskh5._inplace import append_in_place, in_place_wanted
 from daskh5._inputs import resolve
 from daskh5._nodes import ATTR_APPENDING
 from daskh5._safe_tables import atomic_target, open_tables, shown, writer_node
+from daskh5._table_write import append_frame, is_frame
+from daskh5._table_write import frame_writer as _frame_writer
 from daskh5._verify import check_node, hdf5_errors
 from daskh5.errors import (
     Daskh5Error,
@@ -346,6 +348,8 @@ def to_pytables(
     overwrite: bool = False,
     progress: bool = True,
     compute: bool = True,
+    format: str | None = None,
+    data_columns=None,
 ):
     """Write a numpy or dask array to a new CArray or EArray that PyTables users can open.
 
@@ -390,6 +394,13 @@ def to_pytables(
         Show a progress bar (one step per block).
     compute : bool
         ``False`` returns a ``dask.delayed`` object that writes when computed.
+    format : {None, "table"}
+        A pandas or dask DataFrame is written as a pandas ``HDFStore`` ``format="table"`` key
+        ``node`` (``pd.read_hdf`` and ``HDFStore.select(where=...)`` read it; see
+        :doc:`/user-guide/tables`). Arrays ignore it.
+    data_columns : list of str or True, optional
+        For a DataFrame: the columns pandas can query in ``where=`` (also given per-chunk
+        minima and maxima, so :func:`daskh5.read_table` skips chunks that cannot match).
 
     Notes
     -----
@@ -412,6 +423,8 @@ def to_pytables(
     ...     print(f.root.result.shape == (500000, 2), f.root.result.filters.complib, float(f.root.result[-1, 1]))
     True blosc:lz4 499999.5
     """
+    if format == "table" or is_frame(x):  # a DataFrame: a pandas HDFStore key (daskh5._table_write)
+        return _frame_writer(x, path, node, format, data_columns, filters, mode, overwrite, progress, compute)
     if _is_xarray(x):
         if not compute:
             return _deferred(
@@ -568,6 +581,9 @@ def append(
     ...     print(f.root.log.shape == (8, 4), f.root.log[:, 0].tolist())
     True [0.0, 0.0, 0.0, 1.0, 1.0, 1.0, 1.0, 1.0]
     """
+    if is_frame(x):  # rows of a pandas format="table" key, same schema (daskh5._table_write)
+        path, node, _ = resolve(path, node)
+        return append_frame(x, os.fspath(path), node, progress=progress)
     if not compute:
         return _deferred(append, x, path, node, casting=casting, progress=progress, compute=True)
     node = writer_node(node, "append", "/log")

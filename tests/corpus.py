@@ -933,6 +933,16 @@ def hostile_steps(path: str, marker_dir: str, scratch: str) -> None:
     steps["label_stats"] = lambda: daskh5.label_stats(
         daskh5.from_pytables(path, "/data"), daskh5.from_pytables(path, "/labels")
     ).count.tolist()
+    for key in ["/frame", "/series", "/fixed", "/table", "/frame/table"]:
+        steps[f"read_table {key}"] = lambda k=key: (
+            daskh5.read_table(path, k).compute(scheduler="threads").shape
+        )
+    steps["read_table /frame where="] = lambda: len(
+        daskh5.read_table(path, "/frame", where="b > 2").compute()
+    )
+    steps["label_stats read_table"] = lambda: (
+        lambda t: daskh5.label_stats(t[["x"]], t["n"], scheduler="sync").count.tolist()
+    )(daskh5.read_table(path, "/table"))
     for group in ["/", "/group", "/frame", "/series", "/fixed"]:
         for dp in (False, True):
             steps[f"xr.open_dataset group={group} decode_pickles={dp}"] = lambda g=group, d=dp: load(
@@ -947,6 +957,9 @@ def hostile_steps(path: str, marker_dir: str, scratch: str) -> None:
         steps[f"info {node} --json"] = lambda n=node: run_cli("info", path, n, "--json")
     steps["stats"] = lambda: run_cli(
         "stats", path, "--data", "/data", "--labels", "/labels", "--scheduler", "sync", "--json"
+    )
+    steps["stats table columns"] = lambda: run_cli(
+        "stats", path, "--data", "/table:x", "--labels", "/table:n", "--scheduler", "sync", "--json"
     )
     steps["to_pytables (append mode)"] = lambda: daskh5.to_pytables(
         da.arange(10.0, chunks=5), copy(), "/new", progress=False

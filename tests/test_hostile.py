@@ -241,6 +241,10 @@ def test_no_entry_point_unpickles(trapped, tmp_path):
     assert "ObjectAtom" in results["read_ragged /objs"]["result"]
     assert results["from_pytables /data H5FD_CORE"]["result"] == "ok 499500.0"
     assert results["label_stats"]["result"] == "ok [167, 167, 166]"
+    assert results["read_table /frame"]["result"] == "ok (6, 3)"
+    assert results["read_table /fixed"]["result"] == "ok (6, 3)"
+    assert results["read_table /frame where="]["result"] == "ok 3"
+    assert results["label_stats read_table"]["result"] == "ok [1, 1]"
     assert results["read_ragged /ragged"]["result"] == "ok 20 samples"
     assert "'b'" in results["xr.open_dataset group=/frame decode_pickles=True"]["result"]
 

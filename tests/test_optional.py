@@ -60,3 +60,20 @@ def test_cli_names_the_extra_before_computing(labelled):
     assert out.returncode == 1 and 'pip install "daskh5[distributed]"' in out.stderr, out.stderr
     out = _run(["xarray"], "import daskh5.xarray_backend")
     assert 'pip install "daskh5[xarray]"' in out.stderr
+
+
+@pytest.mark.parametrize("hidden", [["pyarrow"], ["dask.dataframe"]])
+def test_frames_name_the_dataframe_extra(tmp_path, hidden):
+    path = str(tmp_path / "t.h5")
+    import tables
+
+    with tables.open_file(path, "w") as f:
+        f.create_table("/", "obs", obj=np.zeros(3, dtype=[("x", "f8")]))
+    code = (
+        f"import daskh5\nfor call in (lambda: daskh5.read_table({path!r}, '/obs'),):\n"
+        "    try:\n        call()\n    except ImportError as e:\n        print('ERR', e)\n"
+    )
+    out = _run(hidden, code)
+    assert "ERR daskh5.read_table needs" in out.stdout and 'pip install "daskh5[dataframe]"' in out.stdout, (
+        out.stdout + out.stderr
+    )

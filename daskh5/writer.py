@@ -346,6 +346,10 @@ def to_pytables(
     overwrite: bool = False,
     progress: bool = True,
     compute: bool = True,
+    group: str | None = None,
+    encoding: dict | None = None,
+    unlimited_dims=None,
+    append_dim: str | None = None,
 ):
     """Write a numpy or dask array to a new CArray or EArray that PyTables users can open.
 
@@ -413,22 +417,13 @@ def to_pytables(
     True blosc:lz4 499999.5
     """
     if _is_xarray(x):
-        if not compute:
-            return _deferred(
-                to_pytables, x, path, node, filters=filters, mode=mode, overwrite=overwrite, progress=progress
-            )
-        from daskh5._xarray_write import write_xarray
+        from daskh5._xarray_write import to_pytables_xarray
 
-        path, node, _ = resolve(path, node or "/")
-        return write_xarray(
-            x,
-            path,
-            node,
-            filters=filters or _default_filters(),
-            mode=mode,
-            overwrite=overwrite,
-            progress=progress,
-        )
+        return to_pytables_xarray(
+            x, path, group if group is not None else node, filters=filters or _default_filters(), mode=mode,
+            progress=progress, compute=compute, encoding=encoding, unlimited_dims=unlimited_dims,
+            append_dim=append_dim,
+        )  # fmt: skip
     if node is None:
         raise TypeError("to_pytables(x, path, node): give the node path for an array, e.g. '/result'")
     node = writer_node(node, "to_pytables", "/result")  # "result" means "/result"

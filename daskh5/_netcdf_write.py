@@ -93,7 +93,7 @@ def _registered(plugin, filter_id: int) -> None:
 
 def _stated_compression(enc: dict) -> bool:
     """Whether an encoding names its own compression (netCDF's or h5py's keys), or none at all."""
-    return bool(enc.get("zlib")) or enc.get("compression") not in (None, False) or bool(enc.get("contiguous"))
+    return "zlib" in enc or enc.get("compression") not in (None, False) or bool(enc.get("contiguous"))
 
 
 def translated(enc: dict, default) -> dict:
@@ -126,6 +126,7 @@ def _store_class():
 
         __slots__ = ()
         default_filters = None
+        enums = None  # {variable name: its enum dtype} (from the encodings given)
 
         def prepare_variable(self, name, variable, check_encoding=False, unlimited_dims=None):
             import xarray as xr
@@ -133,13 +134,19 @@ def _store_class():
             dtype = np.dtype(variable.dtype) if not isinstance(variable.dtype, type) else None
             plain = dtype is not None and dtype.kind in "biufc" and variable.ndim
             enc = translated(variable.encoding, type(self).default_filters if plain else None)
-            variable = xr.Variable(variable.dims, variable.data, variable.attrs, enc, fastpath=True)
-            return super().prepare_variable(name, variable, check_encoding, unlimited_dims)
+            data = original = variable.data
+            enum = (type(self).enums or {}).get(name)
+            if enum is not None and dtype == enum and not (dtype.metadata or {}).get("enum"):
+                # a dask array's astype drops the enum metadata; the layout needs only the dtype
+                data = np.broadcast_to(np.zeros((), dtype=enum), variable.shape)
+            variable = xr.Variable(variable.dims, data, variable.attrs, enc, fastpath=True)
+            target, _source = super().prepare_variable(name, variable, check_encoding, unlimited_dims)
+            return target, original
 
     return Daskh5Store
 
 
-def open_store(path: str, mode: str, group: str | None, default_filters):
+def open_store(path: str, mode: str, group: str | None, default_filters, enums: dict | None = None):
     """A :class:`Daskh5Store` writing ``group`` of the file at ``path``."""
     import h5netcdf
 
@@ -147,7 +154,7 @@ def open_store(path: str, mode: str, group: str | None, default_filters):
 
     load_plugins()  # blosc, blosc2, bzip2 for h5py
     cls = _store_class()
-    cls.default_filters = default_filters
+    cls.default_filters, cls.enums = default_filters, dict(enums or {})
     store = cls(h5netcdf.File(path, mode, phony_dims="access"), mode=mode)
     return store.get_child_store(group) if group else store
 

@@ -149,7 +149,9 @@ def write_xarray(
         where = shown(target)
         blocks = _Blocks()
         with hdf5_errors(where, group or "/", target):
-            store = open_store(target, "w" if fresh else "a", group.lstrip("/") or None, filters)
+            store = open_store(
+                target, "w" if fresh else "a", group.lstrip("/") or None, filters, _enums(ds, encoding)
+            )
             try:
                 with warnings.catch_warnings():  # every element is written: the fill value never shows
                     warnings.filterwarnings(
@@ -161,6 +163,16 @@ def write_xarray(
         write_blocks(target, blocks.todo, progress)
         with hdf5_errors(where, group or "/", target):
             strip_back_references(target)
+
+
+def _enums(ds, encoding: dict) -> dict:
+    """``{variable name: enum dtype}`` from the encodings given."""
+    out = {}
+    for name, var in ds.variables.items():
+        dtype = {**var.encoding, **encoding.get(name, {})}.get("dtype")
+        if isinstance(dtype, np.dtype) and (dtype.metadata or {}).get("enum"):
+            out[name] = dtype
+    return out
 
 
 def write_blocks(target: str, todo: list, progress: bool, offsets: dict | None = None) -> None:

@@ -361,11 +361,10 @@ def to_pytables(
     Parameters
     ----------
     x : numpy.ndarray, dask.array.Array, xarray.Dataset or xarray.DataArray
-        An xarray object is written variable by variable (coordinates too) as
-        CArrays of the group ``node`` (default ``"/"``), CF-encoded, with their
-        dimension names (``DASKH5_DIMS``), attributes and encoding (filters,
-        chunkshape), so that ``xr.open_dataset(path, engine="daskh5")`` gives
-        back an identical Dataset.
+        An xarray object is written as ``Dataset.to_netcdf`` writes it: a
+        netCDF-4 layout that opens identically with ``engine="daskh5"``,
+        ``"h5netcdf"`` and ``"netcdf4"``, into the group ``node`` (or
+        ``group``); see :doc:`/user-guide/xarray` ("Writing Datasets back").
     path : str or path-like
     node : str
         Absolute node path, e.g. ``"/result"``; missing parent groups are
@@ -394,6 +393,13 @@ def to_pytables(
         Show a progress bar (one step per block).
     compute : bool
         ``False`` returns a ``dask.delayed`` object that writes when computed.
+    group, encoding, unlimited_dims : optional
+        For xarray objects, as ``Dataset.to_netcdf`` takes them (``group`` is
+        ``node``'s other name); ``encoding`` also takes daskh5's keys
+        (``complib``, ``complevel``, ``shuffle``, ``bitshuffle``).
+    append_dim : str, optional
+        For xarray objects: grow this unlimited dimension of the variables
+        already in the file, as ``Dataset.to_zarr(append_dim=...)`` does.
 
     Notes
     -----

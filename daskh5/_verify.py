@@ -128,7 +128,7 @@ def hdf5_errors(shown: str, node: str, target: str | None = None) -> Iterator[No
     """
     try:
         yield
-    except Daskh5Error:
+    except (Daskh5Error, NotImplementedError):  # NotImplementedError: a library's refusal, not HDF5's
         raise
     except (OSError, RuntimeError) as exc:  # tables.HDF5ExtError is a RuntimeError
         raise write_failed(shown, node, target, exc) from exc

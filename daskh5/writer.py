@@ -350,6 +350,10 @@ def to_pytables(
     compute: bool = True,
     format: str | None = None,
     data_columns=None,
+    group: str | None = None,
+    encoding: dict | None = None,
+    unlimited_dims=None,
+    append_dim: str | None = None,
 ):
     """Write a numpy or dask array to a new CArray or EArray that PyTables users can open.
 
@@ -361,11 +365,10 @@ def to_pytables(
     Parameters
     ----------
     x : numpy.ndarray, dask.array.Array, xarray.Dataset or xarray.DataArray
-        An xarray object is written variable by variable (coordinates too) as
-        CArrays of the group ``node`` (default ``"/"``), CF-encoded, with their
-        dimension names (``DASKH5_DIMS``), attributes and encoding (filters,
-        chunkshape), so that ``xr.open_dataset(path, engine="daskh5")`` gives
-        back an identical Dataset.
+        An xarray object is written as ``Dataset.to_netcdf`` writes it: a
+        netCDF-4 layout that opens identically with ``engine="daskh5"``,
+        ``"h5netcdf"`` and ``"netcdf4"``, into the group ``node`` (or
+        ``group``); see :doc:`/user-guide/xarray` ("Writing Datasets back").
     path : str or path-like
     node : str
         Absolute node path, e.g. ``"/result"``; missing parent groups are
@@ -401,6 +404,13 @@ def to_pytables(
     data_columns : list of str or True, optional
         For a DataFrame: the columns pandas can query in ``where=`` (also given per-chunk
         minima and maxima, so :func:`daskh5.read_table` skips chunks that cannot match).
+    group, encoding, unlimited_dims : optional
+        For xarray objects, as ``Dataset.to_netcdf`` takes them (``group`` is
+        ``node``'s other name); ``encoding`` also takes daskh5's keys
+        (``complib``, ``complevel``, ``shuffle``, ``bitshuffle``).
+    append_dim : str, optional
+        For xarray objects: grow this unlimited dimension of the variables
+        already in the file, as ``Dataset.to_zarr(append_dim=...)`` does.
 
     Notes
     -----
@@ -426,22 +436,13 @@ def to_pytables(
     if format == "table" or is_frame(x):  # a DataFrame: a pandas HDFStore key (daskh5._table_write)
         return _frame_writer(x, path, node, format, data_columns, filters, mode, overwrite, progress, compute)
     if _is_xarray(x):
-        if not compute:
-            return _deferred(
-                to_pytables, x, path, node, filters=filters, mode=mode, overwrite=overwrite, progress=progress
-            )
-        from daskh5._xarray_write import write_xarray
+        from daskh5._xarray_write import to_pytables_xarray
 
-        path, node, _ = resolve(path, node or "/")
-        return write_xarray(
-            x,
-            path,
-            node,
-            filters=filters or _default_filters(),
-            mode=mode,
-            overwrite=overwrite,
-            progress=progress,
-        )
+        return to_pytables_xarray(
+            x, path, group if group is not None else node, filters=filters or _default_filters(), mode=mode,
+            progress=progress, compute=compute, encoding=encoding, unlimited_dims=unlimited_dims,
+            append_dim=append_dim,
+        )  # fmt: skip
     if node is None:
         raise TypeError("to_pytables(x, path, node): give the node path for an array, e.g. '/result'")
     node = writer_node(node, "to_pytables", "/result")  # "result" means "/result"

@@ -304,3 +304,66 @@ def test_info_names_the_inflater(tmp_path):
     assert "deflate chunks are inflated with libdeflate" in format_info(report)
     with dask.config.set({_deflate.CONFIG_KEY: "zlib"}):
         assert "inflated with zlib" in format_info(info(path))
+
+
+# -- writers ---------------------------------------------------------------------------------------
+@pytest.mark.parametrize("level", [1, 4, 9])
+@pytest.mark.parametrize("shuffle", [False, True])
+@pytest.mark.parametrize("dtype", ["u1", "i2", "f8"])
+def test_to_pytables_writes_standard_zlib_streams(tmp_path, level, shuffle, dtype):
+    """Compressed by libdeflate in the tasks; h5py, PyTables and netCDF-C read the file."""
+    netCDF4 = pytest.importorskip("netCDF4")
+    da = pytest.importorskip("dask.array")
+    path = str(tmp_path / "w.h5")
+    data = _data(dtype, (3001, 3), seed=8)
+    filters = tables.Filters(complevel=level, complib="zlib", shuffle=shuffle)
+    daskh5.to_pytables(
+        da.from_array(data, chunks=(1000, 3)), path, "/x", filters=filters, chunkshape=(256, 3)
+    )
+    with h5py.File(path) as f:
+        np.testing.assert_array_equal(f["x"][...], data)
+        _mask, stored = f["x"].id.read_direct_chunk((256, 0))
+    chunk = np.ascontiguousarray(data[256:512]).view(np.uint8).reshape(-1)
+    if shuffle:
+        chunk = _deflate.shuffle(chunk, data.dtype.itemsize)
+    assert stored == bytes(_deflate._module("libdeflate").zlib_compress(chunk, level))  # libdeflate wrote it
+    with tables.open_file(path) as f:
+        np.testing.assert_array_equal(f.root.x.read(), data)
+    with netCDF4.Dataset(path) as nc:
+        np.testing.assert_array_equal(nc["x"][...].data, data)
+    np.testing.assert_array_equal(_read(path, "/x"), data)
+
+
+def test_to_pytables_with_the_zlib_switch_writes_with_zlib(tmp_path):
+    da = pytest.importorskip("dask.array")
+    path = str(tmp_path / "w.h5")
+    data = _data("f8", (2000, 2))
+    with dask.config.set({_deflate.CONFIG_KEY: "zlib"}):
+        daskh5.to_pytables(
+            da.from_array(data, chunks=500),
+            path,
+            "/x",
+            filters=tables.Filters(6, "zlib", shuffle=True),
+            chunkshape=(256, 2),
+        )
+    with h5py.File(path) as f:
+        cs = f["x"].chunks
+        _mask, stored = f["x"].id.read_direct_chunk((0, 0))
+    chunk = _deflate.shuffle(np.ascontiguousarray(data[: cs[0]]).view(np.uint8).reshape(-1), 8)
+    assert stored == zlib.compress(chunk.tobytes(), 6)
+
+
+def test_dataset_writer_output_opens_in_h5netcdf_and_netcdf4(tmp_path):
+    xr = pytest.importorskip("xarray")
+    pytest.importorskip("netCDF4")
+    path = str(tmp_path / "ds.h5")
+    ds = xr.Dataset({"walk": (("t", "c"), _data("f8", (5000, 2))), "n": (("t",), _data("i2", (5000,)))})
+    for name in ds.data_vars:
+        ds[name].encoding.update({"complib": "zlib", "complevel": 5, "shuffle": True})
+    daskh5.to_pytables(ds, path)
+    with xr.open_dataset(path, engine="daskh5") as back:
+        xr.testing.assert_identical(back.load(), ds)
+    with h5py.File(path) as f:
+        for name in ds.data_vars:
+            assert f[name].compression == "gzip"
+            np.testing.assert_array_equal(f[name][...], ds[name].values)

@@ -18,11 +18,11 @@ on garbage input.  Others need the caller's ``allow_filters`` (see
 from __future__ import annotations
 
 import struct
-import zlib
 from collections.abc import Callable, Sequence
 
 import numpy as np
 
+from daskh5 import _deflate
 from daskh5.errors import ChunkDecodeError
 
 __all__ = [
@@ -181,104 +181,27 @@ _blosc = None
 
 
 def _decode_zlib(data, cd_values: Sequence[int], nbytes: int, itemsize: int, out):
-    """Inflate a deflate stream, refusing to produce more than the chunk size.
-
-    With ``out`` the stream is inflated piece by piece straight into it: a 1 GiB
-    chunk takes 1 GiB, not its inflated copy as well.
-    """
+    """Inflate a deflate stream to exactly the chunk size (see :mod:`daskh5._deflate` for the inflater)."""
     if out is None:
-        d = zlib.decompressobj()
-        try:
-            result = d.decompress(data, nbytes)
-        except zlib.error as exc:
-            raise ChunkDecodeError(f"zlib could not inflate the chunk: {exc}") from exc
-        if len(result) != nbytes or d.unconsumed_tail:
-            raise ChunkDecodeError(f"zlib produced {len(result)}+ bytes, the chunk needs {nbytes}")
-        return result
-    target = np.frombuffer(out, dtype=np.uint8)
-
-    def put(pos: int, piece: bytes) -> None:
-        target[pos : pos + len(piece)] = np.frombuffer(piece, dtype=np.uint8)
-
-    _inflate(data, nbytes, put)
+        return _deflate.inflate(data, nbytes)
+    _deflate.inflate_into(data, nbytes, out)
     return out
 
 
-_IN_PIECE = 4 << 20  # compressed bytes handed to zlib at a time (its unconsumed tail is a copy)
-_OUT_PIECE = 16 << 20  # inflated bytes asked of it at a time
-
-
-def _inflate(data, nbytes: int, put) -> None:
-    """Inflate ``data`` in pieces, ``put(position, piece)`` each; exactly ``nbytes`` or a ChunkDecodeError."""
-    d = zlib.decompressobj()
-    view = memoryview(data).cast("B") if not isinstance(data, (bytes, bytearray)) else memoryview(data)
-    pos = 0
-    try:
-        for start in range(0, len(view), _IN_PIECE):
-            pending = view[start : start + _IN_PIECE]
-            while pending and not d.eof:
-                piece = d.decompress(pending, min(_OUT_PIECE, nbytes - pos + 1))
-                if pos + len(piece) > nbytes:
-                    raise ChunkDecodeError(
-                        f"zlib produced {pos + len(piece)}+ bytes, the chunk needs {nbytes}"
-                    )
-                put(pos, piece)
-                pos += len(piece)
-                pending = d.unconsumed_tail
-            if d.eof:
-                break
-        while not d.eof:  # output zlib still holds after the last input
-            piece = d.decompress(b"", min(_OUT_PIECE, nbytes - pos + 1))
-            if not piece:
-                break
-            if pos + len(piece) > nbytes:
-                raise ChunkDecodeError(f"zlib produced {pos + len(piece)}+ bytes, the chunk needs {nbytes}")
-            put(pos, piece)
-            pos += len(piece)
-    except zlib.error as exc:
-        raise ChunkDecodeError(f"zlib could not inflate the chunk: {exc}") from exc
-    if pos != nbytes:
-        raise ChunkDecodeError(f"zlib produced {pos} bytes, the chunk needs {nbytes}")
-
-
 def _inflate_unshuffled(data, shuffle_cd: Sequence[int], nbytes: int, itemsize: int, out):
-    """zlib then HDF5's byte shuffle, in one pass: each inflated piece of byte stream *k* is written
-    straight to byte *k* of its elements in ``out``, so no shuffled copy of the chunk is kept."""
+    """zlib then HDF5's byte shuffle, straight into ``out``."""
     size = int(shuffle_cd[0]) if shuffle_cd else itemsize
-    target = np.frombuffer(out, dtype=np.uint8)
-    n = nbytes // size if size > 1 else 0
-    body = n * size
-    columns = target[:body].reshape(n, size) if n else None
-
-    def put(pos: int, piece: bytes) -> None:
-        raw = np.frombuffer(piece, dtype=np.uint8)
-        while len(raw) and pos < body:
-            k, i = divmod(pos, n)
-            m = min(len(raw), n - i)
-            columns[i : i + m, k] = raw[:m]
-            raw, pos = raw[m:], pos + m
-        if len(raw):  # the bytes after the last whole element are not shuffled
-            target[pos : pos + len(raw)] = raw
-
-    _inflate(data, nbytes, put)
+    _deflate.inflate_into(data, nbytes, out, size)
     return out
 
 
 def _decode_shuffle(data, cd_values: Sequence[int], nbytes: int, itemsize: int, out):
     """Undo HDF5's byte shuffle (trailing bytes that do not fill an element stay as they are)."""
-    size = cd_values[0] if cd_values else itemsize
-    raw = np.frombuffer(data, dtype=np.uint8)
-    if raw.size != nbytes:
-        raise ChunkDecodeError(f"shuffled chunk is {raw.size} bytes, expected {nbytes}")
-    target = np.frombuffer(out, dtype=np.uint8) if out is not None else np.empty(nbytes, np.uint8)
-    if size <= 1:
-        target[:] = raw
-        return out if out is not None else target
-    n = nbytes // size
-    body = n * size
-    target[:body].reshape(n, size)[...] = raw[:body].reshape(size, n).T
-    target[body:] = raw[body:]
-    return out if out is not None else target
+    size = int(cd_values[0]) if cd_values else itemsize
+    got = np.frombuffer(data, dtype=np.uint8).size
+    if got != nbytes:
+        raise ChunkDecodeError(f"shuffled chunk is {got} bytes, expected {nbytes}")
+    return _deflate.unshuffle(data, size, out)
 
 
 def _into(result, out):

@@ -17,6 +17,7 @@ import warnings
 import numpy as np
 
 from daskh5._codecs import filter_name, refused_filters
+from daskh5._deflate import decoder_name
 from daskh5._optional import require
 from daskh5.errors import Daskh5Error
 
@@ -337,6 +338,7 @@ def info(
         "pandas": pandas,
         "hidden_index_nodes": 0 if show_all or not isinstance(root, h5py.Group) else len(hidden),
         "unreadable_links": refused,
+        "deflate_decoder": decoder_name(),
     }
 
 
@@ -384,6 +386,11 @@ def format_info(report: dict) -> str:
         if "note" in r:
             text += f"  NOTE: {r['note']}"
         lines.append(text + _outside_note(r))
+    if report.get("deflate_decoder") and any("zlib" in str(r.get("filters", "")) for r in report["nodes"]):
+        lines.append(
+            f"deflate chunks are inflated with {report['deflate_decoder']} "
+            "(dask config daskh5.deflate-decoder; fletcher32 nodes are read through h5py)"
+        )
     if report.get("hidden_index_nodes"):
         lines.append(
             f"({report['hidden_index_nodes']} nodes of PyTables' table indexes not shown; --all shows them)"

@@ -245,14 +245,17 @@ def _stream(data, nbytes: int, put, lib, in_piece: int, out_piece: int) -> None:
         )
 
 
-def compress(data, level: int) -> bytes:
+def compress(data, level: int, zlib_only: bool | None = None) -> bytes:
     """A standard zlib stream of ``data`` at ``level`` (libdeflate's when installed: faster at every level).
+
+    ``zlib_only``: use Python's zlib (default: when the dask config asks for it).
 
     >>> zlib.decompress(compress(b"abc" * 100, 4)) == b"abc" * 100
     True
     """
     mod = _module("libdeflate")
-    if mod is not None and 1 <= level <= 9 and _choice() != "zlib":
+    zlib_only = _choice() == "zlib" if zlib_only is None else zlib_only
+    if mod is not None and 1 <= level <= 9 and not zlib_only:
         return bytes(mod.zlib_compress(data, level))
     return zlib.compress(data, level)
 

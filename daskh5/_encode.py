@@ -15,7 +15,7 @@ standard zlib stream, faster than zlib at every level).
 from __future__ import annotations
 
 import itertools
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -43,6 +43,9 @@ class ChunkEncoder:
     clevel: int = 0
     cname: str = ""
     shuffle: int = 0  # 0 none, 1 byte shuffle, 2 bit shuffle (blosc only)
+    # the deflate switch as configured where the graph is built (worker processes do not see
+    # the caller's dask config)
+    deflate: str = field(default_factory=lambda: _deflate._choice())
 
     def encode_chunk(self, chunk: np.ndarray) -> bytes:
         chunk = np.ascontiguousarray(chunk, dtype=self.dtype)
@@ -55,7 +58,7 @@ class ChunkEncoder:
         raw = chunk.view(np.uint8).reshape(-1)
         if self.shuffle:
             raw = _deflate.shuffle(raw, self.dtype.itemsize)
-        return _deflate.compress(raw, self.clevel)
+        return _deflate.compress(raw, self.clevel, zlib_only=self.deflate == "zlib")
 
     def encode_block(self, block: np.ndarray, origin: tuple[int, ...]) -> list[tuple[tuple[int, ...], bytes]]:
         """``[(chunk start coordinates, stored bytes), ...]`` for every chunk of ``block``.

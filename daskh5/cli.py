@@ -512,7 +512,7 @@ def run_stats(
     from daskh5.stats import label_stats
 
     opts = {"allow_external": allow_external, "allow_filters": allow_filters}
-    columns = _table_spec(data), _table_spec(labels)
+    columns = _table_spec(path, data), _table_spec(path, labels)
     if columns != (None, None):
         x, y = _table_inputs(path, data, labels, columns, budget, opts)
     else:
@@ -533,15 +533,27 @@ def _item_bytes(dtype) -> int:
     return int(getattr(dtype, "itemsize", 8) or 8)
 
 
-def _table_spec(text: str) -> list[str] | None:
-    """The columns of ``node:col,col`` (Table or pandas-key columns), or None for an array node."""
+def _table_spec(path: str, text: str) -> list[str] | None:
+    """The columns of ``node:col,col`` (Table or pandas-key columns), or None for an array node
+    (``text`` without a ``:``, or the name of a node of the file: HDF5 names may hold ``:``)."""
     node, sep, cols = text.rpartition(":")
-    if not sep:
+    if not sep or _is_node(path, text):
         return None
     names = [c.strip() for c in cols.split(",") if c.strip()]
     if not node or not names:
         raise CommandError(f"{text!r}: name a table and its columns as NODE:COL[,COL...], e.g. /obs:x,y")
     return names
+
+
+def _is_node(path: str, name: str) -> bool:
+    from daskh5._nodes import lookup, open_h5
+
+    try:
+        with open_h5(path) as f:
+            lookup(f, name)
+    except Daskh5Error:
+        return False
+    return True
 
 
 def _table_inputs(path, data: str, labels: str, columns, budget, opts):
@@ -550,9 +562,9 @@ def _table_inputs(path, data: str, labels: str, columns, budget, opts):
 
     (data_cols, label_cols), nodes = columns, (data.rpartition(":")[0], labels.rpartition(":")[0])
     if None in columns:
-        array = labels if columns[1] is None else data
+        array, other = (labels, data) if columns[1] is None else (data, labels)
         raise CommandError(
-            f"{array} is an array node but the other option names table columns; name both as "
+            f"{array} is an array node but {other} names table columns; name both as "
             "NODE:COLUMNS (e.g. --data /obs:x,y --labels /obs:label) or both as array nodes"
         )
     if len(label_cols) != 1:

@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+import warnings
 
 import numpy as np
 import pytest
@@ -263,3 +264,19 @@ def test_info_shows_pandas_keys_by_columns_and_vlarray_values(tmp_path, capsys):
     assert main(["info", path, "--json"]) == 0
     (v,) = [r for r in json.loads(capsys.readouterr().out)["nodes"] if r["path"] == "/v"]
     assert v["payload_bytes"] == sum(range(1, 101)) * 8  # the values, not the 16-byte heap ids
+
+
+def test_stats_on_array_nodes_whose_names_hold_a_colon(h5path, capsys):
+    """HDF5 names may hold ':'; a node of that name is an array node, not NODE:COLUMNS."""
+    x = np.arange(40.0).reshape(20, 2)
+    with warnings.catch_warnings(), tables.open_file(h5path, "w") as f:
+        warnings.simplefilter("ignore", tables.NaturalNameWarning)
+        f.create_carray("/", "run:1", obj=x)
+        f.create_carray("/", "lab:1", obj=np.arange(20) % 2)
+    code, out, err = run(
+        capsys, "stats", h5path, "--data", "/run:1", "--labels", "/lab:1", "--json", "--scheduler", "sync"
+    )
+    assert code == 0, err
+    got = json.loads(out)
+    assert got["labels"] == [0, 1]
+    np.testing.assert_allclose(got["mean"][0], x[::2].mean(axis=0))

@@ -63,3 +63,24 @@ def cluster_client():
 @pytest.fixture
 def rng():
     return np.random.default_rng(12345)
+
+
+#: Parametrized families whose first case runs by default and the rest with ``-m slow`` (each case
+#: is a fresh interpreter under resource limits: together they took minutes of the default run).
+SLOW_BUT_ONE = {
+    "test_write_past_the_file_size_limit_fails_and_changes_nothing",
+    "test_in_place_append_past_the_file_size_limit_rolls_back",
+    "test_contiguous_node_truncated_under_the_reader",
+    "test_names_that_are_not_utf8_read_or_fail_clearly",
+}
+
+
+@pytest.hookimpl(tryfirst=True)  # before pytest's -m selection sees the marks
+def pytest_collection_modifyitems(config, items):
+    seen = set()
+    for item in items:
+        name = getattr(item, "originalname", item.name)
+        if name in SLOW_BUT_ONE:
+            if name in seen:
+                item.add_marker(pytest.mark.slow)
+            seen.add(name)

@@ -2245,6 +2245,7 @@ result = [sorted(ds.data_vars), len(text) < 10**6, float(ds["values_block_0"].su
     assert out["result"] == [["values_block_0", "values_block_1"], True, 6.0]
 
 
+@pytest.mark.slow
 def test_a_deep_nest_of_groups_is_walked_in_linear_time(tmp_path):
     """7,000 nested groups (a 7 MB file): ``daskh5 info`` and ``xr.open_groups`` walk them once, opening each
     group from its parent (h5py's visit and opening by full path grow with the cube of the depth: 100 s at
@@ -2342,6 +2343,7 @@ def _one_gib_chunk(path: str) -> None:
             ds.id.write_direct_chunk((0,), b"".join(parts))
 
 
+@pytest.mark.slow
 def test_a_1_gib_chunk_decodes_within_one_chunk_of_memory(tmp_path):
     """A node of one 1 GiB zlib chunk (a 10 MB file, consistent with its node) is read in a child allowed
     1 GiB plus the interpreter's baseline: zlib inflates straight into the output block, unshuffling
@@ -2497,6 +2499,7 @@ def test_in_place_append_rolls_back_a_failed_computation(tmp_path, monkeypatch):
     assert os.listdir(tmp_path) == ["data.h5"]
 
 
+@pytest.mark.slow
 def test_a_killed_in_place_append_shows_the_earlier_rows_and_the_next_append_works(tmp_path):
     """SIGKILL after some chunks were stored: daskh5 readers show the committed rows; the next append drops the rest."""
     path = str(tmp_path / "data.h5")

@@ -79,6 +79,7 @@ def test_label_stats_is_lazy_and_one_pass(h5path):
     check(stats, reference(x, labels))
 
 
+@pytest.mark.slow
 @settings(max_examples=40, deadline=None)
 @given(
     n=st.integers(0, 300),

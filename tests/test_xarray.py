@@ -288,6 +288,7 @@ def test_same_values_as_h5netcdf_and_more(h5path):
     assert ours.flags.dtype == bool and theirs.flags.dtype != bool  # h5netcdf turns bools into uint8
 
 
+@pytest.mark.slow
 @settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(
     shape=st.lists(st.integers(1, 40), min_size=1, max_size=3),

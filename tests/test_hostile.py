@@ -1939,6 +1939,17 @@ def _aliasing_vlarray(path: str, rows: int, filters=None) -> int:
     return rows << 22
 
 
+#: Child-process code: run each of ``steps`` (name -> callable), recording "read" or the daskh5 error.
+_RUN_STEPS = """result = {}
+for name, step in steps.items():
+    try:
+        step()
+        result[name] = "read"
+    except daskh5.Daskh5Error as exc:
+        result[name] = str(exc)
+"""
+
+
 def test_vlarray_rows_aliasing_one_heap_object(tmp_path):
     """2,000 row descriptors naming one 4 MiB heap object (8 GiB claimed by a 5 MB file): every read
     checks the rows' stored lengths against the file's size before HDF5 allocates anything."""
@@ -1955,14 +1966,7 @@ steps = {{
     "iter_batches": lambda: list(r.iter_batches(100)),
     "read_ragged": lambda: daskh5.read_ragged({path!r}, "/samples").count().compute(),
 }}
-result = {{}}
-for name, step in steps.items():
-    try:
-        step()
-        result[name] = "read"
-    except daskh5.RaggedLayoutError as exc:
-        result[name] = str(exc)
-result["one row"] = r[7].shape  # one row is one heap object: bounded by the file, read
+{_RUN_STEPS}result["one row"] = r[7].shape  # one row is one heap object: bounded by the file, read
 """)
     assert out["status"] == "ok", out
     result = out["result"]
@@ -2028,14 +2032,7 @@ steps = {{
 }}
 if {layout!r} == "compound":
     del steps["from_pytables"]  # a compound dataset is a Table-like node: the engine reads it
-result = {{}}
-for key, step in steps.items():
-    try:
-        step()
-        result[key] = "read"
-    except daskh5.Daskh5Error as exc:
-        result[key] = str(exc)
-""")
+{_RUN_STEPS}""")
     assert out["status"] == "ok", out
     for key, message in out["result"].items():
         assert f"{path}:/s" in message and "more than the whole" in message, (key, message)

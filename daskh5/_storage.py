@@ -126,13 +126,7 @@ def read_chunk_index(info: NodeInfo, mtime_ns: int | None = None, f=None) -> Chu
                 sizes.append(si.size)
                 masks.append(si.filter_mask)
 
-        try:
-            ds.id.chunk_iter(record)
-        except AttributeError:  # HDF5 older than 1.12.3: one call per chunk
-            for i in range(ds.id.get_num_chunks()):
-                record(ds.id.get_chunk_info(i))
-        except Exception as exc:
-            raise NotHDF5Error(f"{info.path}:{info.node}: the chunk index is unreadable: {exc}") from exc
+        each_chunk(ds, record, f"{info.path}:{info.node}")
     return _sorted_index(
         grid, positions, offsets, sizes, masks, info.mtime_ns if mtime_ns is None else mtime_ns
     )
@@ -158,6 +152,17 @@ def _sorted_index(grid, positions, offsets, sizes, masks, mtime_ns: int) -> Chun
     return ChunkIndex(tuple(grid), pos, arrays[0], arrays[1], mask, mtime_ns)
 
 
+def each_chunk(ds, fn, where: str) -> None:
+    """Call ``fn`` with the storage info of every written chunk of the h5py dataset ``ds``."""
+    try:
+        ds.id.chunk_iter(fn)
+    except AttributeError:  # HDF5 older than 1.12.3: one call per chunk
+        for i in range(ds.id.get_num_chunks()):
+            fn(ds.id.get_chunk_info(i))
+    except Exception as exc:
+        raise NotHDF5Error(f"{where}: the chunk index is unreadable: {exc}") from exc
+
+
 def unwritten_chunks(ds, rows: int, where: str) -> int:
     """How many of the chunks holding rows ``[0, rows)`` of the h5py dataset ``ds`` were never written.
 
@@ -176,13 +181,7 @@ def unwritten_chunks(ds, rows: int, where: str) -> int:
         if pos[0] < wanted and all(p < g for p, g in zip(pos[1:], rest)):
             seen.add(pos)
 
-    try:
-        ds.id.chunk_iter(count)
-    except AttributeError:  # HDF5 older than 1.12.3: one call per chunk
-        for i in range(ds.id.get_num_chunks()):
-            count(ds.id.get_chunk_info(i))
-    except Exception as exc:
-        raise NotHDF5Error(f"{where}: the chunk index is unreadable: {exc}") from exc
+    each_chunk(ds, count, where)
     return wanted * math.prod(rest) - len(seen)
 
 

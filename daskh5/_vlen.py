@@ -18,7 +18,7 @@ import os
 import numpy as np
 
 from daskh5._codecs import pipeline_supported
-from daskh5._nodes import NodeInfo
+from daskh5._nodes import NodeInfo, node_kind
 from daskh5.errors import RaggedLayoutError
 
 __all__ = [
@@ -41,38 +41,12 @@ def descriptor_dtype(sizeof_addr: int) -> np.dtype:
 
 
 def descriptor_reader(path: str, ds, driver: str | None = None):
-    """A :class:`~daskh5._reader.NodeReader` of the raw descriptors of the chunked vlen dataset
+    """A :class:`~daskh5._reader.NodeReader` of the raw descriptors of the chunked 1-d vlen dataset
     ``ds``, or None when its filters need HDF5 (then HDF5 would read the heap too)."""
-    from daskh5._reader import NodeReader
-
-    dcpl = ds.id.get_create_plist()
     if ds.chunks is None or len(ds.shape) != 1:
         return None
-    filters = tuple(
-        (int(fid), tuple(int(c) for c in cd))
-        for fid, _flags, cd, _name in (dcpl.get_filter(i) for i in range(dcpl.get_nfilters()))
-    )
-    if not pipeline_supported(filters):
-        return None
     dtype = descriptor_dtype(ds.file.id.get_create_plist().get_sizes()[0])
-    st = os.stat(path)
-    info = NodeInfo(
-        path=path,
-        node=ds.name,
-        kind="VLArray",
-        shape=(int(ds.shape[0]),),
-        dtype=dtype,
-        disk_dtype=dtype,
-        layout="chunked",
-        chunkshape=(int(ds.chunks[0]),),
-        filters=filters,
-        fillvalue=bytes(dtype.itemsize),
-        offset=None,
-        extdim=None,
-        mtime_ns=st.st_mtime_ns,
-        file_size=st.st_size,
-    )
-    return NodeReader(info, driver=driver, f=ds.file)
+    return _raw_reader(path, ds, dtype, os.stat(path), driver)
 
 
 def row_lengths(reader, rows) -> np.ndarray:
@@ -258,15 +232,13 @@ def check_dataset_claim(path: str, ds, key: tuple) -> None:
         )
 
 
-def _raw_reader(path: str, ds, dtype: np.dtype, st):
-    """A NodeReader of ``ds``'s raw elements as ``dtype`` (chunked or contiguous), or None."""
-    from daskh5._reader import NodeReader
+def _raw_reader(path: str, ds, dtype: np.dtype, st, driver: str | None = None):
+    """A NodeReader of ``ds``'s raw elements as ``dtype`` (chunked or contiguous), or None when
+    they are compact or their filters need HDF5."""
+    from daskh5._reader import NodeReader, dataset_filters
 
     dcpl = ds.id.get_create_plist()
-    filters = tuple(
-        (int(fid), tuple(int(c) for c in cd))
-        for fid, _flags, cd, _name in (dcpl.get_filter(i) for i in range(dcpl.get_nfilters()))
-    )
+    filters = dataset_filters(ds)
     layout = {0: "compact", 1: "contiguous", 2: "chunked"}.get(dcpl.get_layout(), "other")
     if layout not in ("contiguous", "chunked") or not pipeline_supported(filters):
         return None
@@ -276,7 +248,7 @@ def _raw_reader(path: str, ds, dtype: np.dtype, st):
     info = NodeInfo(
         path=path,
         node=ds.name,
-        kind="Dataset",
+        kind=node_kind(ds),
         shape=tuple(int(n) for n in ds.shape),
         dtype=dtype,
         disk_dtype=dtype,
@@ -289,4 +261,4 @@ def _raw_reader(path: str, ds, dtype: np.dtype, st):
         mtime_ns=st.st_mtime_ns,
         file_size=st.st_size,
     )
-    return NodeReader(info, f=ds.file)
+    return NodeReader(info, driver=driver, f=ds.file)

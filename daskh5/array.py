@@ -148,8 +148,8 @@ def from_pytables(
         info = describe_array(path, node, allow_external=allow_external)
         reader = NodeReader(info, driver=driver, allowed=allowed)
         where, chunkshape = f"{info.path}:{info.node}", info.chunkshape
-    except UnsupportedDtypeError:
-        reader, where, chunkshape = _strings(path, node, allow_external, allowed)  # or raises again
+    except UnsupportedDtypeError as refused:
+        reader, where, chunkshape = _strings(path, node, allow_external, allowed, refused)
     chunks = resolve_chunks(
         chunks,
         reader.shape,
@@ -171,20 +171,17 @@ def from_pytables(
     )
 
 
-def _strings(path: str, node: str, allow_external: bool, allowed):
+def _strings(path: str, node: str, allow_external: bool, allowed, refused: UnsupportedDtypeError):
     """(reader, where, chunkshape) of a variable-length string dataset, read through h5py as ``str``.
 
-    Any other node that :func:`describe_array` refused raises its error again.
+    Any other node that :func:`describe_array` refused raises its error (``refused``) again.
     """
-    import sys
-
     import h5py
 
     from daskh5._h5types import LibraryReader, library_kind, vlen_str_dtype
     from daskh5._nodes import lookup, node_name, open_h5
     from daskh5._reader import check_dataset_filters
 
-    refused = sys.exc_info()[1]
     with open_h5(path) as f:
         obj = lookup(f, node, allow_external=allow_external)
         if not isinstance(obj, h5py.Dataset) or library_kind(obj) != "str":

@@ -161,7 +161,9 @@ def test_memory_stays_within_the_window(monkeypatch):
     n = 20_000
     x = da.arange(n, chunks=100, dtype=np.int64)
     total = 0
-    for batch in daskh5.iter_batches(x, 50, shuffle=True, seed=2, window="16kB", prefetch=2):
+    for batch in daskh5.iter_batches(
+        x, 50, shuffle=True, seed=2, window="16kB", prefetch=2, scheduler="threads"
+    ):
         time.sleep(0.0005)
         total += len(batch)
     assert total == n
